@@ -1,0 +1,55 @@
+# Courtyard developer tasks. `make demo` and `make test` work on a fresh Debian machine:
+# they install what they need (apt-get for servers, a venv for Python packages).
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TEST_APT  := mosquitto influxdb victoria-metrics
+DEMO_APT  := mosquitto
+
+.PHONY: demo test install deps-test deps-demo lint typecheck unit schema bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Install Debian packages only when their binaries are missing (the daemons are started by
+# the tests and the demo themselves, on loopback, never as system services).
+define apt_install
+	@missing=""; for b in $(2); do command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $(1)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(1); \
+	fi
+endef
+
+deps-test:
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics)
+
+deps-demo:
+	$(call apt_install,$(DEMO_APT),mosquitto)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy gateway schemas
+
+test: deps-test install lint typecheck
+	$(VENV)/bin/pytest
+
+demo: deps-demo install
+	$(PY) -m gateway demo
+
+schema: install
+	$(PY) -m schemas.export
+
+bench: deps-test install
+	$(PY) bench/elevators.py
+
+clean:
+	rm -rf $(VENV) courtyard-data .pytest_cache .mypy_cache .ruff_cache

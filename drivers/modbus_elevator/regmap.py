@@ -1,0 +1,195 @@
+"""Register maps as data: where each elevator fact lives, and how its words translate.
+
+A map file (YAML) names the register blocks to read, one entry per field (address, bit
+mask and shift, sign, scale, divisor, enumeration) and the code tables that turn fault
+codes, event codes and alarm bits into event types. `decode()` and `encode()` are pure and
+inverse of each other, so the simulator speaks any map the driver reads.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.common import EventClass, Severity
+
+MAPS_DIR = Path(__file__).parent / "maps"
+
+FieldName = Literal[
+    "floor", "direction", "car_running", "door_zone", "door_state", "occupied", "service_mode",
+    "speed_mps", "load_pct", "fault_code", "event_code",
+]
+EnumValue = str | bool | int
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Block(_M):
+    """A contiguous register range read in one request."""
+
+    address: int = Field(ge=0, le=65535)
+    count: int = Field(ge=1, le=125)
+
+
+class FieldSpec(_M):
+    """How one fact is encoded in one register."""
+
+    address: int = Field(ge=0, le=65535)
+    mask: int = Field(0xFFFF, ge=1, le=0xFFFF)
+    shift: int = Field(0, ge=0, le=15)
+    signed: bool = False
+    scale: float = Field(1.0, gt=0, description="value = word * scale")
+    divisor: int = Field(1, ge=1, description="value = word / divisor, must divide exactly (e.g. fault code x100)")
+    enum: dict[int, EnumValue] | None = None
+
+    def extract(self, word: int) -> int:
+        """The raw integer of this field inside `word`."""
+        raw = (word & self.mask) >> self.shift
+        if self.signed:
+            width = (self.mask >> self.shift).bit_length()
+            if raw & (1 << (width - 1)):
+                raw -= 1 << width
+        return raw
+
+    def insert(self, word: int, raw: int) -> int:
+        """`word` with this field set to `raw`."""
+        width = (self.mask >> self.shift).bit_length()
+        raw &= (1 << width) - 1
+        return (word & ~self.mask & 0xFFFF) | ((raw << self.shift) & self.mask)
+
+
+class CodeEntry(_M):
+    """What a device code means."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    type: str = Field(pattern=r"^elevator\.[a-z0-9_.]+$")
+    cls: EventClass = Field("fault", alias="class")
+    severity: Severity = "major"
+    condition: bool = Field(True, description="Raised while present, cleared when gone; false: momentary")
+    note: str | None = None
+
+
+class BitTable(_M):
+    """An alarm bitfield: one word, bit number -> meaning."""
+
+    address: int = Field(ge=0, le=65535)
+    bits: dict[int, CodeEntry]
+
+
+class RegisterMap(_M):
+    """A complete elevator register map."""
+
+    name: str
+    description: str = ""
+    namespace: str = Field(pattern=r"^[a-z0-9_]+$", description="raw_code namespace, e.g. gbt24476")
+    table: Literal["holding", "input"] = "holding"
+    blocks: tuple[Block, ...]
+    fields: dict[FieldName, FieldSpec]
+    fault_codes: dict[int, CodeEntry] = {}
+    event_codes: dict[int, CodeEntry] = {}
+    alarm_bits: tuple[BitTable, ...] = ()
+
+    @model_validator(mode="after")
+    def _addresses_are_read(self) -> RegisterMap:
+        covered = {a for b in self.blocks for a in range(b.address, b.address + b.count)}
+        wanted = {f.address for f in self.fields.values()} | {t.address for t in self.alarm_bits}
+        missing = sorted(wanted - covered)
+        if missing:
+            raise ValueError(f"addresses {missing} are not inside any block")
+        return self
+
+    # --- decode ----------------------------------------------------------------------------
+
+    def decode(self, words: dict[int, int]) -> tuple[dict[str, Any], dict[str, int], list[str]]:
+        """Decode registers into (values, raw ints, problems). Never raises on any word values.
+
+        A problem is a machine-readable reason such as `direction_out_of_range:7`; the field's
+        value is then absent from `values`.
+        """
+        values: dict[str, Any] = {}
+        raw: dict[str, int] = {}
+        problems: list[str] = []
+        for name, spec in self.fields.items():
+            word = words.get(spec.address)
+            if word is None:
+                problems.append(f"{name}_missing")
+                continue
+            r = spec.extract(word & 0xFFFF)
+            raw[name] = r
+            if spec.enum is not None:
+                if r in spec.enum:
+                    values[name] = spec.enum[r]
+                else:
+                    problems.append(f"{name}_out_of_range:{r}")
+                continue
+            if spec.divisor != 1:
+                if r % spec.divisor:
+                    problems.append(f"{name}_not_integral:{r}")
+                    continue
+                r //= spec.divisor
+            values[name] = round(r * spec.scale, 6) if spec.scale != 1.0 else r
+        for table in self.alarm_bits:
+            word = words.get(table.address)
+            if word is not None:
+                raw[f"bits@{table.address}"] = word & 0xFFFF
+        return values, raw, problems
+
+    def active_bits(self, words: dict[int, int]) -> dict[str, tuple[CodeEntry, str]]:
+        """Alarm bits set: key -> (entry, raw_code)."""
+        out = {}
+        for table in self.alarm_bits:
+            word = words.get(table.address, 0)
+            for bit, entry in table.bits.items():
+                if word >> bit & 1:
+                    out[f"bit:{table.address}.{bit}"] = (entry, f"{self.namespace}:bit{table.address}.{bit}")
+        return out
+
+    # --- encode (simulators) ---------------------------------------------------------------
+
+    def encode(self, values: dict[str, Any], bits: set[str] = frozenset()) -> dict[int, int]:  # type: ignore[assignment]
+        """Registers for `values` (field name -> decoded value) and set alarm `bits` (entry types)."""
+        words: dict[int, int] = {a: 0 for b in self.blocks for a in range(b.address, b.address + b.count)}
+        for name, spec in self.fields.items():
+            if name not in values or values[name] is None:
+                continue
+            value = values[name]
+            if spec.enum is not None:
+                reverse = {v: k for k, v in spec.enum.items()}
+                if value not in reverse:
+                    continue
+                r = reverse[value]
+            else:
+                r = round(value / spec.scale) * spec.divisor
+            words[spec.address] = spec.insert(words[spec.address], int(r))
+        for table in self.alarm_bits:
+            for bit, entry in table.bits.items():
+                if entry.type in bits:
+                    words[table.address] |= 1 << bit
+        return words
+
+    def code_for(self, event_type: str, table: Literal["fault", "event"] = "fault") -> int | None:
+        """The device code that means `event_type` (simulators inject faults by type)."""
+        codes = self.fault_codes if table == "fault" else self.event_codes
+        return next((c for c, e in codes.items() if e.type == event_type), None)
+
+
+@cache
+def load_map(name_or_path: str) -> RegisterMap:
+    """A shipped map by name (`gbt24476`, `monarch_vendor`) or a YAML file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MAPS_DIR / f"{name_or_path}.yaml"
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return RegisterMap.model_validate(data)
+
+
+def shipped_maps() -> list[str]:
+    """Names of the maps shipped with the driver."""
+    return sorted(p.stem for p in MAPS_DIR.glob("*.yaml"))

@@ -1,0 +1,242 @@
+"""`courtyard` command line: run, validate, drivers, schema, simulate, events, dead-letters, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pymodbus dumps raw frames at ERROR on every failed request: the supervisor reports those.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _load(path: str) -> Any:
+    from gateway.config import load_config
+
+    return load_config(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a config file; print every problem with file, line and path."""
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(cfg.devices)} devices, site {cfg.site})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGINT/SIGTERM."""
+    from gateway.recorder import JsonlRecorder
+    from gateway.runtime import Gateway, run_until_signal
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    recorder = JsonlRecorder(Path(args.record)) if args.record else None
+    try:
+        asyncio.run(run_until_signal(Gateway(cfg, recorder=recorder)))
+    finally:
+        if recorder is not None:
+            recorder.close()
+    return 0
+
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    """List the drivers this installation knows."""
+    from gateway.registry import drivers
+
+    specs = sorted(drivers().values(), key=lambda s: s.name)
+    if args.json:
+        for s in specs:
+            print(json.dumps({"name": s.name, "kind": s.kind, "transport": s.transport, "shape": s.shape,
+                              "simulator": s.simulator, "summary": s.summary}))
+        return 0
+    rows = [("NAME", "DEVICE KIND", "TRANSPORT", "SHAPE", "SIMULATOR")]
+    rows += [(s.name, s.kind, s.transport, s.shape, s.simulator or "-") for s in specs]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the event JSON Schema (or the config's with --config)."""
+    from schemas.export import event_json_schema, render
+
+    if args.config:
+        from gateway.config import config_json_schema
+
+        print(render(config_json_schema()), end="")
+    else:
+        print(render(event_json_schema()), end="")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run one simulator standalone (its module is imported only now: some pull in big stacks)."""
+    from simulators import SIMULATORS
+
+    module = importlib.import_module(SIMULATORS[args.simulator])
+    parser = argparse.ArgumentParser(prog=f"courtyard simulate {args.simulator}",
+                                     description=(module.__doc__ or "").strip().split("\n\n")[0])
+    module.add_arguments(parser)
+    sim_args = parser.parse_args(args.options)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(module.serve(sim_args))
+    return 0
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    return Path(_load(args.config).outbox.path)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Show the local history."""
+    from gateway.history import parse_duration, query
+
+    try:
+        since = parse_duration(args.since) if args.since else None
+        rows = list(query(_db_path(args), since_s=since, device=args.device, type_glob=args.type, limit=args.limit))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"courtyard events: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = sys.stdout
+        for r in rows:
+            out.write(r.body + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("received (UTC)", "device", "class", "type", "severity", "state", "quality", "summary")
+    for r in rows:
+        ev = json.loads(r.body)
+        when = datetime.fromtimestamp(r.received_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        payload = {k: v for k, v in ev["payload"].items() if v is not None and k != "kind"}
+        summary = " ".join(f"{k}={v}" for k, v in list(payload.items())[:6])
+        q = ev["quality"]
+        quality = q["status"] + (f" ({', '.join(q['reasons'])})" if q["reasons"] else "")
+        table.add_row(when, r.device, r.cls, r.type, ev["severity"], ev["state"], quality, summary)
+    Console().print(table)
+    print(f"{len(rows)} events", file=sys.stderr)
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Show batches a database rejected."""
+    from gateway.history import dead_letters
+
+    try:
+        rows = dead_letters(_db_path(args))
+    except Exception as exc:
+        print(f"courtyard dead-letters: {exc}", file=sys.stderr)
+        return 1
+    for r in rows:
+        when = datetime.fromtimestamp(int(str(r["at_ns"])) / 1e9, UTC).isoformat(timespec="seconds")
+        print(f"#{r['id']} {when} sink={r['sink']} status={r['status']} events={r['count']} "
+              f"seq={r['first_seq']}..{r['last_seq']}\n  reason: {r['reason']}")
+        if args.verbose:
+            print("  " + str(r["body"]).replace("\n", "\n  "))
+    print(f"{len(rows)} dead-lettered batches", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the embedded demo: simulators plus gateway, nothing to install."""
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs)."""
+    from simulators import SIMULATORS
+
+    p = argparse.ArgumentParser(prog="courtyard", description="Courtyard IoT gateway for residential communities")
+    p.add_argument("--version", action="version", version=f"courtyard {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--record", metavar="FILE", help="record every driver's raw inputs (JSON lines)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("validate", help="check a config file")
+    s.add_argument("-c", "--config", required=True)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("drivers", help="list drivers: name, device kind, transport")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_drivers)
+
+    s = sub.add_parser("schema", help="print the event JSON Schema")
+    s.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("simulate", help="run a device simulator standalone",
+                       description=f"simulators: {', '.join(SIMULATORS)}; `courtyard simulate NAME --help`")
+    s.add_argument("simulator", choices=sorted(SIMULATORS))
+    s.add_argument("options", nargs=argparse.REMAINDER, help="the simulator's own options")
+    s.set_defaults(func=cmd_simulate)
+
+    for name, func, hlp in (("events", cmd_events, "show the local event history"),
+                            ("dead-letters", cmd_dead_letters, "show batches a database rejected")):
+        s = sub.add_parser(name, help=hlp)
+        src = s.add_mutually_exclusive_group()
+        src.add_argument("-c", "--config", default="examples/elevator.yaml", help="config naming the outbox")
+        src.add_argument("--db", help="outbox database path")
+        if name == "events":
+            s.add_argument("--since", help="e.g. 10m, 2h, 7d")
+            s.add_argument("--device")
+            s.add_argument("--type", help="glob, e.g. 'elevator.*'")
+            s.add_argument("--limit", type=int, help="only the last N")
+            s.add_argument("--json", action="store_true", help="one event per line, exactly as published")
+        else:
+            s.add_argument("-v", "--verbose", action="store_true", help="print the rejected lines")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to install")
+    s.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    s.add_argument("--headless", action="store_true", help="plain log instead of the live view")
+    s.add_argument("--data", default="./courtyard-data/demo", help="where the demo keeps its history")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `courtyard` command."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""The gateway process: outbox, sinks and one supervised task per device, wired in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway import registry
+from gateway.config import GatewayConfigBase
+from gateway.driver import DeviceConfig, EventDraft, PollingDriver, PushDriver, Recorder
+from gateway.ids import uuid7
+from gateway.metrics import Counters
+from gateway.outbox import Outbox
+from gateway.sinks.base import Sink
+from gateway.supervisor import backoff_delays, supervise
+from schemas.common import ConnectivityPayload, DeviceRef
+from schemas.event import Event
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """Gateway wall clock, UTC."""
+    return datetime.now(UTC)
+
+
+class EventFactory:
+    """Turns drafts into envelopes for one device."""
+
+    def __init__(self, *, site: str, gateway: str, device: DeviceRef, simulated: bool, scenario: str | None) -> None:
+        self.site = site
+        self.gateway = gateway
+        self.device = device
+        self.simulated = simulated
+        self.scenario = scenario
+
+    def build(self, draft: EventDraft, received: datetime) -> Event:
+        """One full event; raises ValidationError when the driver produced something invalid."""
+        return Event.model_validate({
+            "id": uuid7(),
+            "time": draft.time or received,
+            "received": received,
+            "site": self.site,
+            "gateway": self.gateway,
+            "device": self.device,
+            "class": draft.cls,
+            "type": draft.type,
+            "severity": draft.severity,
+            "state": draft.state,
+            "alarm_id": draft.alarm_id,
+            "raw_code": draft.raw_code,
+            "seq": draft.seq,
+            "quality": draft.quality,
+            "simulated": self.simulated,
+            "scenario": self.scenario,
+            "payload": draft.payload,
+        })
+
+
+def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
+    """The envelope's device block for a configured device."""
+    return DeviceRef(
+        id=config.id, kind=kind, driver=config.driver, vendor=config.vendor, model=config.model,
+        location=config.location,
+    )
+
+
+class DeviceRuntime:
+    """The `DeviceContext` given to one driver instance."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        factory: EventFactory,
+        sink: Callable[[Sequence[Event]], Awaitable[None]],
+        *,
+        counters: Counters,
+        shared: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+        recorder: Recorder | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.config = config
+        self.factory = factory
+        self._sink = sink
+        self.counters = counters
+        self._shared = shared
+        self._recorder = recorder
+        self._clock = clock
+        self.log = logging.getLogger(f"courtyard.device.{config.id}")
+        self.online: bool | None = None
+        self.misses = 0
+        self.link_up_since_start = False
+        self._delays = backoff_delays(config.backoff)
+
+    # DeviceContext -----------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Current gateway time."""
+        return self._clock()
+
+    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+        """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped."""
+        received = self._clock()
+        events = []
+        for draft in drafts:
+            try:
+                events.append(self.factory.build(draft, received))
+            except ValidationError as exc:
+                self.counters.inc("invalid_drafts")
+                self.log.error("driver produced an invalid %s event: %s", draft.type, exc)
+        if events:
+            await self._sink(events)
+            self.counters.inc("events", len(events))
+
+    async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
+        """Record link state; emit a connectivity event when it changes."""
+        if online:
+            self.link_up_since_start = True
+            self.misses = 0
+        if online == self.online:
+            return
+        self.online = online
+        await self.emit([
+            EventDraft(
+                type="device.online" if online else "device.offline",
+                cls="connectivity",
+                severity="info" if online else "major",
+                state="cleared" if online else "raised",
+                payload=ConnectivityPayload(online=online, misses=misses, reason=reason),
+            )
+        ])
+
+    def record(self, channel: str, data: Any) -> None:
+        """Record one raw input when recording is on."""
+        if self._recorder is not None:
+            self._recorder.record(self.config.id, channel, data)
+
+    async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+        """Runtime-wide shared object."""
+        return await self._shared(key, factory)
+
+    # Supervisor hooks --------------------------------------------------------------------
+
+    async def miss(self, reason: str) -> None:
+        """One failed poll, connect or heartbeat."""
+        self.misses += 1
+        self.counters.inc("misses")
+        self.log.debug("miss %d: %s", self.misses, reason)
+        if self.misses >= self.config.offline_after and self.online is not False:
+            self.log.warning("offline after %d misses: %s", self.misses, reason)
+            await self.set_online(False, reason=reason, misses=self.misses)
+
+    async def answered(self) -> None:
+        """A successful poll."""
+        self.misses = 0
+        if self.online is not True:
+            await self.set_online(True)
+
+    async def decode_and_emit(self, driver: PollingDriver, raw: Any) -> None:
+        """Run the driver's pure decoder; a decoder bug is counted, never fatal."""
+        try:
+            drafts = driver.decode(raw, self._clock())
+        except Exception:
+            self.counters.inc("decoder_crashes")
+            self.log.exception("decoder crashed on %r", raw)
+            return
+        if drafts:
+            await self.emit(drafts)
+
+    def reset_backoff(self) -> None:
+        """Start the back-off sequence again (after a link that worked)."""
+        self._delays = backoff_delays(self.config.backoff)
+
+    def next_backoff(self) -> float:
+        """Next reconnect delay."""
+        return next(self._delays)
+
+
+class Gateway:
+    """A running gateway; use as `async with Gateway(config) as gw:`."""
+
+    def __init__(
+        self,
+        config: GatewayConfigBase,
+        *,
+        recorder: Recorder | None = None,
+        scenario: str | None = None,
+        sinks: Sequence[Sink] | None = None,
+    ) -> None:
+        from gateway.sinks import build_sinks
+
+        self.config = config
+        self.counters = Counters()
+        self.sinks: list[Sink] = list(sinks) if sinks is not None else build_sinks(config, self.counters)
+        oc = config.outbox
+        self.outbox = Outbox(
+            oc.path, sinks=[s.name for s in self.sinks], max_events=oc.max_events, overflow=oc.overflow,
+            history_days=oc.history_days, synchronous=oc.synchronous, batch_max=oc.batch_max,
+            counters=self.counters,
+        )
+        self.recorder = recorder
+        self.scenario = scenario
+        self.devices: dict[str, DeviceRuntime] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._shared: dict[str, Any] = {}
+        self._shared_lock = asyncio.Lock()
+
+    async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = await factory()
+            return self._shared[key]
+
+    async def start(self) -> None:
+        """Open the outbox, start sinks, then devices."""
+        await self.outbox.open()
+        for sink in self.sinks:
+            self._tasks.append(asyncio.create_task(sink.run(self.outbox), name=f"sink-{sink.name}"))
+        for dev in self.config.devices:
+            if not dev.enabled:
+                continue
+            spec = registry.get(dev.driver)
+            factory = EventFactory(
+                site=self.config.site, gateway=self.config.gateway_id, device=device_ref(dev, spec.kind),
+                simulated=dev.simulated, scenario=self.scenario,
+            )
+            ctx = DeviceRuntime(
+                dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
+                shared=self._get_shared, recorder=self.recorder,
+            )
+            driver = spec.factory(dev, ctx)
+            if not isinstance(driver, PollingDriver | PushDriver):
+                raise TypeError(f"driver {spec.name} built a {type(driver).__name__}")
+            self.devices[dev.id] = ctx
+            self._tasks.append(asyncio.create_task(supervise(driver, ctx), name=f"device-{dev.id}"))
+        log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
+                 ", ".join(s.name for s in self.sinks) or "none (local history only)")
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every sink has delivered everything accepted so far; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            backlog = await self.outbox.backlog()
+            if not any(backlog.values()):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self, *, flush_timeout: float = 5.0) -> None:
+        """Stop devices, let sinks flush what they can, close everything."""
+        device_tasks = [t for t in self._tasks if t.get_name().startswith("device-")]
+        for t in device_tasks:
+            t.cancel()
+        await asyncio.gather(*device_tasks, return_exceptions=True)
+        for key, obj in list(self._shared.items()):
+            aclose = getattr(obj, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing shared %s failed", key)
+        if self.sinks:
+            await self.drain(flush_timeout)
+        for sink in self.sinks:
+            await sink.stop()
+        sink_tasks = [t for t in self._tasks if not t.get_name().startswith("device-")]
+        for t in sink_tasks:
+            t.cancel()
+        await asyncio.gather(*sink_tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.outbox.close()
+        log.info("gateway stopped; counters: %s", {k: v for k, v in self.counters.snapshot().items()
+                                                   if not k.startswith("device.")})
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def run_until_signal(gw: Gateway) -> None:
+    """Run `gw` until SIGINT or SIGTERM, then stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with gw:
+        await stop.wait()
+        log.info("signal received: stopping")

@@ -1,0 +1,191 @@
+"""InfluxDB sink: influxdb-client's v2 write API, or line protocol on `/write` for InfluxDB 1.x.
+
+Mapping: measurement = device kind; tags = site, device, type, class, severity, state,
+quality (all low cardinality); fields = the payload's scalar facts plus `event_id`;
+timestamp = event time in ns (plus a stable per-id sub-microsecond offset), so a redelivered
+event overwrites itself and two distinct events never collide.
+
+Server answers: 2xx acks the batch; 429/503 wait `Retry-After` (or back-off) and retry;
+other 4xx go to the dead-letter table with the server's reason and are skipped;
+anything else (5xx, connection refused, timeout) retries with capped back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+
+from gateway.config import InfluxConfig
+from gateway.driver import BackoffConfig
+from gateway.metrics import Counters
+from gateway.outbox import Outbox, Stored
+from gateway.sinks.base import Sink
+from gateway.supervisor import backoff_delays
+
+log = logging.getLogger(__name__)
+
+TAGS = ("type", "class", "severity", "state")
+# Payload keys that are personal data or high cardinality: never written as tags, and
+# personal data not at all (plates are kept as fields: they are the point of a plate reader).
+SKIP_FIELDS = frozenset({"kind", "raw"})
+
+
+def to_line(row: Stored) -> str:
+    """One event as a line-protocol line."""
+    ev = json.loads(row.body)
+    p = Point(row.kind).tag("site", ev["site"]).tag("device", row.device)
+    for t in TAGS:
+        p = p.tag(t, ev[t])
+    p = p.tag("quality", ev["quality"]["status"])
+    p = p.field("event_id", ev["id"])
+    for key in ("alarm_id", "raw_code", "seq"):
+        if ev.get(key) is not None:
+            p = p.field(key, ev[key])
+    for key, value in ev["payload"].items():
+        if key in SKIP_FIELDS or value is None or isinstance(value, dict | list):
+            continue
+        p = p.field(key, value)
+    # Event times have microsecond precision; the sub-microsecond nanoseconds carry a stable
+    # hash of the id, so two events of one series at the same instant (say a device-reported
+    # and a derived alarm in one poll) do not overwrite each other, while a redelivered event
+    # still lands on exactly its own point.
+    ts = _ns(ev["time"]) + zlib.crc32(ev["id"].encode()) % 1000
+    line: str = p.time(ts, WritePrecision.NS).to_line_protocol()
+    return line
+
+
+def _ns(iso: str) -> int:
+    from datetime import datetime
+
+    from schemas.event import event_time_ns
+
+    return event_time_ns(datetime.fromisoformat(iso))
+
+
+@dataclass
+class WriteOutcome:
+    """What the server said about one batch."""
+
+    ok: bool
+    status: int | None = None
+    reason: str = ""
+    retry_after: float | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """A 4xx other than 408/429: retrying would not help."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class InfluxSink(Sink):
+    """Batches events into line protocol and writes them, one batch at a time."""
+
+    def __init__(self, cfg: InfluxConfig, *, counters: Counters, name: str = "influx") -> None:
+        self.cfg = cfg
+        self.name = name
+        self.counters = counters.child(f"{name}.")
+        self._session: aiohttp.ClientSession | None = None
+        self._client: InfluxDBClientAsync | None = None
+
+    async def _write_v1(self, body: str) -> WriteOutcome:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+        params = {"db": self.cfg.database, "precision": "ns"}
+        if self.cfg.username:
+            params |= {"u": self.cfg.username, "p": self.cfg.password.get_secret_value()}
+        url = self.cfg.url.rstrip("/") + "/write"
+        async with self._session.post(url, params=params, data=body.encode()) as resp:
+            if resp.status < 300:
+                return WriteOutcome(True, resp.status)
+            text = await resp.text()
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            return WriteOutcome(False, resp.status, text.strip()[:1000], retry_after)
+
+    async def _write_v2(self, body: str) -> WriteOutcome:
+        if self._client is None:
+            self._client = InfluxDBClientAsync(
+                url=self.cfg.url, token=self.cfg.token.get_secret_value() or "-", org=self.cfg.org or "-",
+                timeout=int(self.cfg.timeout_s * 1000),
+            )
+        try:
+            await self._client.write_api().write(bucket=self.cfg.database, org=self.cfg.org or "-", record=body)
+        except ApiException as exc:
+            headers: Any = exc.headers or {}
+            return WriteOutcome(False, exc.status, str(exc.body or exc.reason)[:1000],
+                                parse_retry_after(headers.get("Retry-After")))
+        return WriteOutcome(True, 204)
+
+    async def write(self, body: str) -> WriteOutcome:
+        """Send one batch of lines."""
+        return await (self._write_v1(body) if self.cfg.api == "v1" else self._write_v2(body))
+
+    async def run(self, outbox: Outbox) -> None:
+        """Drain the outbox into InfluxDB forever."""
+        backoff = BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s)
+        delays = backoff_delays(backoff)
+        while True:
+            rows = await outbox.fetch(self.name, self.cfg.batch)
+            if not rows:
+                await outbox.wait_new(self.name, timeout=1.0)
+                continue
+            body = "\n".join(to_line(r) for r in rows)
+            try:
+                outcome = await self.write(body)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                outcome = WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
+            if outcome.ok:
+                await outbox.ack(self.name, rows)
+                self.counters.inc("written", len(rows))
+                delays = backoff_delays(backoff)
+                continue
+            if outcome.rejected:
+                log.error("InfluxDB rejected %d events (%s): %s", len(rows), outcome.status, outcome.reason)
+                await outbox.dead_letter(self.name, outcome.status, outcome.reason, rows, body)
+                await outbox.ack(self.name, rows)
+                continue
+            self.counters.inc("retries")
+            delay = outcome.retry_after if outcome.retry_after is not None else next(delays)
+            log.warning("InfluxDB write failed (%s %s); retrying in %.1fs", outcome.status, outcome.reason, delay)
+            await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        """Close HTTP sessions."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def lines_for(rows: Sequence[Stored]) -> str:
+    """Line protocol for many rows (bench and tools)."""
+    return "\n".join(to_line(r) for r in rows)

@@ -1,0 +1,115 @@
+"""Per-device supervision: one task per device connection, back-off, connectivity events.
+
+A device that hangs or dies only ever costs its own task: polls run on the device's own
+schedule, timeouts are the driver's, reconnects wait a capped, jittered exponential delay,
+and after `offline_after` consecutive misses a `device.offline` event is emitted
+(`device.online` when it answers again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from gateway.driver import BackoffConfig, PollingDriver, PushDriver
+from gateway.errors import DeviceProtocolError, DeviceUnavailable
+
+if TYPE_CHECKING:
+    from gateway.runtime import DeviceRuntime
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delays(cfg: BackoffConfig, rng: random.Random | None = None) -> Iterator[float]:
+    """Yield reconnect delays: initial, x factor each time, capped, each jittered by +/- `jitter`."""
+    rng = rng or random.Random()
+    delay = cfg.initial_s
+    while True:
+        spread = delay * cfg.jitter
+        yield max(0.0, delay + rng.uniform(-spread, spread))
+        delay = min(cfg.max_s, delay * cfg.factor)
+
+
+async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
+    """Run one device forever (until cancelled)."""
+    if isinstance(driver, PollingDriver):
+        await _supervise_polling(driver, ctx)
+    else:
+        await _supervise_push(driver, ctx)
+
+
+async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
+    loop = asyncio.get_running_loop()
+    delays = backoff_delays(ctx.config.backoff)
+    while True:
+        try:
+            await driver.connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await ctx.miss(f"connect failed: {exc or type(exc).__name__}")
+            await _close_quietly(driver)
+            await asyncio.sleep(next(delays))
+            continue
+        delays = backoff_delays(ctx.config.backoff)
+        next_at = loop.time()
+        while True:
+            try:
+                raw = await driver.read()
+            except asyncio.CancelledError:
+                await _close_quietly(driver)
+                raise
+            except DeviceProtocolError as exc:
+                ctx.counters.inc("protocol_errors")
+                await ctx.miss(f"device error: {exc}")
+            except Exception as exc:
+                if not isinstance(exc, DeviceUnavailable | OSError | TimeoutError):
+                    log.exception("%s: unexpected error in read()", ctx.config.id)
+                    ctx.counters.inc("driver_crashes")
+                ctx.counters.inc("link_errors")
+                await ctx.miss(f"link lost: {exc or type(exc).__name__}")
+                await _close_quietly(driver)
+                await asyncio.sleep(next(delays))
+                break
+            else:
+                ctx.counters.inc("polls")
+                ctx.record("poll", raw)
+                await ctx.answered()
+                await ctx.decode_and_emit(driver, raw)
+            next_at += driver.interval
+            now = loop.time()
+            if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst
+                ctx.counters.inc("late_polls")
+                next_at = now + driver.interval
+            await asyncio.sleep(next_at - now)
+
+
+async def _supervise_push(driver: PushDriver, ctx: DeviceRuntime) -> None:
+    while True:
+        ctx.link_up_since_start = False
+        try:
+            await driver.run()
+            reason = "driver stopped"
+        except asyncio.CancelledError:
+            raise
+        except DeviceUnavailable as exc:
+            reason = f"link lost: {exc}"
+        except Exception as exc:
+            log.exception("%s: driver crashed", ctx.config.id)
+            ctx.counters.inc("driver_crashes")
+            reason = f"driver crashed: {type(exc).__name__}: {exc}"
+        ctx.counters.inc("link_errors")
+        if ctx.link_up_since_start:  # it was working: start back-off afresh
+            ctx.reset_backoff()
+        await ctx.miss(reason)
+        await asyncio.sleep(ctx.next_backoff())
+
+
+async def _close_quietly(driver: PollingDriver) -> None:
+    try:
+        await driver.close()
+    except Exception:
+        log.debug("close failed", exc_info=True)

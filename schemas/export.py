@@ -1,0 +1,42 @@
+"""Generate the committed JSON Schemas: `python -m schemas.export` (a test checks for drift)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.common import SCHEMA_ID
+from schemas.event import Event
+
+HERE = Path(__file__).parent
+EVENT_SCHEMA_PATH = HERE / "event.schema.json"
+CONFIG_SCHEMA_PATH = HERE / "config.schema.json"
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of `courtyard.event/1`, as published (aliases: `schema`, `class`)."""
+    schema = Event.model_json_schema(by_alias=True, mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://courtyard.dev/schemas/{SCHEMA_ID}.json"
+    return schema
+
+
+def render(schema: dict[str, Any]) -> str:
+    """Stable text form of a schema (what is committed)."""
+    return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def main() -> int:
+    """Write both schema files."""
+    from gateway.config import config_json_schema
+
+    EVENT_SCHEMA_PATH.write_text(render(event_json_schema()), encoding="utf-8")
+    CONFIG_SCHEMA_PATH.write_text(render(config_json_schema()), encoding="utf-8")
+    print(f"wrote {EVENT_SCHEMA_PATH} and {CONFIG_SCHEMA_PATH}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

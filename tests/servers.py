@@ -1,0 +1,166 @@
+"""Real servers for tests: mosquitto, InfluxDB 1.x and VictoriaMetrics on free loopback ports.
+
+Each is started as a child process with its own config and data directory and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something listens on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def _binary(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise FileNotFoundError(f"{name} is not installed; run `make test` (it installs it)")
+
+
+class Server:
+    """A child-process server with a fixed port; stop()/start() keep the port."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"courtyard-{self.name}-"))
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        log = (self.dir / "server.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Mosquitto(Server):
+    name = "mosquitto"
+
+    def command(self) -> list[str]:
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
+        )
+        return [_binary("mosquitto"), "-c", str(conf)]
+
+
+class InfluxV1(Server):
+    name = "influxd"
+    database = "courtyard"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        conf = self.dir / "influxdb.conf"
+        d = self.dir
+        conf.write_text(
+            f'reporting-disabled = true\nbind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+        )
+        return [_binary("influxd"), "-config", str(conf)]
+
+    def start(self) -> None:
+        super().start()
+        self.query_sync(f"CREATE DATABASE {self.database}")
+
+    def query_sync(self, q: str) -> list[dict[str, Any]]:
+        """Run InfluxQL; return rows as dicts (all series concatenated)."""
+        data = urllib.parse.urlencode({"q": q, "db": self.database}).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as resp:
+            doc = json.load(resp)
+        rows: list[dict[str, Any]] = []
+        for result in doc.get("results", []):
+            if "error" in result:
+                raise RuntimeError(result["error"])
+            for series in result.get("series", []):
+                tags = series.get("tags", {})
+                for values in series["values"]:
+                    rows.append({**tags, **dict(zip(series["columns"], values, strict=True))})
+        return rows
+
+    async def query(self, q: str) -> list[dict[str, Any]]:
+        import asyncio
+
+        return await asyncio.to_thread(self.query_sync, q)
+
+
+class Victoria(Server):
+    name = "victoria-metrics"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            _binary("victoria-metrics"), f"-storageDataPath={self.dir}/data",
+            f"-httpListenAddr=127.0.0.1:{self.port}", "-retentionPeriod=100y", "-memory.allowedBytes=256MB",
+            "-search.latencyOffset=0s", "-loggerLevel=ERROR",
+        ]
+
+    def export_sync(self, match: str) -> list[dict[str, Any]]:
+        """Raw samples of every series matching `match` (JSON lines of /api/v1/export)."""
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).read()
+        q = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as resp:
+            return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+
+    async def export(self, match: str) -> list[dict[str, Any]]:
+        import asyncio
+
+        return await asyncio.to_thread(self.export_sync, match)

@@ -1,0 +1,172 @@
+"""Elevator register maps and normalizer: decoding, validation, alarms; no input crashes them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.modbus_elevator.config import ModbusElevatorConfig
+from drivers.modbus_elevator.driver import words_from_raw
+from drivers.modbus_elevator.normalizer import ElevatorNormalizer
+from drivers.modbus_elevator.regmap import load_map, shipped_maps
+from gateway.driver import EventDraft
+
+T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+IDLE = {"floor": 3, "direction": "none", "car_running": False, "door_zone": True, "door_state": "closed",
+        "occupied": False, "service_mode": "normal", "speed_mps": 0.0, "load_pct": 0, "fault_code": 0,
+        "event_code": 0}
+
+
+def normalizer(map_name: str = "gbt24476", **cfg: Any) -> ElevatorNormalizer:
+    config = ModbusElevatorConfig(id="lift-1", driver="modbus_elevator", map=map_name, **cfg)
+    return ElevatorNormalizer(config, load_map(map_name))
+
+
+def feed(n: ElevatorNormalizer, values: dict[str, Any], t: datetime, bits: frozenset[str] = frozenset()) -> list[
+        EventDraft]:
+    return n.process(n.map.encode(values, set(bits)), t)
+
+
+@pytest.mark.parametrize("name", shipped_maps())
+def test_encode_decode_round_trip(name: str) -> None:
+    m = load_map(name)
+    values = dict(IDLE, floor=-2, direction="up", car_running=True, speed_mps=1.5, occupied=True, door_zone=False)
+    decoded, _, problems = m.decode(m.encode(values))
+    assert problems == []
+    for key, value in decoded.items():
+        if key in values:
+            assert value == values[key], key
+
+
+def test_vendor_map_fault_code_times_100_and_bits() -> None:
+    m = load_map("monarch_vendor")
+    words = m.encode(dict(IDLE, fault_code=41), {"elevator.passenger_trapped"})
+    assert words[51211] == 4100
+    assert words[51238] == 0b10
+    n = normalizer("monarch_vendor")
+    drafts = n.process(words, T0)
+    faults = {d.type: d for d in drafts if d.cls in ("fault", "alarm")}
+    assert faults["elevator.safety_circuit_open"].raw_code == "monarch:41"
+    assert faults["elevator.passenger_trapped"].raw_code == "monarch:bit51238.1"
+    words[51211] = 4150  # not a multiple of 100: the sample is refused, not guessed
+    drafts = n.process(words, T0 + timedelta(seconds=1))
+    assert drafts[0].quality.status == "rejected"
+    assert "fault_code_not_integral:4150" in drafts[0].quality.reasons
+
+
+def test_status_on_change_and_periodically() -> None:
+    n = normalizer(status_interval_s=60)
+    assert [d.type for d in feed(n, IDLE, T0)] == ["elevator.status"]
+    assert feed(n, IDLE, T0 + timedelta(seconds=1)) == []
+    moved = feed(n, dict(IDLE, floor=4), T0 + timedelta(seconds=2))
+    assert [d.payload.floor for d in moved] == [4]  # type: ignore[attr-defined]
+    assert feed(n, dict(IDLE, floor=4), T0 + timedelta(seconds=30)) == []
+    assert len(feed(n, dict(IDLE, floor=4), T0 + timedelta(seconds=63))) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"floor": 40}, "floor_out_of_range:40"),
+        ({"floor": 0}, "floor_out_of_range:0"),
+        ({"speed_mps": 12.0}, "speed_implausible:12.0"),
+    ],
+)
+def test_impossible_values_are_rejected_with_reasons(change: dict[str, Any], reason: str) -> None:
+    n = normalizer(lowest_floor=-2, highest_floor=30)
+    drafts = feed(n, dict(IDLE, **change), T0)
+    assert len(drafts) == 1
+    assert drafts[0].quality.status == "rejected"
+    assert reason in drafts[0].quality.reasons
+
+
+def test_out_of_range_enum_is_rejected() -> None:
+    n = normalizer()
+    words = n.map.encode(IDLE)
+    words[2] = 7  # direction register
+    drafts = n.process(words, T0)
+    assert drafts[0].quality.status == "rejected"
+    assert "direction_out_of_range:7" in drafts[0].quality.reasons
+    assert drafts[0].payload.raw["direction"] == 7  # type: ignore[attr-defined]
+    assert n.process(words, T0 + timedelta(seconds=1)) == [], "a stuck bad register is not re-sent every poll"
+
+
+def test_suspect_cross_field_checks() -> None:
+    n = normalizer()
+    drafts = feed(n, dict(IDLE, direction="up"), T0)
+    assert drafts[0].quality.status == "suspect"
+    assert "direction_while_stopped" in drafts[0].quality.reasons
+    jump = feed(n, dict(IDLE, floor=25), T0 + timedelta(seconds=1))
+    assert any(r.startswith("implausible_floor_jump") for r in jump[0].quality.reasons)
+
+
+def test_trapped_raises_after_window_and_clears_with_same_alarm_id() -> None:
+    n = normalizer(thresholds={"trapped_s": 20})
+    stuck = dict(IDLE, occupied=True, door_zone=False, floor=5)
+    feed(n, stuck, T0)
+    assert not [d for d in feed(n, stuck, T0 + timedelta(seconds=19)) if d.cls == "alarm"]
+    raised = [d for d in feed(n, stuck, T0 + timedelta(seconds=21)) if d.cls == "alarm"]
+    assert len(raised) == 1
+    assert raised[0].type == "elevator.passenger_trapped"
+    assert raised[0].payload.trap == "between_floors"  # type: ignore[attr-defined]
+    assert raised[0].payload.duration_s == 21  # type: ignore[attr-defined]
+    assert not [d for d in feed(n, stuck, T0 + timedelta(seconds=30)) if d.cls == "alarm"], "raised only once"
+    cleared = [d for d in feed(n, dict(stuck, door_state="open"), T0 + timedelta(seconds=40)) if d.cls == "alarm"]
+    assert [(d.state, d.alarm_id) for d in cleared] == [("cleared", raised[0].alarm_id)]
+
+
+def test_fault_codes_mapped_unknown_kept_and_cleared() -> None:
+    n = normalizer()
+    d1 = [d for d in feed(n, dict(IDLE, fault_code=4), T0) if d.cls == "fault"]
+    assert [(d.type, d.raw_code, d.state) for d in d1] == [("elevator.stopped_outside_door_zone", "gbt24476:4",
+                                                            "raised")]
+    d2 = [d for d in feed(n, dict(IDLE, fault_code=77), T0 + timedelta(seconds=1)) if d.cls == "fault"]
+    assert {(d.type, d.state) for d in d2} == {("elevator.stopped_outside_door_zone", "cleared"),
+                                               ("elevator.fault.unknown", "raised")}
+    assert next(d for d in d2 if d.state == "cleared").alarm_id == d1[0].alarm_id
+    assert next(d for d in d2 if d.state == "raised").raw_code == "gbt24476:77"
+
+
+def test_overspeed_and_door_open_while_running() -> None:
+    n = normalizer(rated_speed_mps=1.0, thresholds={"overspeed_ratio": 1.2, "door_open_running_s": 0})
+    moving = dict(IDLE, car_running=True, direction="up", door_zone=False, speed_mps=1.5, door_state="open")
+    types = {d.type: d for d in feed(n, moving, T0) if d.cls == "fault"}
+    assert types["elevator.overspeed"].payload.ratio == 1.5  # type: ignore[attr-defined]
+    assert "elevator.door_open_while_running" in types
+
+
+def test_mode_change_event() -> None:
+    n = normalizer()
+    feed(n, IDLE, T0)
+    drafts = feed(n, dict(IDLE, service_mode="fire_return"), T0 + timedelta(seconds=1))
+    mode = next(d for d in drafts if d.type == "elevator.mode_changed")
+    assert (mode.payload.mode_from, mode.payload.mode_to, mode.severity) == (  # type: ignore[attr-defined]
+        "normal", "fire_return", "major")
+
+
+@pytest.mark.parametrize("map_name", shipped_maps())
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_no_register_content_crashes_the_codec(map_name: str, data: st.DataObject) -> None:
+    n = normalizer(map_name)
+    m = n.map
+    t = T0
+    for _ in range(3):
+        words = {a: data.draw(st.integers(0, 0xFFFF)) for b in m.blocks for a in range(b.address, b.address + b.count)}
+        t += timedelta(seconds=data.draw(st.floats(0, 120)))
+        for d in n.process(words, t):
+            assert d.type.startswith("elevator.")
+            assert d.quality.status in ("valid", "suspect", "rejected")
+
+
+@given(raw=st.recursive(st.none() | st.integers() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)))
+def test_malformed_recordings_are_refused_cleanly(raw: Any) -> None:
+    try:
+        words = words_from_raw(raw)
+    except ValueError:
+        return
+    assert all(isinstance(a, int) and 0 <= w <= 0xFFFF for a, w in words.items())

@@ -1,0 +1,109 @@
+"""The outbox: group commits, lanes, per-sink cursors, restarts and the disk budget."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.ids import uuid7
+from gateway.outbox import Outbox
+from schemas.common import ConnectivityPayload, DeviceRef
+from schemas.elevator import ElevatorPayload
+from schemas.event import Event
+
+
+def make_event(i: int, cls: str = "status", device: str = "lift-1") -> Event:
+    now = datetime.now(UTC)
+    alarm = cls in ("alarm", "fault")
+    return Event.model_validate({
+        "id": uuid7(), "time": now, "received": now, "site": "s", "gateway": "g",
+        "device": DeviceRef(id=device, kind="elevator", driver="modbus_elevator"),
+        "class": cls,
+        "type": "elevator.passenger_trapped" if alarm else ("device.offline" if cls == "connectivity"
+                                                            else "elevator.status"),
+        "state": "raised" if alarm else "momentary",
+        "payload": ConnectivityPayload(online=False) if cls == "connectivity" else ElevatorPayload(floor=i),
+    })
+
+
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["a"]) as ob:
+        await asyncio.gather(*(ob.append([make_event(i)]) for i in range(500)))
+        assert ob.count == 500
+        # 500 producers, far fewer commits: the WAL grew by batches, not 500 fsyncs.
+        assert ob.counters.get("outbox.accepted") == 500
+    db = sqlite3.connect(tmp_path / "o.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 500
+
+
+async def test_alarms_overtake_status_backlog(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"]) as ob:
+        await ob.append([make_event(i) for i in range(1000)])
+        alarm = make_event(0, "alarm")
+        await ob.append([alarm])
+        first = await ob.fetch("mqtt", 10)
+        assert first[0].lane == 0
+        assert alarm.id in first[0].body
+        assert [r.lane for r in first[1:]] == [1] * 9
+
+
+async def test_each_sink_has_its_own_cursor_and_it_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    events = [make_event(i) for i in range(50)]
+    async with Outbox(path, sinks=["mqtt", "influx"]) as ob:
+        await ob.append(events)
+        got = await ob.fetch("mqtt", 30)
+        await ob.ack("mqtt", got)
+        assert len(await ob.fetch("influx", 100)) == 50
+    async with Outbox(path, sinks=["mqtt", "influx"]) as ob:
+        rest = await ob.fetch("mqtt", 100)
+        assert [r.body for r in rest] == [e.to_json() for e in events[30:]]
+        assert await ob.backlog() == {"mqtt": 20, "influx": 50}
+
+
+async def test_budget_drops_oldest_status_never_alarms(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"], max_events=100) as ob:
+        alarms = [make_event(i, "alarm") for i in range(20)]
+        await ob.append(alarms[:10])
+        await ob.append([make_event(i) for i in range(200)])
+        await ob.append(alarms[10:])
+        rows = await ob.fetch("mqtt", 1000)
+        bodies = "".join(r.body for r in rows)
+        assert all(a.id in bodies for a in alarms), "an alarm was dropped"
+        assert ob.counters.get("outbox.dropped_status") > 0
+        assert ob.count <= 101
+        # the newest status events are the ones kept
+        status_floors = [int(r.body.split('"floor":')[1].split(",")[0]) for r in rows if r.lane == 1]
+        assert status_floors == sorted(status_floors)
+        assert status_floors[-1] == 199
+
+
+async def test_budget_frees_delivered_history_first(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"], max_events=100) as ob:
+        await ob.append([make_event(i) for i in range(90)])
+        await ob.ack("mqtt", await ob.fetch("mqtt", 90))
+        await ob.append([make_event(i) for i in range(90, 150)])
+        assert ob.counters.get("outbox.dropped_status") == 0
+        assert len(await ob.fetch("mqtt", 1000)) == 60
+
+
+async def test_block_policy_waits_for_room_but_not_alarms(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"], max_events=100, overflow="block") as ob:
+        await ob.append([make_event(i) for i in range(100)])
+        blocked = asyncio.create_task(ob.append([make_event(100)]))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        await asyncio.wait_for(ob.append([make_event(0, "alarm")]), 2)  # alarms are never held back
+        await ob.ack("mqtt", await ob.fetch("mqtt", 50))
+        await asyncio.wait_for(blocked, 2)
+        assert ob.counters.get("outbox.blocked") >= 1
+
+
+async def test_connectivity_travels_in_priority_lane(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"]) as ob:
+        await ob.append([make_event(1), make_event(2, "connectivity")])
+        rows = await ob.fetch("mqtt", 10)
+        assert [r.cls for r in rows] == ["connectivity", "status"]
