@@ -131,10 +131,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         for r in rows:
             out.write(r.body + "\n")
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("received (UTC)", "device", "class", "type", "severity", "state", "quality", "summary")
+    # Plain, greppable lines; --json gives the exact published bodies.
     for r in rows:
         ev = json.loads(r.body)
         when = datetime.fromtimestamp(r.received_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
@@ -142,8 +139,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         summary = " ".join(f"{k}={v}" for k, v in list(payload.items())[:6])
         q = ev["quality"]
         quality = q["status"] + (f" ({', '.join(q['reasons'])})" if q["reasons"] else "")
-        table.add_row(when, r.device, r.cls, r.type, ev["severity"], ev["state"], quality, summary)
-    Console().print(table)
+        state = "" if ev["state"] == "momentary" else ev["state"]
+        print(f"{when}  {r.device:<14} {r.cls:<12} {r.type:<34} {ev['severity']:<8} {state:<8} {quality:<8} {summary}")
     print(f"{len(rows)} events", file=sys.stderr)
     return 0
 

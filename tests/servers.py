@@ -84,12 +84,24 @@ class Server:
 class Mosquitto(Server):
     name = "mosquitto"
 
+    def __init__(self, *, persistence: bool = False, tls: dict[str, Path] | None = None) -> None:
+        super().__init__()
+        self.persistence = persistence
+        self.tls = tls  # {"ca", "cert", "key"}: adds a TLS listener on `tls_port`
+        self.tls_port = free_port() if tls else 0
+
     def command(self) -> list[str]:
         conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
-        )
+        persist = f"persistence true\npersistence_location {self.dir}/\n" if self.persistence else "persistence false\n"
+        # As root, mosquitto would drop to user `mosquitto`, who cannot read the test's files.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        text = (f"{user}per_listener_settings false\nallow_anonymous true\n{persist}"
+                "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
+                f"listener {self.port} 127.0.0.1\n")
+        if self.tls:
+            text += (f"listener {self.tls_port} 127.0.0.1\ncafile {self.tls['ca']}\n"
+                     f"certfile {self.tls['cert']}\nkeyfile {self.tls['key']}\n")
+        conf.write_text(text)
         return [_binary("mosquitto"), "-c", str(conf)]
 
 

@@ -151,6 +151,7 @@ class InfluxSink(Sink):
         """Drain the outbox into InfluxDB forever."""
         backoff = BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s)
         delays = backoff_delays(backoff)
+        failures = 0
         while True:
             rows = await outbox.fetch(self.name, self.cfg.batch)
             if not rows:
@@ -164,7 +165,10 @@ class InfluxSink(Sink):
             if outcome.ok:
                 await outbox.ack(self.name, rows)
                 self.counters.inc("written", len(rows))
-                delays = backoff_delays(backoff)
+                if failures:
+                    log.info("InfluxDB writes recovered after %d failed attempts", failures)
+                    failures = 0
+                    delays = backoff_delays(backoff)
                 continue
             if outcome.rejected:
                 log.error("InfluxDB rejected %d events (%s): %s", len(rows), outcome.status, outcome.reason)
@@ -172,8 +176,11 @@ class InfluxSink(Sink):
                 await outbox.ack(self.name, rows)
                 continue
             self.counters.inc("retries")
+            failures += 1
             delay = outcome.retry_after if outcome.retry_after is not None else next(delays)
-            log.warning("InfluxDB write failed (%s %s); retrying in %.1fs", outcome.status, outcome.reason, delay)
+            # One warning per outage, not one per retry.
+            log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                    "InfluxDB write failed (%s %s); retrying in %.1fs", outcome.status, outcome.reason, delay)
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:

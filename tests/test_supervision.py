@@ -1,0 +1,90 @@
+"""Supervision: a dead device never slows live ones; back-off; connectivity events."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from gateway.config import parse_config
+from gateway.driver import BackoffConfig
+from gateway.runtime import Gateway
+from gateway.supervisor import backoff_delays
+from simulators.elevator import ElevatorModel, ElevatorSimulator
+from tests.helpers import base_config, eventually
+from tests.servers import free_port
+
+POLL_S = 0.2
+
+
+def lift(dev_id: str, port: int, unit: int = 1) -> dict[str, object]:
+    return {"id": dev_id, "driver": "modbus_elevator", "port": port, "unit_id": unit, "poll_interval_s": POLL_S,
+            "timeout_s": 0.5, "offline_after": 2, "backoff": {"initial_s": 0.2, "max_s": 1.0}}
+
+
+def history(tmp_path: Path) -> list[tuple[str, str]]:
+    from gateway.history import query
+
+    return [(r.device, r.type) for r in query(tmp_path / "outbox.db")]
+
+
+async def test_one_dead_device_never_delays_twenty_live_ones(tmp_path: Path) -> None:
+    live_port, dead_port = free_port(), free_port()
+    live = ElevatorSimulator(port=live_port, elevators={i: ElevatorModel(seed=i) for i in range(1, 21)})
+    dead = ElevatorSimulator(port=dead_port)
+    devices = [lift(f"lift-{i}", live_port, i) for i in range(1, 21)] + [lift("lift-dead", dead_port)]
+    cfg = parse_config(base_config(tmp_path, devices=devices))
+    async with live, dead:
+        await dead.inject("no_reply")  # the nastiest death: connects, then every request hangs
+        async with Gateway(cfg) as gw:
+            await asyncio.sleep(1.0)  # let every link come up
+            before = {i: gw.counters.get(f"device.lift-{i}.polls") for i in range(1, 21)}
+            window = 5.0
+            await asyncio.sleep(window)
+            expected = window / POLL_S
+            rates = {i: gw.counters.get(f"device.lift-{i}.polls") - before[i] for i in range(1, 21)}
+            assert all(n >= 0.8 * expected for n in rates.values()), rates
+            assert gw.counters.get("device.lift-dead.polls") == 0
+            await eventually(lambda: ("lift-dead", "device.offline") in history(tmp_path), timeout=5)
+            await dead.clear("no_reply")
+            await eventually(lambda: history(tmp_path).count(("lift-dead", "device.online")) >= 1
+                             and gw.counters.get("device.lift-dead.polls") > 0, timeout=10)
+    online = [t for d, t in history(tmp_path) if d == "lift-dead" and t.startswith("device.")]
+    assert online == ["device.offline", "device.online"]
+
+
+async def test_device_that_drops_its_link_comes_back(tmp_path: Path) -> None:
+    port = free_port()
+    sim = ElevatorSimulator(port=port)
+    cfg = parse_config(base_config(tmp_path, devices=[lift("lift-1", port)]))
+    async with sim, Gateway(cfg) as gw:
+        await eventually(lambda: ("lift-1", "device.online") in history(tmp_path), timeout=5)
+        await sim.inject("disconnect")
+        await eventually(lambda: ("lift-1", "device.offline") in history(tmp_path), timeout=10)
+        await sim.clear("disconnect")
+        await eventually(lambda: history(tmp_path).count(("lift-1", "device.online")) == 2, timeout=10)
+        assert gw.counters.get("device.lift-1.link_errors") >= 1
+
+
+async def test_modbus_exception_is_a_miss_not_a_reconnect(tmp_path: Path) -> None:
+    port = free_port()
+    sim = ElevatorSimulator(port=port)
+    cfg = parse_config(base_config(tmp_path, devices=[lift("lift-1", port)]))
+    async with sim, Gateway(cfg) as gw:
+        await eventually(lambda: gw.counters.get("device.lift-1.polls") > 2, timeout=5)
+        await sim.inject("exception", 6)
+        await eventually(lambda: gw.counters.get("device.lift-1.protocol_errors") >= 3, timeout=5)
+        await eventually(lambda: ("lift-1", "device.offline") in history(tmp_path), timeout=5)
+        assert gw.counters.get("device.lift-1.link_errors") == 0
+        await sim.clear("exception")
+        await eventually(lambda: history(tmp_path).count(("lift-1", "device.online")) == 2, timeout=5)
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    cfg = BackoffConfig(initial_s=0.5, max_s=8.0, factor=2.0, jitter=0.2)
+    delays = backoff_delays(cfg, random.Random(7))
+    got = [next(delays) for _ in range(10)]
+    nominal = [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8]
+    for d, n in zip(got, nominal, strict=True):
+        assert 0.8 * n <= d <= 1.2 * n
+    assert len({round(d, 6) for d in got[4:]}) > 1, "jitter spreads reconnects of many devices"
