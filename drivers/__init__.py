@@ -2,4 +2,7 @@
 
 BUILTIN: tuple[str, ...] = (
     "drivers.modbus_elevator:DRIVER",
+    "drivers.http_plate_reader:DRIVER",
+    "drivers.opcua_pa:DRIVER",
+    "drivers.ble_access_gate:DRIVER",
 )

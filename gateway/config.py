@@ -158,11 +158,14 @@ def _load_with_lines(
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigProblem(source, line, "", f"YAML syntax: {getattr(exc, 'problem', exc)}")]) from exc
 
+    flattener = _LineLoader(text)
+
     def build(node: yaml.Node | None, path: tuple[Any, ...]) -> Any:
         if node is None:
             return None
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            flattener.flatten_mapping(node)  # resolve `<<: *anchor` merge keys in place
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = build(key_node, (*path, "<key>"))
@@ -183,7 +186,12 @@ def _load_with_lines(
                 node = yaml.ScalarNode(resolved, node.value, node.start_mark, node.end_mark)
         return _LineLoader(text).construct_object(node, deep=True)
 
-    data = build(root, ())
+    try:
+        data = build(root, ())
+    except yaml.YAMLError as exc:  # e.g. merge keys or tags SafeLoader will not construct
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigProblem(source, line, "", f"YAML: {getattr(exc, 'problem', None) or exc}")]) from exc
     return data, lines, problems
 
 
@@ -233,6 +241,8 @@ def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBas
     data, lines, env_problems = _load_with_lines(text, source)
     if not isinstance(data, dict):
         raise ConfigError([*env_problems, ConfigProblem(source, 1, "", "the file must be a mapping of settings")])
+    # Top-level `x-...` keys are free for YAML anchors (`x-lift: &lift {...}`, then `<<: *lift`).
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         config = parse_config(data, source=source, lines=lines)
     except ConfigError as exc:

@@ -112,6 +112,11 @@ class DeviceContext(Protocol):
         """Report link state (push drivers); a `connectivity` event is emitted on change."""
         ...
 
+    @property
+    def recording(self) -> bool:
+        """True when raw inputs are being recorded (skip building costly raw data otherwise)."""
+        ...
+
     def record(self, channel: str, data: Any) -> None:
         """Record one raw input (no-op unless recording is on)."""
         ...

@@ -94,6 +94,7 @@ class DeviceRuntime:
         self.counters = counters
         self._shared = shared
         self._recorder = recorder
+        self.recording = recorder is not None
         self._clock = clock
         self.log = logging.getLogger(f"courtyard.device.{config.id}")
         self.online: bool | None = None

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
+from schemas.access import AccessPayload
 from schemas.common import (
     VALID,
     AlarmState,
@@ -18,10 +19,12 @@ from schemas.common import (
     Severity,
 )
 from schemas.elevator import ElevatorPayload
+from schemas.lpr import LprPayload
+from schemas.pa import PaPayload
 
 # One line per payload family; the discriminator is the payload's `kind`.
 Payload = Annotated[
-    ElevatorPayload | ConnectivityPayload,
+    ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload,
     Field(discriminator="kind"),
 ]
 

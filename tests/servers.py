@@ -60,8 +60,8 @@ class Server:
         raise NotImplementedError
 
     def start(self) -> None:
-        log = (self.dir / "server.log").open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with (self.dir / "server.log").open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.port)
 
     def stop(self) -> None:

@@ -96,3 +96,21 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
                          check=False, capture_output=True, text=True)
     assert res.returncode == 1
     assert f"{bad}:3: mqtt.port:" in res.stderr
+
+
+def test_anchors_and_merge_keys_share_device_settings() -> None:
+    cfg = load_config_text(
+        "x-lift: &lift {driver: modbus_elevator, port: 1502, poll_interval_s: 2}\n"
+        "site: s1\n"
+        "devices:\n"
+        "  - {<<: *lift, id: lift-1}\n"
+        "  - {<<: *lift, id: lift-2, port: 1503}\n"
+    )
+    assert [(d.id, d.port, d.poll_interval_s) for d in cfg.devices] == [  # type: ignore[attr-defined]
+        ("lift-1", 1502, 2.0), ("lift-2", 1503, 2.0)]
+
+
+def test_unconstructible_yaml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text("site: !!python/object:os.system x\n", source="evil.yaml")
+    assert info.value.problems[0].file == "evil.yaml"

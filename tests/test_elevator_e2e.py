@@ -36,10 +36,10 @@ async def run_scenario(tmp_path: Path, mosquitto: Mosquitto, influx: dict[str, A
     vendor_port = free_port()
     vendor = ElevatorSimulator(port=vendor_port, regmap="monarch_vendor",
                                elevators={1: ElevatorModel(call_rate_per_s=1.0, seed=5)})
-    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, influx=influx, devices=[
+    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, influx=influx, site="e2e-lift", devices=[
         lift("lift-a", port, 1), lift("lift-b", port, 2), lift("lift-v", vendor_port, 1, map="monarch_vendor"),
     ]))
-    async with sim, vendor, MqttCollector(mosquitto.host, mosquitto.port, "courtyard/test-site/#") as col:
+    async with sim, vendor, MqttCollector(mosquitto.host, mosquitto.port, "courtyard/e2e-lift/#") as col:
         async with Gateway(cfg) as gw:
             await asyncio.sleep(4)
             await sim.inject("trapped", device_id=1)
@@ -75,7 +75,7 @@ def check_mqtt(accepted: list[dict[str, Any]], messages: list[tuple[str, bytes]]
             continue
         jsonschema.validate(body, schema)  # every message published validates
         if "/event/" in topic:
-            assert topic == f"courtyard/test-site/elevator/{body['device']['id']}/event/{body['type']}"
+            assert topic == f"courtyard/e2e-lift/elevator/{body['device']['id']}/event/{body['type']}"
             published[body["id"]] = body
     for ev in accepted:
         assert published[ev["id"]] == ev, "MQTT body differs from the accepted event"
@@ -87,7 +87,7 @@ def check_mqtt(accepted: list[dict[str, Any]], messages: list[tuple[str, bytes]]
             by_alarm.setdefault(e["alarm_id"], []).append(e["state"])
     assert by_alarm and all(states == ["raised", "cleared"] for states in by_alarm.values()), by_alarm
     state_topics = [t for t, _ in messages if t.endswith("/state")]
-    assert {"courtyard/test-site/elevator/lift-a/state", "courtyard/test-site/elevator/lift-v/state"} <= set(
+    assert {"courtyard/e2e-lift/elevator/lift-a/state", "courtyard/e2e-lift/elevator/lift-v/state"} <= set(
         state_topics)
 
 

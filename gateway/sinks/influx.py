@@ -2,8 +2,8 @@
 
 Mapping: measurement = device kind; tags = site, device, type, class, severity, state,
 quality (all low cardinality); fields = the payload's scalar facts plus `event_id`;
-timestamp = event time in ns (plus a stable per-id sub-microsecond offset), so a redelivered
-event overwrites itself and two distinct events never collide.
+timestamp = event time in ns (plus a stable per-id offset below the time's own precision,
+see `_resolution_ns`), so a redelivered event overwrites itself and distinct events do not.
 
 Server answers: 2xx acks the batch; 429/503 wait `Retry-After` (or back-off) and retry;
 other 4xx go to the dead-letter table with the server's reason and are skipped;
@@ -57,13 +57,25 @@ def to_line(row: Stored) -> str:
         if key in SKIP_FIELDS or value is None or isinstance(value, dict | list):
             continue
         p = p.field(key, value)
-    # Event times have microsecond precision; the sub-microsecond nanoseconds carry a stable
-    # hash of the id, so two events of one series at the same instant (say a device-reported
-    # and a derived alarm in one poll) do not overwrite each other, while a redelivered event
-    # still lands on exactly its own point.
-    ts = _ns(ev["time"]) + zlib.crc32(ev["id"].encode()) % 1000
+    ts = _ns(ev["time"])
+    ts += zlib.crc32(ev["id"].encode()) % _resolution_ns(ts)
     line: str = p.time(ts, WritePrecision.NS).to_line_protocol()
     return line
+
+
+def _resolution_ns(ts: int) -> int:
+    """How precise a timestamp really is: 1 s for whole-second device clocks, else ms or us.
+
+    Two events of one series at the same instant (a device-reported and a derived alarm in
+    one poll; two passages stamped by a gate's one-second clock) would overwrite each other
+    as InfluxDB points. Each point therefore gets a stable, id-derived offset below the
+    timestamp's own precision: distinct events land on distinct points, a redelivered event
+    lands on exactly its own point, and no timestamp moves past what the source could tell.
+    """
+    for unit in (1_000_000_000, 1_000_000, 1_000):
+        if ts % unit == 0:
+            return unit
+    return 1
 
 
 def _ns(iso: str) -> int:

@@ -1,0 +1,66 @@
+"""Configuration of one BLE access gate (validated only; no I/O happens here)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gateway.driver import DeviceConfig
+
+
+class SimulationConfig(BaseModel):
+    """Gate model used when `backend: simulated` (no radio): the peripheral runs in-process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 1
+    arrivals_per_min: float = Field(6.0, gt=0, le=6000)
+    speed: float = Field(1.0, gt=0, le=1000, description="Simulated seconds per wall-clock second")
+    clock_skew_s: float = Field(0.0, description="Offset of the simulated device clock")
+
+
+class BleAccessGateConfig(DeviceConfig):
+    """One gate, turnstile or door controller speaking the Courtyard Open Gate Profile over BLE."""
+
+    driver: Literal["ble_access_gate"]
+    address: str | None = Field(
+        None, description="BLE address (AA:BB:CC:DD:EE:FF) or platform id (UUID on macOS)"
+    )
+    scan_name: str | None = Field(None, description="Find the device by advertised name instead of address")
+    backend: str = Field(
+        "native",
+        description="native (bleak's platform backend), simulated (in-process gate), bumble "
+        "(virtual radio, tests), or module:Class of a BaseBleakClient subclass",
+    )
+    code_table: str = Field("cogp", description="cogp, hik, or a path to a table YAML file")
+    credential_key: SecretStr = Field(description="HMAC key for credential ids; keep it in an env var")
+    doors: int = Field(1, ge=1, le=8)
+    readers: int = Field(2, ge=1, le=16)
+    max_clock_skew_s: float = Field(120.0, gt=0, description="Beyond this the device time is not trusted")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    heartbeat_s: float = Field(30.0, gt=0, description="Status read interval; a failed read means link lost")
+    history_batch: int = Field(64, ge=1, le=0xFFFF, description="Records asked per history request")
+    history_timeout_s: float = Field(5.0, gt=0)
+    dedupe_window: int = Field(4096, ge=16, description="Sequence numbers remembered for gap tracking")
+    simulation: SimulationConfig = SimulationConfig()
+
+    @field_validator("credential_key")
+    @classmethod
+    def _key_strength(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("credential_key must be at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> BleAccessGateConfig:
+        if not self.address and not self.scan_name:
+            raise ValueError("set `address` or `scan_name`")
+        if self.backend not in ("native", "simulated", "bumble") and ":" not in self.backend:
+            raise ValueError("backend must be native, simulated, bumble or module:Class")
+        return self
+
+    @property
+    def target(self) -> str:
+        """What to connect to: the address, else the scan name (the simulated backend accepts either)."""
+        return self.address or self.scan_name or ""

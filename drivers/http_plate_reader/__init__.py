@@ -1,0 +1,18 @@
+"""Garage licence-plate cameras pushing reads to the gateway over HTTP (Zhenshi JSON, Hikvision ANPR)."""
+
+from drivers.http_plate_reader.config import HttpPlateReaderConfig
+from drivers.http_plate_reader.driver import HttpPlateReader
+from gateway.driver import DriverSpec
+
+DRIVER = DriverSpec(
+    name="http_plate_reader",
+    kind="plate_reader",
+    transport="http",
+    shape="push",
+    config=HttpPlateReaderConfig,
+    factory=HttpPlateReader,
+    summary="Licence-plate cameras (Zhenshi JSON, Hikvision ANPR) push reads; barrier decided at the edge",
+    simulator="plate_reader",
+)
+
+__all__ = ["DRIVER", "HttpPlateReader", "HttpPlateReaderConfig"]

@@ -1,0 +1,161 @@
+"""Configuration of one plate camera (one device entry) for the `http_plate_reader` driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from drivers.http_plate_reader.plates import canonical
+from gateway.driver import DeviceConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LprNoAuth(_Strict):
+    """No authentication: only for a camera VLAN nobody else can reach."""
+
+    mode: Literal["none"] = "none"
+
+
+class LprTokenAuth(_Strict):
+    """A shared token the camera sends in a header."""
+
+    mode: Literal["token"]
+    header: str = "X-Auth-Token"
+    token: SecretStr = Field(min_length=8)
+
+
+class LprHmacAuth(_Strict):
+    """HMAC-SHA256 over `<timestamp>.<body>`, hex in `header`; the timestamp bounds replays."""
+
+    mode: Literal["hmac"]
+    header: str = "X-Signature"
+    timestamp_header: str = "X-Timestamp"
+    secret: SecretStr = Field(min_length=8)
+    max_skew_s: float = Field(300.0, gt=0)
+
+
+class LprBasicAuth(_Strict):
+    """HTTP Basic auth, the only option many camera firmwares offer."""
+
+    mode: Literal["basic"]
+    username: str = Field(min_length=1)
+    password: SecretStr = Field(min_length=1)
+
+
+Auth = Annotated[LprNoAuth | LprTokenAuth | LprHmacAuth | LprBasicAuth, Field(discriminator="mode")]
+
+
+class LprVisitorPass(_Strict):
+    """A temporary permission for one plate."""
+
+    plate: str
+    valid_until: AwareDatetime
+    valid_from: AwareDatetime | None = None
+    pass_id: str | None = None
+
+    @field_validator("plate")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        return canonical(value)
+
+
+class LprAccessConfig(_Strict):
+    """Local lists that decide the barrier at the edge, so it works while the broker is down."""
+
+    allowlist: list[str] = Field(default_factory=list)
+    blocklist: list[str] = Field(default_factory=list)
+    visitors: list[LprVisitorPass] = Field(default_factory=list)
+    unknown: Literal["open", "deny"] = Field(
+        "deny",
+        description="Decision for plates on no list (exit lanes often use open)",
+    )
+
+    @field_validator("allowlist", "blocklist")
+    @classmethod
+    def _canonical_all(cls, values: list[str]) -> list[str]:
+        return [canonical(v) for v in values]
+
+
+class LprMediaConfig(_Strict):
+    """Where images go: a bounded folder, oldest evicted first. Cameras sharing a path share the budget."""
+
+    path: Path = Path("./courtyard-data/lpr-media")
+    max_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    max_image_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger images are rejected with 413")
+    uri_prefix: str | None = Field(
+        None,
+        description="Prefix for image URIs (e.g. an HTTP server over `path`); default file:// URIs",
+    )
+
+
+class LprBarrierConfig(_Strict):
+    """ISAPI barrier control, for cameras whose push reply cannot open the barrier (Hikvision)."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", description="Camera base URL, e.g. http://192.168.1.65")
+    channel: int = Field(1, ge=1)
+    username: str = "admin"
+    password: SecretStr
+    auth: Literal["digest", "basic"] = "digest"
+    timeout_s: float = Field(2.0, gt=0)
+
+
+class HttpPlateReaderConfig(DeviceConfig):
+    """One licence-plate camera pushing reads to the gateway's shared HTTP listener."""
+
+    driver: Literal["http_plate_reader"]
+    protocol: Literal["zhenshi", "hikvision"] = "zhenshi"
+    listen_host: str = Field("0.0.0.0", description="Address of the listener shared by cameras on the same port")
+    listen_port: int = Field(8088, ge=1, le=65535)
+    path: str | None = Field(None, description="URL path this camera posts to; default /lpr/<device id>")
+    auth: Auth = LprNoAuth()
+    serial: str | None = Field(None, description="Expected camera serial number; pushes from others get 403")
+    lane: str | None = Field(None, description="Lane name; default: the camera's own channel/lane field")
+    direction: Literal["entry", "exit", "unknown"] | None = Field(
+        None,
+        description="Direction of travel at this camera; default: from the vendor's field when it has one",
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    rate_limit_per_s: float = Field(20.0, gt=0, description="Sustained pushes per second per source address")
+    rate_burst: int = Field(40, ge=1)
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="Camera keep-alive period")
+    dedupe_s: float = Field(10.0, ge=0, description="Same plate, same lane within this window: suppressed")
+    min_confidence: float = Field(0.7, ge=0, le=1, description="Reads below this are marked suspect")
+    confidence_scale: Literal["percent", "unit", "auto"] | None = Field(
+        None,
+        description="Override of the vendor map's confidence scale",
+    )
+    gate_input: int | None = Field(None, ge=0, description="GPIO input wired to the barrier's up/down contact")
+    barrier_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="After an open, barrier must report up within this time (needs gate_input)",
+    )
+    access: LprAccessConfig = LprAccessConfig()
+    media: LprMediaConfig = LprMediaConfig()
+    barrier: LprBarrierConfig | None = Field(
+        None, description="Open the barrier with an ISAPI command after an open decision is committed"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _path_shape(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or any(c in value for c in "?# ")):
+            raise ValueError("path must start with / and contain no '?', '#' or spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _lists_disjoint(self) -> HttpPlateReaderConfig:
+        both = set(self.access.allowlist) & set(self.access.blocklist)
+        if both:
+            raise ValueError(f"access: plates on both allowlist and blocklist: {', '.join(sorted(both))}")
+        return self
+
+    @property
+    def url_path(self) -> str:
+        """The path this camera posts to."""
+        return self.path or f"/lpr/{self.id}"

@@ -1,0 +1,322 @@
+"""A gate that behaves: residents arrive, badge, pass; doors open and close; things go wrong.
+
+Deterministic for a seed: all randomness comes from one `random.Random`, and time only moves
+when `advance()` is called, so tests can run hours of gate life in milliseconds. The model speaks
+normalized intents (`access.denied` + reason) and encodes them with a code table, so the same
+model can pose as a COGP-native gate or a Hikvision-numbered one.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drivers.ble_access_gate import codec
+from drivers.ble_access_gate.tables import CodeTable, load_enumerations, load_table
+
+CREDENTIALS = (("card", 50), ("face", 25), ("qr", 10), ("ble", 10), ("pin", 5))
+DENY_REASONS = (
+    ("no_permission", 30),
+    ("unknown_credential", 25),
+    ("expired", 15),
+    ("outside_schedule", 12),
+    ("anti_passback", 8),
+    ("blocklist", 4),
+    ("liveness_failed", 3),
+    ("interlock", 2),
+    ("multi_factor_timeout", 1),
+)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """Probabilities per arrival (the rest of the gate's life follows from them)."""
+
+    granted: float = 0.85
+    tailgating: float = 0.03
+    reverse_entry: float = 0.01
+    held_open: float = 0.02
+    forced: float = 0.004
+    tamper: float = 0.002
+    exit_button: float = 0.05
+
+
+@dataclass(order=True)
+class _Pending:
+    at: float
+    order: int
+    action: Callable[[], object] = field(compare=False)
+
+
+class GateModel:
+    """State and behaviour of one gate controller with `doors` doors."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 1,
+        doors: int = 1,
+        arrivals_per_min: float = 6.0,
+        start_time: float = 1_767_225_600.0,  # 2026-01-01T00:00:00Z
+        table: str | CodeTable = "cogp",
+        behaviour: Behaviour = Behaviour(),
+        history_size: int = 2000,
+        residents: int = 200,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.doors = doors
+        self.rate_per_s = arrivals_per_min / 60.0
+        self.now = start_time
+        self.clock_skew = 0.0
+        self.table = load_table(table) if isinstance(table, str) else table
+        self.behaviour = behaviour
+        self.seq = 0
+        self.history: deque[codec.Record] = deque(maxlen=history_size)
+        self.open_mask = 0
+        self.locked_mask = (1 << doors) - 1
+        self.mode = 0
+        self.tamper = False
+        self.mains = True
+        self.on_battery = False
+        self.battery_pct = 100
+        self.battery_low = False
+        self.firmware = (1, 4, 2)
+        self._queue: list[_Pending] = []
+        self._order = itertools.count()
+        self._out: list[codec.Record] = []
+        self._next_arrival = self.now + self._gap()
+        self._residents = [self.rng.randbytes(4) for _ in range(residents)]
+        enums = load_enumerations()
+        self._cred_codes: dict[str, int] = {v: k for k, v in enums.credential_types.items()}
+        self._reason_codes: dict[str, int] = {v: k for k, v in enums.reasons.items() if v is not None}
+
+    # --- time ---------------------------------------------------------------------------------
+
+    @property
+    def device_time(self) -> int:
+        """What the device's own clock says (seconds), skew included."""
+        return max(0, int(self.now + self.clock_skew))
+
+    def advance(self, seconds: float) -> list[codec.Record]:
+        """Let `seconds` of gate life pass; returns the records the gate produced, in order."""
+        end = self.now + seconds
+        while True:
+            nxt = min(self._next_arrival, self._queue[0].at if self._queue else end)
+            if nxt > end:
+                break
+            self.now = nxt
+            if self._queue and self._queue[0].at <= nxt:
+                heapq.heappop(self._queue).action()
+            else:
+                self._arrival()
+                self._next_arrival = self.now + self._gap()
+        self.now = end
+        out, self._out = self._out, []
+        return out
+
+    def _gap(self) -> float:
+        return self.rng.expovariate(self.rate_per_s)
+
+    def _later(self, delay: float, action: Callable[[], object]) -> None:
+        heapq.heappush(self._queue, _Pending(self.now + delay, next(self._order), action))
+
+    # --- behaviour ----------------------------------------------------------------------------
+
+    def _arrival(self) -> None:
+        b, rng = self.behaviour, self.rng
+        door = rng.randint(1, self.doors)
+        direction = "in" if rng.random() < 0.6 else "out"
+        reader = 1 if direction == "in" else 2
+        cred_type = _pick(rng, CREDENTIALS)
+        cred = rng.choice(self._residents) if cred_type != "pin" else rng.randbytes(2)
+        if rng.random() < b.forced:
+            self.force_door(door)
+            return
+        if rng.random() < b.tamper and not self.tamper:
+            self.tamper = True
+            self.emit("device.tamper", state="raised")
+            self._later(rng.uniform(20, 120), self._tamper_restored)
+        if rng.random() < b.exit_button:
+            self.emit("door.exit_button", door=door, reader=0, direction="out")
+            self._pass(door, direction)
+            return
+        if rng.random() < b.granted:
+            self.emit("access.granted", door=door, reader=reader, direction=direction, cred_type=cred_type,
+                      credential=cred)
+            self._pass(door, direction)
+        else:
+            reason = _pick(rng, DENY_REASONS)
+            if reason == "unknown_credential":
+                cred = rng.randbytes(4)
+            self.emit("access.denied", door=door, reader=reader, direction=direction, cred_type=cred_type,
+                      credential=cred, reason=reason)
+            if rng.random() < b.reverse_entry * 5:
+                self._later(1.0, lambda: self.emit("gate.reverse_entry", door=door, direction=direction))
+
+    def _pass(self, door: int, direction: str) -> None:
+        b, rng = self.behaviour, self.rng
+        bit = 1 << (door - 1)
+        self.locked_mask &= ~bit
+        self._later(0.8, lambda: self._door(door, opened=True))
+        if rng.random() < b.tailgating:
+            self._later(2.0, lambda: self.emit("gate.tailgating", door=door, direction=direction))
+        if rng.random() < b.reverse_entry:
+            other = "out" if direction == "in" else "in"
+            self._later(1.5, lambda: self.emit("gate.reverse_entry", door=door, direction=other))
+        if rng.random() < b.held_open:
+            self._later(31.0, lambda: self.emit("door.held_open", door=door, state="raised"))
+            self._later(rng.uniform(35, 90), lambda: self._door(door, opened=False))
+        else:
+            self._later(rng.uniform(3, 6), lambda: self._door(door, opened=False))
+
+    def _door(self, door: int, *, opened: bool) -> None:
+        bit = 1 << (door - 1)
+        if opened and not self.open_mask & bit:
+            self.open_mask |= bit
+            self.emit("door.opened", door=door)
+        elif not opened and self.open_mask & bit:
+            self.open_mask &= ~bit
+            self.locked_mask |= bit
+            self.emit("door.closed", door=door)
+
+    def _tamper_restored(self) -> None:
+        self.tamper = False
+        self.emit("device.tamper", state="cleared")
+
+    # --- faults the simulator injects (device level) -------------------------------------------
+
+    def force_door(self, door: int = 1, *, close_after: float | None = None) -> None:
+        """Someone forces the door open (no valid credential)."""
+        self._door(door, opened=True)
+        self.emit("door.forced_open", door=door, state="raised")
+        self._later(close_after or self.rng.uniform(5, 40), lambda: self._door(door, opened=False))
+
+    def tamper_now(self, *, restore_after: float = 60.0) -> None:
+        """The enclosure is opened; restored after `restore_after` seconds."""
+        if not self.tamper:
+            self.tamper = True
+            self.emit("device.tamper", state="raised")
+            self._later(restore_after, self._tamper_restored)
+
+    def kill_battery(self) -> None:
+        """Mains lost and the backup battery nearly flat: the gate is about to go dark."""
+        self.mains, self.on_battery, self.battery_pct, self.battery_low = False, True, 3, True
+        self.emit("device.ac_lost", state="raised")
+        self.emit("device.battery_low", state="raised")
+
+    def restore_power(self) -> None:
+        """Mains back; battery recharging."""
+        self.mains, self.on_battery, self.battery_pct, self.battery_low = True, False, 40, False
+        self.emit("device.ac_lost", state="cleared")
+        self.emit("device.battery_low", state="cleared")
+
+    def command(self, cmd: codec.Command) -> None:
+        """Apply a command characteristic write and report the result as a record."""
+        doors = range(1, self.doors + 1) if cmd.door == 0 else [cmd.door]
+        ok = cmd.door <= self.doors
+        if ok:
+            for d in doors:
+                bit = 1 << (d - 1)
+                if cmd.op == codec.CMD_OPEN_ONCE:
+                    self.locked_mask &= ~bit
+                    self._later(cmd.duration_s or 5, functools.partial(self._relock, bit))
+                elif cmd.op == codec.CMD_HOLD_OPEN:
+                    self.locked_mask &= ~bit
+                    self.mode = 1
+                elif cmd.op == codec.CMD_LOCK:
+                    self.locked_mask |= bit
+                    self.mode = 2
+                else:
+                    self.locked_mask |= bit
+                    self.mode = 0
+        self.emit(
+            "command.executed" if ok else "command.refused",
+            door=cmd.door if ok else 0,
+            cred_type="remote",
+            credential=cmd.request_id.to_bytes(2, "big"),
+        )
+
+    def _relock(self, bit: int) -> None:
+        if self.mode == 0:
+            self.locked_mask |= bit
+
+    # --- encoding -----------------------------------------------------------------------------
+
+    def emit(
+        self,
+        type_: str,
+        *,
+        state: str = "momentary",
+        door: int = 0,
+        reader: int = 0,
+        direction: str = "unknown",
+        cred_type: str = "none",
+        credential: bytes = b"",
+        reason: str | None = None,
+    ) -> codec.Record | None:
+        """Record one intent with this gate's code table (None: the table has no code for it)."""
+        found = self._code_for(type_, state, reason, cred_type)
+        if found is None:
+            return None
+        code, cred_override = found
+        self.seq += 1
+        rec = codec.Record(
+            history=False,
+            seq=self.seq,
+            device_time=self.device_time,
+            code=code,
+            credential_type=self._cred_codes[cred_override or cred_type],
+            door=door,
+            reader=reader,
+            direction={"unknown": 0, "in": 1, "out": 2}[direction],
+            reason=self._reason_codes.get(reason or "", 0),
+            credential=credential,
+        )
+        self.history.append(rec)
+        self._out.append(rec)
+        return rec
+
+    def _code_for(
+        self, type_: str, state: str, reason: str | None, cred: str
+    ) -> tuple[int, str | None] | None:
+        """Best entry for an intent: same type and state, then matching reason, then credential."""
+        best: tuple[int, int, str | None] | None = None
+        for e in self.table.events:
+            if e.type != type_ or e.state != state:
+                continue
+            score = (2 if e.reason == reason else 0 if e.reason is not None else 1) * 3 + (
+                2 if e.credential_type == cred else 0 if e.credential_type is not None else 1
+            )
+            if best is None or score > best[0]:
+                best = (score, e.wire_code, e.credential_type)
+        return None if best is None else (best[1], best[2])
+
+    def status(self) -> codec.Status:
+        """The status characteristic's current value."""
+        flags = (
+            (codec.FLAG_TAMPER if self.tamper else 0)
+            | (codec.FLAG_MAINS if self.mains else 0)
+            | (codec.FLAG_ON_BATTERY if self.on_battery else 0)
+            | (codec.FLAG_BATTERY_LOW if self.battery_low else 0)
+        )
+        return codec.Status(
+            doors=self.doors,
+            open_mask=self.open_mask,
+            locked_mask=self.locked_mask,
+            mode=self.mode,
+            flags=flags,
+            battery_pct=self.battery_pct,
+            last_seq=self.seq,
+            device_time=self.device_time,
+            firmware=self.firmware,
+        )
+
+
+def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
+    names = [n for n, _ in weighted]
+    return rng.choices(names, weights=[w for _, w in weighted])[0]
