@@ -7,6 +7,7 @@ COPY gateway ./gateway
 COPY drivers ./drivers
 COPY schemas ./schemas
 COPY simulators ./simulators
+COPY scenarios ./scenarios
 RUN python -m pip install --no-cache-dir . \
  && useradd --system --home-dir /var/lib/courtyard --create-home courtyard \
  && mkdir -p /etc/courtyard \

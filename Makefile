@@ -4,13 +4,15 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TEST_APT  := mosquitto influxdb victoria-metrics
+TEST_APT  := mosquitto influxdb victoria-metrics openssl
 DEMO_APT  := mosquitto
 
 .PHONY: demo test install deps-test deps-demo lint typecheck unit schema bench clean
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	@# Debian's python3 needs python3-venv for `-m venv`; install it only when venv is unusable.
+	python3 -m venv $(VENV) || { rm -rf $(VENV); $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
@@ -28,7 +30,7 @@ define apt_install
 endef
 
 deps-test:
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics)
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl)
 
 deps-demo:
 	$(call apt_install,$(DEMO_APT),mosquitto)

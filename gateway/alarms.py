@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.driver import EventDraft
-from gateway.ids import uuid7
+from gateway.ids import uuid7_from
 
 
 @dataclass
@@ -26,7 +26,8 @@ class AlarmTracker:
     The same `alarm_id` is carried by the raise and its clear, so the platform can pair them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = "") -> None:
+        self.scope = scope  # e.g. the device id: part of every alarm id
         self._conds: dict[str, _Condition] = {}
 
     def update(self, key: str, active: bool, now: datetime, window_s: float, build: DraftBuilder) -> list[EventDraft]:
@@ -37,7 +38,8 @@ class AlarmTracker:
                 cond.since = now
             duration = (now - cond.since).total_seconds()
             if cond.alarm_id is None and duration >= window_s:
-                cond.alarm_id = uuid7()
+                # Deterministic: a replay of the same inputs raises the same alarm id.
+                cond.alarm_id = uuid7_from(now, self.scope, key)
                 return [build("raised", cond.alarm_id, duration)]
             return []
         drafts = []

@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ def _setup_logging(level: str) -> None:
     )
     # pymodbus dumps raw frames at ERROR on every failed request: the supervisor reports those.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    if level != "debug":  # asyncua narrates every session and node at INFO; drivers report what matters
+        logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
 def _load(path: str) -> Any:
@@ -38,31 +41,60 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+        return _print_problems(exc)
     print(f"{args.config}: OK ({len(cfg.devices)} devices, site {cfg.site})")
     return 0
 
 
+def _print_problems(exc: ConfigError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return 1
+
+
+def _env_mqtt() -> dict[str, Any]:
+    return {"host": os.environ.get("MQTT_HOST", "127.0.0.1"), "port": int(os.environ.get("MQTT_PORT", "1883"))}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the gateway until SIGINT/SIGTERM."""
+    """Run the gateway until SIGINT/SIGTERM (or, with --scenario, until the scenario ends)."""
+    if args.scenario:
+        from gateway.scenario_run import run_scenario
+
+        return asyncio.run(run_scenario(
+            Path(args.scenario), speed=args.speed, seed=args.seed, record=Path(args.record) if args.record else None,
+            data_dir=Path(os.environ.get("COURTYARD_DATA", "./courtyard-data")), mqtt=_env_mqtt(),
+        ))
     from gateway.recorder import JsonlRecorder
+    from gateway.replay import recording_header
     from gateway.runtime import Gateway, run_until_signal
 
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    recorder = JsonlRecorder(Path(args.record)) if args.record else None
+        return _print_problems(exc)
+    recorder = JsonlRecorder(Path(args.record), recording_header(cfg, None)) if args.record else None
     try:
         asyncio.run(run_until_signal(Gateway(cfg, recorder=recorder)))
     finally:
         if recorder is not None:
             recorder.close()
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a recording through the decoders; print events, or deliver them with -c."""
+    from gateway.scenario_run import replay_to
+
+    try:
+        cfg = _load(args.config) if args.config else None
+    except ConfigError as exc:
+        return _print_problems(exc)
+    try:
+        return asyncio.run(replay_to(Path(args.file), speed=args.speed, config=cfg, quiet=args.quiet))
+    except (ValueError, OSError) as exc:
+        print(f"courtyard replay: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_drivers(args: argparse.Namespace) -> int:
@@ -99,6 +131,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run one simulator standalone (its module is imported only now: some pull in big stacks)."""
     from simulators import SIMULATORS
+
+    if args.scenario:
+        from gateway.scenario_run import simulate_scenario
+
+        return asyncio.run(simulate_scenario(Path(args.scenario), speed=args.speed, seed=args.seed,
+                                             print_config=args.print_config, loop=args.loop, mqtt=_env_mqtt()))
+    if not args.simulator:
+        print("courtyard simulate: name a simulator or give --scenario FILE", file=sys.stderr)
+        return 2
 
     module = importlib.import_module(SIMULATORS[args.simulator])
     parser = argparse.ArgumentParser(prog=f"courtyard simulate {args.simulator}",
@@ -168,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded demo: simulators plus gateway, nothing to install."""
     from gateway.demo import run_demo
 
-    return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data)))
+    return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data),
+                                speed=args.speed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
-    s.add_argument("-c", "--config", required=True)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", help="gateway configuration file")
+    src.add_argument("--scenario", metavar="FILE",
+                     help="start the scenario's simulators in this process, connect to them, play the timeline")
     s.add_argument("--record", metavar="FILE", help="record every driver's raw inputs (JSON lines)")
+    s.add_argument("--speed", type=float, help="scenario speed factor (overrides the file's)")
+    s.add_argument("--seed", type=int, help="scenario seed (overrides the file's)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("replay", help="feed a recording through the same decoders")
+    s.add_argument("file")
+    s.add_argument("--speed", type=float, default=0.0, help="0: as fast as possible (default); 1: recorded pace")
+    s.add_argument("-c", "--config", help="also deliver the events through this config's outbox and sinks")
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print events")
+    s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("validate", help="check a config file")
     s.add_argument("-c", "--config", required=True)
@@ -197,9 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
     s.set_defaults(func=cmd_schema)
 
-    s = sub.add_parser("simulate", help="run a device simulator standalone",
-                       description=f"simulators: {', '.join(SIMULATORS)}; `courtyard simulate NAME --help`")
-    s.add_argument("simulator", choices=sorted(SIMULATORS))
+    s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
+                       description=f"simulators: {', '.join(SIMULATORS)}; `courtyard simulate NAME --help`; "
+                       "or `courtyard simulate --scenario FILE [--print-config]`")
+    s.add_argument("--scenario", metavar="FILE", help="start every simulator of a scenario and play its timeline")
+    s.add_argument("--print-config", action="store_true", help="print the gateway config that reaches them")
+    s.add_argument("--speed", type=float, help="scenario speed factor")
+    s.add_argument("--seed", type=int, help="scenario seed")
+    s.add_argument("--loop", action="store_true", help="replay the timeline until interrupted")
+    s.add_argument("simulator", nargs="?", choices=sorted(SIMULATORS))
     s.add_argument("options", nargs=argparse.REMAINDER, help="the simulator's own options")
     s.set_defaults(func=cmd_simulate)
 
@@ -223,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     s.add_argument("--headless", action="store_true", help="plain log instead of the live view")
     s.add_argument("--data", default="./courtyard-data/demo", help="where the demo keeps its history")
+    s.add_argument("--speed", type=float, help="scenario speed factor (default: the community file's)")
     s.set_defaults(func=cmd_demo)
     return p
 

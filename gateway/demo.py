@@ -52,19 +52,37 @@ def _free_port() -> int:
 
 @dataclass
 class Broker:
-    """Where the demo publishes, and the child process if the demo started one."""
+    """Where the demo publishes; a private mosquitto can be stopped and restarted (broker outages)."""
 
     host: str | None
     port: int
-    proc: subprocess.Popen[bytes] | None = None
+    binary: str | None = None
+    conf: Path | None = None
     origin: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the private broker and wait until it listens."""
+        if self.binary is None or self.conf is None or self.proc is not None:
+            return
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while not _listening("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop a broker the demo started."""
+        """Stop the private broker (no-op for a broker the demo does not own)."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
+            self.proc = None
+
+    @property
+    def owned(self) -> bool:
+        """True when the demo started this broker (so a scenario may take it down)."""
+        return self.binary is not None
 
 
 def find_broker() -> Broker:
@@ -72,18 +90,16 @@ def find_broker() -> Broker:
     if os.environ.get("MQTT_HOST"):
         return Broker(os.environ["MQTT_HOST"], int(os.environ.get("MQTT_PORT", "1883")), origin="MQTT_HOST")
     if _listening("127.0.0.1", 1883):
-        return Broker("127.0.0.1", 1883, origin="already listening on loopback")
+        return Broker("127.0.0.1", 1883, origin="a broker already listening on 127.0.0.1:1883")
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if binary is None:
-        return Broker(None, 0, origin="no broker: install mosquitto or set MQTT_HOST")
-    port = 1883 if not _listening("127.0.0.1", 1883) else _free_port()
+        return Broker(None, 0, origin="none found (install mosquitto or set MQTT_HOST)")
+    port = _free_port()
     conf = Path(tempfile.mkdtemp(prefix="courtyard-demo-")) / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while not _listening("127.0.0.1", port) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return Broker("127.0.0.1", port, proc, origin="private mosquitto on loopback")
+    broker = Broker("127.0.0.1", port, binary=binary, conf=conf, origin="a private mosquitto on loopback")
+    broker.start()
+    return broker
 
 
 @dataclass
@@ -109,7 +125,7 @@ class DemoView:
             dev = self.devices.setdefault(ev.device.id, {"kind": ev.device.kind, "online": "?", "state": ""})
             if ev.class_ == "connectivity":
                 dev["online"] = "online" if ev.type == "device.online" else "OFFLINE"
-            elif ev.class_ == "status" and ev.quality.status != "rejected":
+            elif ev.quality.status != "rejected":
                 dev["state"] = _status_text(ev)
             if ev.alarm_id:
                 if ev.state == "raised":
@@ -129,12 +145,19 @@ class DemoView:
         return sum(1 for t in self.window if now - t <= 5) / 5
 
 
+_QUIET_FIELDS = frozenset({"kind", "raw", "raw_hex", "credential_hash", "image_uri", "plate_raw", "firmware",
+                           "device_time", "detail"})
+
+
 def _status_text(ev: Event) -> str:
+    """One line about a device's latest event, for the live view."""
     p = ev.payload.model_dump(exclude_none=True)
-    if ev.device.kind == "elevator":
+    if ev.device.kind == "elevator" and ev.class_ == "status":
         return (f"floor {p.get('floor', '?')} {p.get('direction', '')} door {p.get('door_state', '?')}"
                 f"{' occupied' if p.get('occupied') else ''} {p.get('service_mode', '')}")
-    return " ".join(f"{k}={v}" for k, v in p.items() if k != "kind")[:60]
+    facts = " ".join(f"{k}={v}" for k, v in p.items() if k not in _QUIET_FIELDS)
+    state = "" if ev.state == "momentary" else f" [{ev.state}]"
+    return f"{ev.type}{state} {facts}"[:90]
 
 
 def _render(view: DemoView, broker: Broker, db: Path) -> Any:
@@ -159,102 +182,73 @@ def _render(view: DemoView, broker: Broker, db: Path) -> Any:
     return Group(Panel(head), devices, alarms, recent)
 
 
-def demo_config(data_dir: Path, broker: Broker, elevator_ports: tuple[int, int]) -> dict[str, Any]:
-    """The gateway config the demo runs with."""
-    gb_port, vendor_port = elevator_ports
-    lifts = []
-    for building, port, map_name in (("1", gb_port, "gbt24476"), ("2", vendor_port, "monarch_vendor")):
-        for car in (1, 2):
-            lifts.append({
-                "id": f"lift-b{building}-{car}", "driver": "modbus_elevator", "port": port, "unit_id": car,
-                "map": map_name, "poll_interval_s": 0.5, "timeout_s": 0.4, "simulated": True,
-                "location": {"building": building}, "lowest_floor": -2, "highest_floor": 18,
-                "offline_after": 2, "thresholds": {"trapped_s": 5, "outside_door_zone_s": 10},
-            })
-    return {
-        "site": "demo-community",
-        "gateway_id": "gw-demo",
-        "outbox": {"path": str(data_dir / "outbox.db"), "synchronous": "normal"},
-        "mqtt": {"host": broker.host, "port": broker.port} if broker.host else {"enabled": False},
-        "devices": lifts,
-    }
+def community_scenario() -> Path:
+    """The shipped sample community."""
+    from scenarios import files
+
+    return files()["community"]
 
 
-async def run_demo(*, duration: float | None, headless: bool, data_dir: Path) -> int:
+async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, speed: float | None = None) -> int:
     """Run the demo until Ctrl-C / SIGTERM or `duration` seconds."""
-    from simulators.elevator import ElevatorModel, ElevatorSimulator
+    from simulators.scenario.model import load_scenario
+    from simulators.scenario.runner import Infra, ScenarioRunner
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    scenario = load_scenario(community_scenario())
     broker = find_broker()
-    ports = (_free_port(), _free_port())
-    sims = [
-        ElevatorSimulator(port=ports[0], regmap="gbt24476",
-                          elevators={1: ElevatorModel(seed=11, call_rate_per_s=0.2),
-                                     2: ElevatorModel(seed=12, call_rate_per_s=0.2)}),
-        ElevatorSimulator(port=ports[1], regmap="monarch_vendor",
-                          elevators={1: ElevatorModel(seed=21, call_rate_per_s=0.2),
-                                     2: ElevatorModel(seed=22, call_rate_per_s=0.2)}),
-    ]
-    cfg = parse_config(demo_config(data_dir, broker, ports), source="<demo>")
-    gw = Gateway(cfg)
-    view = DemoView(cfg.mqtt.topic_prefix, cfg.site)
-    append = gw.outbox.append
-
-    async def tapped(events: Sequence[Event]) -> None:
-        await append(events)  # accepted first; only then shown
-        for line in view.add(events):
-            if headless:
-                print(line, flush=True)
-
-    gw.outbox.append = tapped  # type: ignore[method-assign]
+    runner = ScenarioRunner(scenario, speed=speed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if duration is not None:
         loop.call_later(duration, stop.set)
-
-    async def timeline() -> None:
-        start = loop.time()
-        done: set[tuple[int, int]] = set()
-        while True:
-            t = loop.time() - start
-            cycle, at = int(t // 60), t % 60
-            for i, (when, action, fault, value, dev) in enumerate(ELEVATOR_TIMELINE):
-                if at >= when and (cycle, i) not in done:
-                    done.add((cycle, i))
-                    sim = sims[1] if fault in ("fault_code", "disconnect") else sims[0]
-                    if action == "inject":
-                        await sim.inject(fault, value, device_id=dev)
-                    else:
-                        await sim.clear(fault, device_id=dev)
-            await asyncio.sleep(0.2)
-
+    view: DemoView | None = None
     try:
-        for sim in sims:
-            await sim.start()
+        await runner.start()
+        mqtt = {"host": broker.host, "port": broker.port, "backoff_max_s": 2.0} if broker.host else None
+        cfg = parse_config(runner.gateway_config(data_dir=data_dir, mqtt=mqtt, gateway_id="gw-demo"),
+                           source="<demo>")
+        gw = Gateway(cfg, scenario=scenario.scenario)
+        view = DemoView(cfg.mqtt.topic_prefix, cfg.site)
+        append = gw.outbox.append
+
+        async def tapped(events: Sequence[Event]) -> None:
+            await append(events)  # accepted first; only then shown
+            assert view is not None
+            for line in view.add(events):
+                if headless:
+                    print(line, flush=True)
+
+        gw.outbox.append = tapped  # type: ignore[method-assign]
         async with gw:
-            tl = asyncio.create_task(timeline())
+            infra = Infra(broker=broker if broker.owned else None)
+            play = asyncio.create_task(runner.play(infra, loop_forever=True))
+            sub = (f"mosquitto_sub -h {broker.host} -p {broker.port} -t '{cfg.mqtt.topic_prefix}/#' -v"
+                   if broker.host else "")
             if headless:
-                print(f"courtyard demo: {len(cfg.devices)} devices; MQTT: {broker.origin}"
-                      + (f" (mosquitto_sub -h {broker.host} -p {broker.port} -t 'courtyard/#' -v)"
-                         if broker.host else ""), flush=True)
+                print(f"courtyard demo: {scenario.site.name or scenario.site.id}, {len(cfg.devices)} simulated "
+                      f"devices; MQTT: {broker.origin}" + (f"; subscribe: {sub}" if sub else ""), flush=True)
                 await stop.wait()
             else:
                 from rich.live import Live
 
-                with Live(_render(view, broker, cfg.outbox.path), refresh_per_second=4, screen=False) as live:
+                with Live(_render(view, broker, cfg.outbox.path), refresh_per_second=4) as live:
                     while not stop.is_set():
                         live.update(_render(view, broker, cfg.outbox.path))
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 0.25)
-            tl.cancel()
+            play.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await tl
+                await play
+            if broker.owned and broker.proc is None:
+                await asyncio.to_thread(broker.start)  # stopped mid-outage: bring it back to flush
+            await gw.drain(15)
     finally:
-        for sim in sims:
-            await sim.stop()
+        await runner.stop()
         broker.stop()
-    print(f"stopped cleanly: {sum(view.counts.values())} events accepted; "
-          f"see them with: courtyard events --db {cfg.outbox.path}", flush=True)
+    total = sum(view.counts.values()) if view else 0
+    print(f"stopped cleanly: {total} events accepted and kept; see them with: "
+          f"courtyard events --db {data_dir / 'outbox.db'}", flush=True)
     return 0

@@ -15,6 +15,7 @@ device, ids and receipt time, then commits them to the outbox.
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ class Counters(Protocol):
 class Recorder(Protocol):
     """Receives raw driver inputs for `courtyard run --record`."""
 
-    def record(self, device: str, channel: str, data: Any) -> None: ...
+    def record(self, device: str, channel: str, data: Any, when: datetime) -> None: ...
 
 
 class DeviceContext(Protocol):
@@ -190,7 +191,20 @@ class DriverSpec:
     transport: str
     shape: Literal["polling", "push"]
     config: type[DeviceConfig]
-    factory: Callable[[Any, DeviceContext], Driver]
+    #: The driver class, or "module:Class" imported on first use, so that listing drivers or
+    #: validating a config does not load every protocol stack (asyncua alone is ~40 MB).
+    factory: Callable[[Any, DeviceContext], Driver] | str
     summary: str
     simulator: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, config: DeviceConfig, ctx: DeviceContext) -> Driver:
+        """A driver instance for one configured device."""
+        factory = self.factory
+        if isinstance(factory, str):
+            module, _, name = factory.partition(":")
+            factory = getattr(importlib.import_module(module), name)
+        driver = factory(config, ctx)
+        if not isinstance(driver, PollingDriver | PushDriver):
+            raise TypeError(f"driver {self.name} built a {type(driver).__name__}")
+        return driver

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 import uuid
+from datetime import datetime
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -28,4 +30,18 @@ def uuid7() -> str:
         _last_ms = ms
         rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def uuid7_from(when: datetime, *parts: str) -> str:
+    """A UUIDv7 determined by a time and some names (e.g. device, condition).
+
+    Used for `alarm_id`: the same raise at the same instant gets the same id live and in a
+    replay, and ids still sort by time.
+    """
+    ms = int(when.timestamp() * 1000)
+    digest = hashlib.sha256("\x1f".join((*parts, when.isoformat())).encode()).digest()
+    rand_a = int.from_bytes(digest[:2], "big") & 0xFFF
+    rand_b = int.from_bytes(digest[2:10], "big") & ((1 << 62) - 1)
+    value = ((ms & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
     return str(uuid.UUID(int=value))

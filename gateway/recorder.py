@@ -1,32 +1,31 @@
-"""Raw-input recording for `courtyard run --record FILE` (JSON lines).
-
-Each line: `{"t": <gateway time, ISO 8601 UTC>, "device": <id>, "channel": <name>, "data": <raw>}`.
-The first line is a header `{"courtyard_recording": 1, "started": ...}`.
-"""
+"""Raw-input recording for `courtyard run --record FILE` (JSON lines; format in gateway/replay.py)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 
 class JsonlRecorder:
-    """Appends raw driver inputs to a JSON-lines file, flushed line by line."""
+    """Writes a header line, then one line per raw driver input, flushed as it goes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = path.open("a", encoding="utf-8")
-        self._write({"courtyard_recording": 1, "started": datetime.now(UTC).isoformat()})
+        self.path = path
+        self._fh: IO[str] = path.open("w", encoding="utf-8")
+        self.lines = 0
+        self._write(header)
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
         self._fh.flush()
 
-    def record(self, device: str, channel: str, data: Any) -> None:
-        """Append one raw input."""
-        self._write({"t": datetime.now(UTC).isoformat(), "device": device, "channel": channel, "data": data})
+    def record(self, device: str, channel: str, data: Any, when: datetime) -> None:
+        """Append one raw input received at `when`."""
+        self._write({"t": when.isoformat(), "device": device, "channel": channel, "data": data})
+        self.lines += 1
 
     def close(self) -> None:
         """Close the file."""

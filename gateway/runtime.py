@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from gateway import registry
 from gateway.config import GatewayConfigBase
-from gateway.driver import DeviceConfig, EventDraft, PollingDriver, PushDriver, Recorder
+from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
 from gateway.ids import uuid7
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
@@ -24,6 +24,8 @@ from schemas.common import ConnectivityPayload, DeviceRef
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
+
+LINK_CHANNEL = "link"
 
 Clock = Callable[[], datetime]
 
@@ -66,6 +68,17 @@ class EventFactory:
         })
 
 
+def connectivity_draft(online: bool, *, reason: str | None, misses: int) -> EventDraft:
+    """`device.online` / `device.offline`."""
+    return EventDraft(
+        type="device.online" if online else "device.offline",
+        cls="connectivity",
+        severity="info" if online else "major",
+        state="cleared" if online else "raised",
+        payload=ConnectivityPayload(online=online, misses=misses, reason=reason),
+    )
+
+
 def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
     """The envelope's device block for a configured device."""
     return DeviceRef(
@@ -96,6 +109,7 @@ class DeviceRuntime:
         self._recorder = recorder
         self.recording = recorder is not None
         self._clock = clock
+        self._input_time: datetime | None = None
         self.log = logging.getLogger(f"courtyard.device.{config.id}")
         self.online: bool | None = None
         self.misses = 0
@@ -105,12 +119,12 @@ class DeviceRuntime:
     # DeviceContext -----------------------------------------------------------------------
 
     def now(self) -> datetime:
-        """Current gateway time."""
-        return self._clock()
+        """Gateway time; while an input is being decoded, the time that input was received."""
+        return self._input_time or self._clock()
 
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+    async def emit(self, drafts: Sequence[EventDraft], *, received: datetime | None = None) -> None:
         """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped."""
-        received = self._clock()
+        received = received or self.now()
         events = []
         for draft in drafts:
             try:
@@ -130,20 +144,26 @@ class DeviceRuntime:
         if online == self.online:
             return
         self.online = online
-        await self.emit([
-            EventDraft(
-                type="device.online" if online else "device.offline",
-                cls="connectivity",
-                severity="info" if online else "major",
-                state="cleared" if online else "raised",
-                payload=ConnectivityPayload(online=online, misses=misses, reason=reason),
-            )
-        ])
+        # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
+        self.record(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses})
+        await self.emit([connectivity_draft(online, reason=reason, misses=misses)])
 
     def record(self, channel: str, data: Any) -> None:
-        """Record one raw input when recording is on."""
+        """Mark one raw input as received now, and record it when recording is on.
+
+        Until the driver next yields to the event loop, `now()` and the events it emits carry
+        this receipt time: so `courtyard replay`, which feeds the same input at its recorded
+        time, reproduces the same event times.
+        """
+        t = self._clock()
+        if self._input_time is None:
+            asyncio.get_running_loop().call_soon(self._end_input)
+        self._input_time = t
         if self._recorder is not None:
-            self._recorder.record(self.config.id, channel, data)
+            self._recorder.record(self.config.id, channel, data, t)
+
+    def _end_input(self) -> None:
+        self._input_time = None
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         """Runtime-wide shared object."""
@@ -166,16 +186,22 @@ class DeviceRuntime:
         if self.online is not True:
             await self.set_online(True)
 
-    async def decode_and_emit(self, driver: PollingDriver, raw: Any) -> None:
-        """Run the driver's pure decoder; a decoder bug is counted, never fatal."""
+    async def poll_answered(self, driver: PollingDriver, raw: Any) -> None:
+        """A poll succeeded: record it, run the pure decoder, report online, commit the events.
+
+        A decoder bug is counted and logged, never fatal.
+        """
+        await self.answered()  # first: `device.online` precedes what the poll decodes, live and replayed
+        self.record("poll", raw)
+        now = self.now()
         try:
-            drafts = driver.decode(raw, self._clock())
+            drafts = driver.decode(raw, now)
         except Exception:
             self.counters.inc("decoder_crashes")
             self.log.exception("decoder crashed on %r", raw)
-            return
+            drafts = []
         if drafts:
-            await self.emit(drafts)
+            await self.emit(drafts, received=now)
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""
@@ -238,9 +264,7 @@ class Gateway:
                 dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
                 shared=self._get_shared, recorder=self.recorder,
             )
-            driver = spec.factory(dev, ctx)
-            if not isinstance(driver, PollingDriver | PushDriver):
-                raise TypeError(f"driver {spec.name} built a {type(driver).__name__}")
+            driver = spec.build(dev, ctx)
             self.devices[dev.id] = ctx
             self._tasks.append(asyncio.create_task(supervise(driver, ctx), name=f"device-{dev.id}"))
         log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),

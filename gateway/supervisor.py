@@ -76,9 +76,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 break
             else:
                 ctx.counters.inc("polls")
-                ctx.record("poll", raw)
-                await ctx.answered()
-                await ctx.decode_and_emit(driver, raw)
+                await ctx.poll_answered(driver, raw)
             next_at += driver.interval
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst

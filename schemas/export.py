@@ -13,6 +13,7 @@ from schemas.event import Event
 HERE = Path(__file__).parent
 EVENT_SCHEMA_PATH = HERE / "event.schema.json"
 CONFIG_SCHEMA_PATH = HERE / "config.schema.json"
+SCENARIO_SCHEMA_PATH = HERE / "scenario.schema.json"
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -20,6 +21,16 @@ def event_json_schema() -> dict[str, Any]:
     schema = Event.model_json_schema(by_alias=True, mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://courtyard.dev/schemas/{SCHEMA_ID}.json"
+    return schema
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """JSON Schema of scenario files (`scenarios/*.yaml`)."""
+    from simulators.scenario.model import Scenario
+
+    schema = Scenario.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Courtyard scenario"
     return schema
 
 
@@ -34,7 +45,8 @@ def main() -> int:
 
     EVENT_SCHEMA_PATH.write_text(render(event_json_schema()), encoding="utf-8")
     CONFIG_SCHEMA_PATH.write_text(render(config_json_schema()), encoding="utf-8")
-    print(f"wrote {EVENT_SCHEMA_PATH} and {CONFIG_SCHEMA_PATH}", file=sys.stderr)
+    SCENARIO_SCHEMA_PATH.write_text(render(scenario_json_schema()), encoding="utf-8")
+    print(f"wrote {EVENT_SCHEMA_PATH}, {CONFIG_SCHEMA_PATH} and {SCENARIO_SCHEMA_PATH}", file=sys.stderr)
     return 0
 
 

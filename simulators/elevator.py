@@ -226,8 +226,10 @@ class ElevatorSimulator:
         regmap: RegisterMap | str = "gbt24476",
         elevators: dict[int, ElevatorModel] | None = None,
         tick_s: float = 0.1,
+        speed: float = 1.0,
     ) -> None:
         self.host, self.port = host, port
+        self.speed = speed  # simulated seconds per real second
         self.map = load_map(regmap) if isinstance(regmap, str) else regmap
         self.elevators = elevators or {1: ElevatorModel()}
         self.tick_s = tick_s
@@ -360,7 +362,7 @@ class ElevatorSimulator:
             now = loop.time()
             dt, last = now - last, now
             for model in self.elevators.values():
-                model.step(dt)
+                model.step(dt * self.speed)
             await self.refresh()
 
 

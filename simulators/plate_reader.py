@@ -164,10 +164,11 @@ def hikvision_plate_body(
     lane: int = 1,
     images: Sequence[tuple[str, bytes]] = (),
     direction: str = "forward",
+    when: float | None = None,
 ) -> tuple[bytes, str]:
     """A Hikvision-style ANPR multipart push: `anpr.xml` then JPEG parts. Returns (body, content type)."""
     color_token, type_token = HIK_CODES.get(color, ("unknown", "unknown"))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when))
     plate = escape(plate)
     xml = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'

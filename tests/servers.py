@@ -19,13 +19,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from simulators.net import free_port
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["InfluxV1", "Mosquitto", "Victoria", "free_port", "wait_port"]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

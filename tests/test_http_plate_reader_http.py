@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.http_plate_reader import HttpPlateReader, HttpPlateReaderConfig
+from drivers.http_plate_reader import HttpPlateReaderConfig
+from drivers.http_plate_reader.driver import HttpPlateReader
 from drivers.http_plate_reader.listener import PlateListener
 from drivers.http_plate_reader.media import MediaStore
 from gateway.driver import EventDraft
@@ -90,12 +91,14 @@ class FakeContext:
         self.events: list[EventDraft] = []
         self.online: list[tuple[bool, str | None, int]] = []
         self.recorded: list[tuple[str, Any]] = []
+        self.received: list[datetime] = []
+        self._input_time: datetime | None = None
         self.gate: asyncio.Event | None = None
         self.fail_emit = False
         self._shared = shared
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return self._input_time or datetime.now(UTC)
 
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         if self.gate is not None:
@@ -110,7 +113,15 @@ class FakeContext:
     recording = True
 
     def record(self, channel: str, data: Any) -> None:
+        """Like the runtime: the input's receipt time holds until the driver next yields."""
+        if self._input_time is None:
+            asyncio.get_running_loop().call_soon(self._end_input)
+        self._input_time = datetime.now(UTC)
         self.recorded.append((channel, data))
+        self.received.append(self._input_time)
+
+    def _end_input(self) -> None:
+        self._input_time = None
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         return await self._shared.get(key, factory)
@@ -477,6 +488,31 @@ async def test_barrier_state_and_stuck_fault(site: Site) -> None:
     cleared = ctx.of_type("lpr.barrier_stuck")[1]
     assert cleared.state == "cleared" and cleared.alarm_id == raised.alarm_id
     assert payload(ctx.of_type("lpr.io_trigger")[0]).io_input == 2
+    assert_replays(ctx)  # the timer's alarm is recorded: a replay raises and clears the same alarm_id
+
+
+def assert_replays(ctx: FakeContext) -> None:
+    """Every recorded input, fed at its receipt time to a fresh driver, gives the events the live one did."""
+    replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
+    replayed: list[EventDraft] = []
+    for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
+        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
+    assert replayed == ctx.events
+
+
+async def test_barrier_up_and_down_within_the_window_is_not_stuck(site: Site) -> None:
+    ctx = await site.add("cam-in", gate_input=1, barrier_timeout_s=0.3, dedupe_s=0)
+    cam = site.camera("cam-in")
+    assert (await cam.post(zhenshi_plate_body(ALLOWED))).opened
+    await cam.post(zhenshi_gpio_body(1, 1))
+    await cam.post(zhenshi_gpio_body(1, 0))  # a quick car: down again before the window ends
+    assert (await cam.post(zhenshi_plate_body(ALLOWED))).opened
+    await asyncio.sleep(0.5)  # the second open came while down and no up followed: that one is stuck
+    assert [e.state for e in ctx.of_type("lpr.barrier_stuck")] == ["raised"]
+    await cam.post(zhenshi_gpio_body(1, 1))
+    assert (await cam.post(zhenshi_plate_body(ALLOWED))).opened  # already up: no new report needed
+    await asyncio.sleep(0.5)
+    assert [e.state for e in ctx.of_type("lpr.barrier_stuck")] == ["raised", "cleared"]
 
 
 async def test_hikvision_multipart_on_the_same_listener(site: Site) -> None:
@@ -544,6 +580,7 @@ async def test_barrier_unreachable_is_reported(site: Site) -> None:
     detail = payload(ctx.of_type("lpr.barrier_command")[0]).detail
     assert detail is not None and "Connect" in detail
     assert ctx.counters.values["lpr.barrier_command_failed"] == 1
+    assert_replays(ctx)  # how the command went is recorded too
 
 
 async def test_replay_gives_the_same_events(site: Site, tmp_path: Path) -> None:
@@ -554,11 +591,12 @@ async def test_replay_gives_the_same_events(site: Site, tmp_path: Path) -> None:
     await cam.post(b"{not json")
     replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
     replayed: list[EventDraft] = []
-    for channel, data in ctx.recorded:
-        replayed += replayer.replay(channel, json.loads(json.dumps(data)), datetime.now(UTC))
+    for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
+        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
     assert [(e.type, e.payload, e.quality, e.time) for e in replayed] == [
         (e.type, e.payload, e.quality, e.time) for e in ctx.events
     ]
+    assert all(e.time is not None for e in replayed)  # reads without a device clock: receipt time, not emit time
 
 
 async def test_media_store_evicts_oldest(tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ from gateway.config import config_json_schema
 from schemas.common import DeviceRef
 from schemas.elevator import ElevatorPayload
 from schemas.event import Event
-from schemas.export import CONFIG_SCHEMA_PATH, EVENT_SCHEMA_PATH, event_json_schema, render
+from schemas.export import (
+    CONFIG_SCHEMA_PATH,
+    EVENT_SCHEMA_PATH,
+    SCENARIO_SCHEMA_PATH,
+    event_json_schema,
+    render,
+    scenario_json_schema,
+)
 
 
 def sample_event(**overrides: object) -> Event:
@@ -41,6 +48,12 @@ def test_committed_event_schema_matches_models() -> None:
 def test_committed_config_schema_matches_models() -> None:
     assert CONFIG_SCHEMA_PATH.read_text(encoding="utf-8") == render(config_json_schema()), (
         "schemas/config.schema.json drifted from the models: run `make schema` and commit"
+    )
+
+
+def test_committed_scenario_schema_matches_models() -> None:
+    assert SCENARIO_SCHEMA_PATH.read_text(encoding="utf-8") == render(scenario_json_schema()), (
+        "schemas/scenario.schema.json drifted from the models: run `make schema` and commit"
     )
 
 

@@ -1,7 +1,6 @@
 """BLE access gates, turnstiles and door controllers (Courtyard Open Gate Profile over bleak)."""
 
 from drivers.ble_access_gate.config import BleAccessGateConfig
-from drivers.ble_access_gate.driver import BleAccessGateDriver
 from gateway.driver import DriverSpec
 
 DRIVER = DriverSpec(
@@ -10,9 +9,9 @@ DRIVER = DriverSpec(
     transport="ble",
     shape="push",
     config=BleAccessGateConfig,
-    factory=BleAccessGateDriver,
+    factory="drivers.ble_access_gate.driver:BleAccessGateDriver",
     summary="Access gates and door controllers over BLE GATT (COGP v1): events, status, history backfill",
     simulator="access_gate",
 )
 
-__all__ = ["DRIVER", "BleAccessGateConfig", "BleAccessGateDriver"]
+__all__ = ["DRIVER", "BleAccessGateConfig"]

@@ -11,6 +11,7 @@ import asyncio
 import importlib
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -234,16 +235,22 @@ class BleAccessGateDriver(PushDriver):
         await self._handle_batch([(channel, data)])
 
     async def _handle_batch(self, batch: list[tuple[Channel | None, bytes]]) -> None:
-        """Normalize a burst in arrival order and commit it at once; a drop marker ends the link."""
+        """Normalize a burst in arrival order and commit it at once; a drop marker ends the link.
+
+        Each input is recorded before it is decoded and decoded at `ctx.now()`, the receipt
+        time the runtime pinned for it, with no await until the emit: a replay feeding the
+        recording at its recorded times reproduces every event's `time`.
+        """
         drafts: list[EventDraft] = []
-        now = self.ctx.now()
         lost = False
         for channel, data in batch:
             if channel is None:  # queued after the notifications that preceded the drop
                 lost = True
                 break
             self.ctx.record(channel, data.hex())
-            drafts.extend(self.normalizer.feed(channel, data, now))
+            now = self.ctx.now()
+            # Pin gateway-timed events to their own input: the batch's emit time must not leak in.
+            drafts.extend(d if d.time else replace(d, time=now) for d in self.normalizer.feed(channel, data, now))
         if drafts:
             await self.ctx.emit(drafts)
         if lost:

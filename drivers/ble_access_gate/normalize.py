@@ -16,7 +16,7 @@ from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
 from drivers.ble_access_gate.tables import CodeTable, Enumerations, TableEntry, load_enumerations, load_table
 from gateway.driver import Counters, EventDraft
-from gateway.ids import uuid7
+from gateway.ids import uuid7_from
 from schemas.access import AccessPayload
 from schemas.common import Quality
 
@@ -223,7 +223,8 @@ class Normalizer:
             ]
         quality = Quality(status="suspect", reasons=tuple(reasons)) if reasons else Quality()
         return self._alarm_drafts(
-            entry, door=rec.door, payload=payload, raw_code=raw_code, seq=rec.seq, quality=quality, time=time
+            entry, door=rec.door, payload=payload, raw_code=raw_code, seq=rec.seq, quality=quality, time=time,
+            now=now,
         )
 
     def _alarm_drafts(
@@ -236,17 +237,20 @@ class Normalizer:
         seq: int,
         quality: Quality,
         time: datetime | None,
+        now: datetime,
     ) -> list[EventDraft]:
         alarm_id: str | None = None
         if entry.alarm is not None:
             key = (entry.alarm, door)
+            # Derived from the raising record, not drawn: a replay gives the alarm the same id.
+            new_id = uuid7_from(time or now, self.config.id, entry.alarm, str(door), str(seq))
             if entry.state == "raised":
                 active = self._alarms.get(key)
-                alarm_id = active.alarm_id if active else uuid7()
+                alarm_id = active.alarm_id if active else new_id
                 self._alarms[key] = _ActiveAlarm(alarm_id, entry)
             elif entry.state == "cleared":
                 active = self._alarms.pop(key, None)
-                alarm_id = active.alarm_id if active else uuid7()
+                alarm_id = active.alarm_id if active else new_id
         drafts = [
             EventDraft(
                 type=entry.type, cls=entry.cls, payload=payload, severity=entry.severity,

@@ -1,7 +1,6 @@
 """Garage licence-plate cameras pushing reads to the gateway over HTTP (Zhenshi JSON, Hikvision ANPR)."""
 
 from drivers.http_plate_reader.config import HttpPlateReaderConfig
-from drivers.http_plate_reader.driver import HttpPlateReader
 from gateway.driver import DriverSpec
 
 DRIVER = DriverSpec(
@@ -10,9 +9,9 @@ DRIVER = DriverSpec(
     transport="http",
     shape="push",
     config=HttpPlateReaderConfig,
-    factory=HttpPlateReader,
+    factory="drivers.http_plate_reader.driver:HttpPlateReader",
     summary="Licence-plate cameras (Zhenshi JSON, Hikvision ANPR) push reads; barrier decided at the edge",
     simulator="plate_reader",
 )
 
-__all__ = ["DRIVER", "HttpPlateReader", "HttpPlateReaderConfig"]
+__all__ = ["DRIVER", "HttpPlateReaderConfig"]

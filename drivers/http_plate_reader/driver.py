@@ -100,6 +100,7 @@ class HttpPlateReader(PushDriver):
         self._online: bool | None = None
         self._gate_state: str | None = None
         self._open_seq = 0
+        self._went_up = False  # barrier reported up since the last open (or was up already)
         self._stuck_alarm: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.barrier = IsapiBarrier(config.barrier) if config.barrier is not None else None
@@ -167,18 +168,24 @@ class HttpPlateReader(PushDriver):
 
     async def handle(self, request: PushRequest) -> PushReply:
         """Decode, decide, store, commit, then reply."""
-        if self.ctx.recording:  # base64 of a whole push (pictures included) only when asked for
-            self.ctx.record(
-                "push",
-                {
-                    "content_type": request.content_type,
-                    "body_b64": base64.b64encode(request.body).decode(),
-                },
-            )
-        loop = asyncio.get_running_loop()
-        outcome = self.process(request.content_type, request.body, self.ctx.now(), loop.time(), request.path)
-        if outcome.alive:
+        # Every push marks its receipt time (what ctx.now() says until we next await); the body,
+        # base64 pictures included, is only kept when recording is on.
+        raw = (
+            {"content_type": request.content_type, "body_b64": base64.b64encode(request.body).decode()}
+            if self.ctx.recording
+            else {}
+        )
+        self.ctx.record("push", raw)
+        now = self.ctx.now()
+        # De-duplication runs on receipt time too, so a replay (fed the recorded times) suppresses the same reads.
+        outcome = self.process(request.content_type, request.body, now, now.timestamp(), request.path)
+        reply = await self._answer(outcome)
+        if outcome.alive:  # after the push's own events, as a replay (push, then link change) orders them
             await self._seen()
+        return reply
+
+    async def _answer(self, outcome: Outcome) -> PushReply:
+        """Commit what one push produced (store images first), then say what to reply."""
         if outcome.duplicate:  # answer as the original did, once the original is committed
             if outcome.wait_for is not None:
                 try:
@@ -239,8 +246,19 @@ class HttpPlateReader(PushDriver):
     # ------------------------------------------------------------ decoding (no I/O)
 
     def replay(self, channel: str, data: Any, now: datetime) -> list[EventDraft]:
-        """Feed a recorded push through the same decoder; images get the same URIs, unwritten."""
-        if channel != "push" or not isinstance(data, dict):
+        """Feed a recorded input through the same code; images get the same URIs, unwritten.
+
+        Channels: `push` (a camera's request), `barrier_stuck` (the barrier window ran out) and
+        `barrier_command` (how an ISAPI open went): the last two are the driver's own timers and
+        I/O outcomes, recorded so a replay reproduces their events, alarm ids included.
+        """
+        if not isinstance(data, dict):
+            return []
+        if channel == "barrier_stuck":
+            return self._stuck_drafts(data, now)
+        if channel == "barrier_command":
+            return [self._command_draft(data, now)]
+        if channel != "push":
             return []
         try:
             body = base64.b64decode(str(data.get("body_b64", "")), validate=True)
@@ -268,6 +286,7 @@ class HttpPlateReader(PushDriver):
                 severity="minor",
                 payload=LprPayload(detail=f"{rejected.error}: {rejected.reason}"[:500]),
                 quality=Quality(status="rejected", reasons=(rejected.error,)),
+                time=now,
             )
             reply = PushReply(rejected.status, error_body(rejected.error, rejected.reason))
             return Outcome([draft], reply, alive=rejected.status != 403)
@@ -275,7 +294,7 @@ class HttpPlateReader(PushDriver):
             self.ctx.counters.inc("lpr.heartbeats")
             return Outcome([], self._ok_reply(path))
         if isinstance(observation, IoTrigger):
-            return Outcome(self._io_drafts(observation), self._ok_reply(path))
+            return Outcome(self._io_drafts(observation, now), self._ok_reply(path))
         return self._plate(observation, now, mono, path)
 
     def _ok_reply(self, path: str) -> PushReply:
@@ -288,7 +307,7 @@ class HttpPlateReader(PushDriver):
             return _json_reply(zhenshi_reply(decision.opens))
         return self._ok_reply(path)
 
-    def _io_drafts(self, trigger: IoTrigger) -> list[EventDraft]:
+    def _io_drafts(self, trigger: IoTrigger, now: datetime) -> list[EventDraft]:
         if self.cfg.gate_input is None or trigger.source != self.cfg.gate_input:
             return [
                 EventDraft(
@@ -296,11 +315,13 @@ class HttpPlateReader(PushDriver):
                     cls="event",
                     raw_code=f"{trigger.vendor}:gio/{trigger.source}",
                     payload=LprPayload(io_input=trigger.source, io_value=trigger.value),
+                    time=now,
                 )
             ]
         state = "up" if trigger.value else "down"
         self._gate_state = state
-        drafts = [EventDraft(type="lpr.gate_state", cls="status", payload=LprPayload(gate_state=state))]
+        self._went_up = self._went_up or state == "up"
+        drafts = [EventDraft(type="lpr.gate_state", cls="status", payload=LprPayload(gate_state=state), time=now)]
         if state == "up" and self._stuck_alarm is not None:
             drafts.append(
                 EventDraft(
@@ -310,6 +331,7 @@ class HttpPlateReader(PushDriver):
                     state="cleared",
                     alarm_id=self._stuck_alarm,
                     payload=LprPayload(gate_state=state),
+                    time=now,
                 )
             )
             self._stuck_alarm = None
@@ -350,6 +372,8 @@ class HttpPlateReader(PushDriver):
         if device_time is not None and abs(device_time - now) > MAX_CLOCK_SKEW and not obs.is_offline:
             self.ctx.counters.inc("lpr.clock_skew")
             device_time = None
+        # Without a usable device clock, the read happened when it was received (not when it is committed).
+        device_time = device_time or now
         quality = Quality(status=status, reasons=tuple(dict.fromkeys(doubts))) if status != "valid" else Quality()
         type_code = token(obs.type_code)
         raw_code = f"{obs.vendor}:type/{type_code}" if type_code is not None else None
@@ -453,6 +477,7 @@ class HttpPlateReader(PushDriver):
 
     def _watch_barrier(self) -> None:
         self._open_seq += 1
+        self._went_up = self._gate_state == "up"  # GPIO reports changes only: a barrier already up counts
         self._background(self._expect_up(self._open_seq))
 
     async def _command_barrier(self, decision: EventDraft) -> None:
@@ -462,46 +487,59 @@ class HttpPlateReader(PushDriver):
         self.ctx.counters.inc("lpr.barrier_commands" if failure is None else "lpr.barrier_command_failed")
         gate = decision.payload
         assert isinstance(gate, LprPayload)
-        draft = EventDraft(
-            type="lpr.barrier_command",
-            cls="command",
-            severity="info" if failure is None else "major",
-            seq=decision.seq,
-            payload=LprPayload(
-                plate=gate.plate, lane=gate.lane, direction=gate.direction, decision="open", detail=failure
-            ),
-            quality=Quality() if failure is None else Quality(status="suspect", reasons=("barrier_command_failed",)),
-        )
+        outcome = {"seq": decision.seq, "plate": gate.plate, "lane": gate.lane, "direction": gate.direction,
+                   "failure": failure}
+        self.ctx.record("barrier_command", outcome)
         try:
-            await self.ctx.emit([draft])
+            await self.ctx.emit([self._command_draft(outcome, self.ctx.now())])
         except Exception:
             self.ctx.log.exception("barrier command event not committed")
 
+    @staticmethod
+    def _command_draft(outcome: dict[str, Any], now: datetime) -> EventDraft:
+        failure = outcome.get("failure")
+        seq = outcome.get("seq")
+        return EventDraft(
+            type="lpr.barrier_command",
+            cls="command",
+            severity="info" if failure is None else "major",
+            seq=seq if isinstance(seq, int) else None,
+            payload=LprPayload(
+                plate=outcome.get("plate"), lane=outcome.get("lane"), direction=outcome.get("direction"),
+                decision="open", detail=None if failure is None else str(failure),
+            ),
+            quality=Quality() if failure is None else Quality(status="suspect", reasons=("barrier_command_failed",)),
+            time=now,
+        )
+
     async def _expect_up(self, seq: int) -> None:
-        self._gate_state = None if self._gate_state == "up" else self._gate_state
         await asyncio.sleep(self.cfg.barrier_timeout_s)
-        if seq != self._open_seq or self._gate_state == "up" or self._stuck_alarm is not None:
+        # Up at any moment of the window is enough: a barrier may already be down again when it ends.
+        if seq != self._open_seq or self._went_up or self._stuck_alarm is not None:
             return
-        self._stuck_alarm = uuid7()
+        ran_out = {"alarm_id": uuid7(), "gate_state": self._gate_state or "down"}
+        self.ctx.record("barrier_stuck", ran_out)  # an input like a push: a replay raises the same alarm
+        drafts = self._stuck_drafts(ran_out, self.ctx.now())
         try:
-            await self._emit_stuck()
+            await self.ctx.emit(drafts)
         except Exception:  # the outbox refused: keep serving pushes, try again on the next open
             self.ctx.log.exception("barrier_stuck fault not committed")
             self._stuck_alarm = None
 
-    async def _emit_stuck(self) -> None:
-        await self.ctx.emit(
-            [
-                EventDraft(
-                    type="lpr.barrier_stuck",
-                    cls="fault",
-                    severity="major",
-                    state="raised",
-                    alarm_id=self._stuck_alarm,
-                    payload=LprPayload(
-                        gate_state=self._gate_state or "down",
-                        detail=f"opened, but barrier not up after {self.cfg.barrier_timeout_s:g} s",
-                    ),
-                )
-            ]
-        )
+    def _stuck_drafts(self, ran_out: dict[str, Any], now: datetime) -> list[EventDraft]:
+        """The barrier window ran out: raise `lpr.barrier_stuck` (cleared by the next 'up')."""
+        self._stuck_alarm = str(ran_out.get("alarm_id") or uuid7())
+        return [
+            EventDraft(
+                type="lpr.barrier_stuck",
+                cls="fault",
+                severity="major",
+                state="raised",
+                alarm_id=self._stuck_alarm,
+                payload=LprPayload(
+                    gate_state=str(ran_out.get("gate_state") or "down"),
+                    detail=f"opened, but barrier not up after {self.cfg.barrier_timeout_s:g} s",
+                ),
+                time=now,
+            )
+        ]

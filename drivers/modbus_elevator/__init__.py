@@ -1,7 +1,6 @@
 """Elevator controllers and monitoring boxes over Modbus TCP, described by register maps."""
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
-from drivers.modbus_elevator.driver import ModbusElevatorDriver
 from gateway.driver import DriverSpec
 
 DRIVER = DriverSpec(
@@ -10,9 +9,9 @@ DRIVER = DriverSpec(
     transport="modbus_tcp",
     shape="polling",
     config=ModbusElevatorConfig,
-    factory=ModbusElevatorDriver,
+    factory="drivers.modbus_elevator.driver:ModbusElevatorDriver",
     summary="Elevator status, faults and derived alarms from a Modbus TCP register map",
     simulator="elevator",
 )
 
-__all__ = ["DRIVER", "ModbusElevatorConfig", "ModbusElevatorDriver"]
+__all__ = ["DRIVER", "ModbusElevatorConfig"]

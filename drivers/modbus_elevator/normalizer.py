@@ -34,7 +34,7 @@ class ElevatorState:
     last_time: datetime | None = None
     last_status_sent: datetime | None = None
     last_rejected_raw: dict[str, int] | None = None
-    alarms: AlarmTracker = field(default_factory=AlarmTracker)
+    alarms: AlarmTracker = field(default_factory=AlarmTracker)  # scope set by the normalizer
     code_entries: dict[str, tuple[CodeEntry, str]] = field(default_factory=dict)
 
 
@@ -44,7 +44,7 @@ class ElevatorNormalizer:
     def __init__(self, config: ModbusElevatorConfig, regmap: RegisterMap) -> None:
         self.cfg = config
         self.map = regmap
-        self.state = ElevatorState()
+        self.state = ElevatorState(alarms=AlarmTracker(scope=config.id))
 
     # --- validation -----------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """PA / broadcast amplifier systems over OPC UA (asyncua): zones, amplifiers, lines, power, emergency."""
 
 from drivers.opcua_pa.config import OpcUaPaConfig
-from drivers.opcua_pa.driver import OpcUaPaDriver
 from gateway.driver import DriverSpec
 
 DRIVER = DriverSpec(
@@ -10,9 +9,9 @@ DRIVER = DriverSpec(
     transport="opcua",
     shape="push",
     config=OpcUaPaConfig,
-    factory=OpcUaPaDriver,
+    factory="drivers.opcua_pa.driver:OpcUaPaDriver",
     summary="PA / broadcast amplifiers over OPC UA subscriptions; vendors described by YAML node maps",
     simulator="broadcast",
 )
 
-__all__ = ["DRIVER", "OpcUaPaConfig", "OpcUaPaDriver"]
+__all__ = ["DRIVER", "OpcUaPaConfig"]

@@ -97,7 +97,7 @@ class OpcUaPaDriver(PushDriver):
         self.map: NodeMap = load_map(config.map)
         self.normalizer = PaNormalizer(
             self.map, temperature_deadband_c=config.temperature_deadband_c,
-            load_deadband_pct=config.load_deadband_pct, on_reject=self._rejected)
+            load_deadband_pct=config.load_deadband_pct, on_reject=self._rejected, scope=config.id)
         self.lost_reason = ""
         self.connects = 0
 
@@ -109,9 +109,12 @@ class OpcUaPaDriver(PushDriver):
 
     def replay(self, channel: str, data: Any, now: datetime) -> list[EventDraft]:
         """Feed a recorded snapshot or change batch through the same normalizer."""
-        changes = [(str(k), v) for k, v in data.get("values", {}).items()] if channel == "snapshot" else \
-            [(str(c[0]), c[1]) for c in data.get("changes", [])]
-        return self.normalizer.apply(changes)
+        if channel == "snapshot":
+            return self.normalizer.apply([(str(k), v) for k, v in data.get("values", {}).items()], now=now)
+        rows = data.get("changes", [])
+        stamps = [datetime.fromisoformat(r[2]) for r in rows if len(r) > 2 and r[2]]
+        when = _aware(stamps[-1]) if self.config.device_time and stamps else None
+        return self.normalizer.apply([(str(r[0]), r[1]) for r in rows], time=when, now=now)
 
     # ------------------------------------------------------------------ run
 
@@ -194,13 +197,14 @@ class OpcUaPaDriver(PushDriver):
                 continue
             values[key] = jsonable(dv.Value.Value if dv.Value is not None else None)
         self.ctx.record("snapshot", {"values": values})
-        drafts = self.normalizer.apply(values.items(), time=None)
+        drafts = self.normalizer.apply(values.items(), time=None, now=self.ctx.now())
         if drafts:
             await self.ctx.emit(drafts)
 
     async def _pump(self, queue: asyncio.Queue[Change], lost: asyncio.Event) -> None:
         """Drain data changes in batches until the link is lost."""
         lost_wait = asyncio.ensure_future(lost.wait())
+        getter: asyncio.Future[Change] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -213,12 +217,16 @@ class OpcUaPaDriver(PushDriver):
                     batch.append(queue.get_nowait())
                 # one publish carries items grouped per node: restore device order by timestamp
                 batch.sort(key=lambda c: _aware(c[2]))
-                self.ctx.record("changes", {"changes": [[k, v] for k, v, _ in batch]})
+                # Source timestamps are recorded too: with `device_time` they are the event time.
+                self.ctx.record("changes", {"changes": [[k, v, _aware(t).isoformat() if t else None]
+                                                        for k, v, t in batch]})
                 when = _aware(batch[-1][2]) if self.config.device_time and batch[-1][2] is not None else None
-                drafts = self.normalizer.apply([(k, v) for k, v, _ in batch], time=when)
+                drafts = self.normalizer.apply([(k, v) for k, v, _ in batch], time=when, now=self.ctx.now())
                 if drafts:
                     await self.ctx.emit(drafts)
                 if lost.is_set():
                     raise DeviceUnavailable(self.lost_reason or "link lost")
         finally:
             lost_wait.cancel()
+            if getter is not None:
+                getter.cancel()  # cancelled mid-wait (shutdown): leave no pending queue.get()

@@ -16,7 +16,7 @@ from typing import Any
 from drivers.opcua_pa.codec import Decoded, decode
 from drivers.opcua_pa.nodemap import LINE_FAULTS, NodeMap
 from gateway.driver import EventDraft
-from gateway.ids import uuid7
+from gateway.ids import uuid7, uuid7_from
 from schemas.common import VALID, EventClass, Quality, Severity
 from schemas.pa import PaPayload
 
@@ -41,8 +41,12 @@ class PaNormalizer:
     """Stateful translation of point changes (key, raw value) into event drafts."""
 
     def __init__(self, nodemap: NodeMap, *, temperature_deadband_c: float = 1.0,
-                 load_deadband_pct: float = 5.0, on_reject: Callable[[str], None] | None = None) -> None:
+                 load_deadband_pct: float = 5.0, on_reject: Callable[[str], None] | None = None,
+                 scope: str = "") -> None:
         self.map = nodemap
+        self.scope = scope  # the device id: part of every alarm id
+        self._now: datetime | None = None
+        self._raises = 0
         self.table = nodemap.point_table()
         self.temperature_deadband_c = temperature_deadband_c
         self.load_deadband_pct = load_deadband_pct
@@ -55,8 +59,14 @@ class PaNormalizer:
 
     # ------------------------------------------------------------------ entry point
 
-    def apply(self, changes: Iterable[tuple[str, Any]], *, time: datetime | None = None) -> list[EventDraft]:
-        """Apply changes in order and return the events they cause (possibly none)."""
+    def apply(self, changes: Iterable[tuple[str, Any]], *, time: datetime | None = None,
+              now: datetime | None = None) -> list[EventDraft]:
+        """Apply changes in order and return the events they cause (possibly none).
+
+        `now` is the input's receipt time: with it, alarm ids derive from (device, condition,
+        time, raise count), so a replay of the same inputs at the same times gives the same ids.
+        """
+        self._now = time or now
         batch = [(k, v) for k, v in changes if k in self.table]
         out: list[EventDraft] = []
         self._dirty = {}
@@ -275,7 +285,9 @@ class PaNormalizer:
         """Raise or clear one condition; no event when its state did not change."""
         current = self.open.get(cid)
         if active and current is None:
-            alarm = OpenAlarm(uuid7(), typ, cls, severity, payload)
+            self._raises += 1
+            aid = uuid7() if self._now is None else uuid7_from(self._now, self.scope, cid, str(self._raises))
+            alarm = OpenAlarm(aid, typ, cls, severity, payload)
             self.open[cid] = alarm
             return [EventDraft(type=typ, cls=cls, severity=severity, state="raised", alarm_id=alarm.alarm_id,
                                payload=payload, raw_code=raw_code, quality=quality, time=time)]

@@ -49,14 +49,16 @@ def lookup(key: str) -> SimulatedGatePeripheral | None:
 
 
 class _RunningGate:
-    """A registered, wall-clock-driven gate; `aclose()` stops and unregisters it."""
+    """A registered, wall-clock-driven gate; `aclose()` stops and unregisters it if we started it."""
 
-    def __init__(self, peripheral: SimulatedGatePeripheral) -> None:
+    def __init__(self, peripheral: SimulatedGatePeripheral, *, owned: bool = True) -> None:
         self.peripheral = peripheral
+        self.owned = owned
 
     async def aclose(self) -> None:
-        await self.peripheral.aclose()
-        unregister(self.peripheral)
+        if self.owned:  # a gate someone else registered (a scenario) outlives this gateway
+            await self.peripheral.aclose()
+            unregister(self.peripheral)
 
 
 async def spawn(
@@ -72,10 +74,11 @@ async def spawn(
     """Create, register and start a gate at `address` whose clock follows the wall clock."""
     existing = lookup(address)
     if existing is not None:
-        return _RunningGate(existing)
+        return _RunningGate(existing, owned=False)
     model = GateModel(
         seed=seed, doors=doors, arrivals_per_min=arrivals_per_min, start_time=time.time(), table=table
     )
+    model.clock = time.time  # behaviour may run at `speed`; the device clock keeps real time
     model.clock_skew = clock_skew_s
     name = address if ":" not in address else None
     periph = register(SimulatedGatePeripheral(_as_address(address, seed), model, name=name))
@@ -168,12 +171,18 @@ class SimulatedBleakClient(BaseBleakClient):
             raise BleakError("Not connected")
         return self._peripheral
 
+    async def _transaction(self) -> SimulatedGatePeripheral:
+        """Start an ATT request; a silent (hung) peripheral never answers, as on a real link."""
+        periph = self._require()
+        await asyncio.sleep(0)
+        await periph.answering.wait()
+        return self._require()
+
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any
     ) -> bytearray:
         """ATT read."""
-        periph = self._require()
-        await asyncio.sleep(0)
+        periph = await self._transaction()
         try:
             return bytearray(periph.read(characteristic.uuid))
         except PermissionError as exc:
@@ -183,8 +192,7 @@ class SimulatedBleakClient(BaseBleakClient):
         self, characteristic: BleakGATTCharacteristic, data: SizedBuffer, response: bool
     ) -> None:
         """ATT write (request or command); profile errors surface as BleakError."""
-        periph = self._require()
-        await asyncio.sleep(0)
+        periph = await self._transaction()
         try:
             periph.write(self, characteristic.uuid, bytes(data))
         except (PermissionError, codec.FrameError) as exc:

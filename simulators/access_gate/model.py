@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +74,10 @@ class GateModel:
         self.rate_per_s = arrivals_per_min / 60.0
         self.now = start_time
         self.clock_skew = 0.0
+        #: Where the device clock reads its time; None: model time. A model run faster than
+        #: real time (scenarios) keeps its clock on the wall clock, as a real gate's RTC would.
+        self.clock: Callable[[], float] | None = None
+        self.held: set[int] = set()  # doors kept open by a fault (propped, forced) until released
         self.table = load_table(table) if isinstance(table, str) else table
         self.behaviour = behaviour
         self.seq = 0
@@ -100,13 +105,14 @@ class GateModel:
     @property
     def device_time(self) -> int:
         """What the device's own clock says (seconds), skew included."""
-        return max(0, int(self.now + self.clock_skew))
+        base = self.now if self.clock is None else self.clock()
+        return max(0, int(base + self.clock_skew))
 
     def advance(self, seconds: float) -> list[codec.Record]:
         """Let `seconds` of gate life pass; returns the records the gate produced, in order."""
         end = self.now + seconds
         while True:
-            nxt = min(self._next_arrival, self._queue[0].at if self._queue else end)
+            nxt = min(self._next_arrival, self._queue[0].at if self._queue else math.inf)
             if nxt > end:
                 break
             self.now = nxt
@@ -120,7 +126,7 @@ class GateModel:
         return out
 
     def _gap(self) -> float:
-        return self.rng.expovariate(self.rate_per_s)
+        return self.rng.expovariate(self.rate_per_s) if self.rate_per_s > 0 else math.inf
 
     def _later(self, delay: float, action: Callable[[], object]) -> None:
         heapq.heappush(self._queue, _Pending(self.now + delay, next(self._order), action))
@@ -128,6 +134,8 @@ class GateModel:
     # --- behaviour ----------------------------------------------------------------------------
 
     def _arrival(self) -> None:
+        if self.mode == FIRE_RELEASE:
+            return  # doors stand open: people walk through without badging
         b, rng = self.behaviour, self.rng
         door = rng.randint(1, self.doors)
         direction = "in" if rng.random() < 0.6 else "out"
@@ -158,12 +166,12 @@ class GateModel:
             if rng.random() < b.reverse_entry * 5:
                 self._later(1.0, lambda: self.emit("gate.reverse_entry", door=door, direction=direction))
 
-    def _pass(self, door: int, direction: str) -> None:
+    def _pass(self, door: int, direction: str, *, tailgate: bool = False) -> None:
         b, rng = self.behaviour, self.rng
         bit = 1 << (door - 1)
         self.locked_mask &= ~bit
         self._later(0.8, lambda: self._door(door, opened=True))
-        if rng.random() < b.tailgating:
+        if rng.random() < b.tailgating or tailgate:
             self._later(2.0, lambda: self.emit("gate.tailgating", door=door, direction=direction))
         if rng.random() < b.reverse_entry:
             other = "out" if direction == "in" else "in"
@@ -180,6 +188,8 @@ class GateModel:
             self.open_mask |= bit
             self.emit("door.opened", door=door)
         elif not opened and self.open_mask & bit:
+            if door in self.held or self.mode == FIRE_RELEASE:
+                return  # propped, forced or released: it stays open until the fault ends
             self.open_mask &= ~bit
             self.locked_mask |= bit
             self.emit("door.closed", door=door)
@@ -190,11 +200,91 @@ class GateModel:
 
     # --- faults the simulator injects (device level) -------------------------------------------
 
-    def force_door(self, door: int = 1, *, close_after: float | None = None) -> None:
-        """Someone forces the door open (no valid credential)."""
+    def force_door(self, door: int = 1, *, close_after: float | None = None, hold: bool = False) -> None:
+        """Someone forces the door open (no valid credential); `hold`: it stays open until `release()`."""
         self._door(door, opened=True)
         self.emit("door.forced_open", door=door, state="raised")
-        self._later(close_after or self.rng.uniform(5, 40), lambda: self._door(door, opened=False))
+        if hold:
+            self.held.add(door)
+        else:
+            self._later(close_after or self.rng.uniform(5, 40), lambda: self._door(door, opened=False))
+
+    def prop_open(self, door: int = 1) -> None:
+        """A resident badges in and props the door: it stays open and the gate raises held-open."""
+        if not self.open_mask & (1 << (door - 1)):
+            self.passage(door=door, outcome="granted")
+            self._door(door, opened=True)
+        self.held.add(door)
+        self.emit("door.held_open", door=door, state="raised")
+
+    def release(self, door: int = 1) -> None:
+        """A held door is let go and closes (its forced/held alarms clear with the close)."""
+        self.held.discard(door)
+        self._door(door, opened=False)
+
+    def set_tamper(self, on: bool) -> None:
+        """Open (True) or close the enclosure, with no automatic restore."""
+        if on != self.tamper:
+            self.tamper = on
+            self.emit("device.tamper", state="raised" if on else "cleared")
+
+    def fire_release(self, on: bool) -> None:
+        """Fire alarm linkage: every door unlocked and held open (mode fire_release) until reset."""
+        every = (1 << self.doors) - 1
+        if on and self.mode != FIRE_RELEASE:
+            self.mode = FIRE_RELEASE
+            self.locked_mask = 0
+            for door in range(1, self.doors + 1):
+                self.emit("door.mode", door=door, state="raised")
+                self._door(door, opened=True)
+        elif not on and self.mode == FIRE_RELEASE:
+            self.mode = 0
+            for door in range(1, self.doors + 1):
+                self.emit("door.mode", door=door, state="cleared")
+                if door not in self.held:
+                    self._door(door, opened=False)
+            self.locked_mask = every & ~self.open_mask
+
+    def passage(
+        self,
+        *,
+        door: int = 1,
+        outcome: str = "granted",
+        direction: str = "in",
+        cred_type: str | None = None,
+        credential: bytes | None = None,
+        reason: str | None = None,
+        tailgate: bool = False,
+    ) -> None:
+        """One scripted arrival; unspecified details are drawn from the model's generator."""
+        if not 1 <= door <= self.doors:
+            raise ValueError(f"door {door} out of range 1..{self.doors}")
+        if direction not in ("in", "out"):
+            raise ValueError(f"direction must be in or out, not {direction!r}")
+        rng = self.rng
+        cred_type = cred_type or _pick(rng, CREDENTIALS)
+        if cred_type not in self._cred_codes:
+            raise ValueError(f"unknown credential type {cred_type!r}; known: {', '.join(sorted(self._cred_codes))}")
+        if credential is None:
+            credential = rng.choice(self._residents) if cred_type != "pin" else rng.randbytes(2)
+        reader = 1 if direction == "in" else 2
+        if outcome == "granted":
+            self.emit("access.granted", door=door, reader=reader, direction=direction, cred_type=cred_type,
+                      credential=credential)
+            self._pass(door, direction, tailgate=tailgate)
+        elif outcome == "denied":
+            reason = reason or _pick(rng, DENY_REASONS)
+            if reason not in self._reason_codes:
+                raise ValueError(f"unknown deny reason {reason!r}; known: {', '.join(sorted(self._reason_codes))}")
+            self.emit("access.denied", door=door, reader=reader, direction=direction, cred_type=cred_type,
+                      credential=credential, reason=reason)
+        else:
+            raise ValueError(f"outcome must be granted or denied, not {outcome!r}")
+
+    def arrivals(self, n: int, interval: float) -> None:
+        """Schedule `n` random arrivals `interval` seconds apart (a rush), starting now."""
+        for i in range(n):
+            self._later(i * interval, self._arrival)
 
     def tamper_now(self, *, restore_after: float = 60.0) -> None:
         """The enclosure is opened; restored after `restore_after` seconds."""
@@ -315,6 +405,9 @@ class GateModel:
             device_time=self.device_time,
             firmware=self.firmware,
         )
+
+
+FIRE_RELEASE = 3  # status mode byte (profile.yaml `modes`)
 
 
 def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:

@@ -47,6 +47,7 @@ class Faults:
     reorder: int = 0  # swap the next N pairs of event notifications (out-of-order seq)
     drop: int = 0  # lose the next N event notifications over the air (gap -> backfill)
     refuse_connections: bool = False  # dead battery / out of range
+    silent: bool = False  # hung radio firmware: the link stays up but nothing is sent or answered
 
 
 class SimulatedGatePeripheral:
@@ -62,6 +63,8 @@ class SimulatedGatePeripheral:
         self.sent = 0
         self.connections = 0
         self._held: bytes | None = None
+        self.answering = asyncio.Event()  # cleared while silent: ATT requests wait on it
+        self.answering.set()
         self._task: asyncio.Task[None] | None = None
         self.on_frame: Callable[[str, bytes], None] | None = None  # observer (CLI prints frames)
 
@@ -154,6 +157,8 @@ class SimulatedGatePeripheral:
                 self._send(c, codec.EVENT_UUID, fr)
 
     def _send(self, central: Central, uuid: str, frame: bytes) -> None:
+        if self.faults.silent:
+            return
         self.sent += 1
         if self.on_frame is not None:
             self.on_frame(uuid, frame)
@@ -166,6 +171,14 @@ class SimulatedGatePeripheral:
         for c in list(self.centrals):
             self.centrals.discard(c)
             c.link_lost()
+
+    def set_silent(self, on: bool) -> None:
+        """Hang (True) or recover the radio firmware: a silent gate neither notifies nor answers."""
+        self.faults.silent = on
+        if on:
+            self.answering.clear()
+        else:
+            self.answering.set()
 
     def die(self) -> None:
         """Dead battery: report it, then go dark (links dropped, connections refused)."""

@@ -129,6 +129,14 @@ class BroadcastSimulator:
         await asyncio.sleep(down_s)
         await self._start_server()
 
+    async def go_offline(self) -> None:
+        """Take the endpoint down (every session dies) while the PA system keeps behaving."""
+        await self._stop_server()
+
+    async def go_online(self) -> None:
+        """Bring the endpoint back after `go_offline()`; the address space shows the current state."""
+        await self._start_server()
+
     async def _start_server(self) -> None:
         async with self._lock:
             if self.server is not None:
