@@ -165,8 +165,12 @@ def _render(view: DemoView, broker: Broker, db: Path) -> Any:
     from rich.panel import Panel
     from rich.table import Table
 
-    devices = Table("device", "kind", "link", "state", expand=True, title="Devices")
-    for dev_id, d in sorted(view.devices.items()):
+    devices = Table(expand=True, title="Devices by kind")
+    devices.add_column("device", no_wrap=True)
+    devices.add_column("kind", no_wrap=True)
+    devices.add_column("link", no_wrap=True)
+    devices.add_column("latest", no_wrap=True, overflow="ellipsis", ratio=1)
+    for dev_id, d in sorted(view.devices.items(), key=lambda kv: (kv[1]["kind"], kv[0])):
         link = f"[green]{d['online']}[/]" if d["online"] == "online" else f"[red]{d['online']}[/]"
         devices.add_row(dev_id, d["kind"], link, d["state"])
     alarms = Table("since", "device", "type", "severity", expand=True, title=f"Active alarms ({len(view.alarms)})")

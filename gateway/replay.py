@@ -153,7 +153,7 @@ def _decode(dev: _Device, channel: str, data: Any, t: datetime, counters: Counte
     try:
         if channel == LINK_CHANNEL:
             drafts = [connectivity_draft(bool(data["online"]), reason=data.get("reason"),
-                                         misses=int(data.get("misses", 0)))]
+                                         misses=int(data.get("misses", 0)), alarm_id=data.get("alarm_id"))]
         elif isinstance(driver, PollingDriver):
             drafts = driver.decode(data, t)
         else:

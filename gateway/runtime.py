@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from gateway import registry
 from gateway.config import GatewayConfigBase
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
-from gateway.ids import uuid7
+from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
@@ -68,13 +68,17 @@ class EventFactory:
         })
 
 
-def connectivity_draft(online: bool, *, reason: str | None, misses: int) -> EventDraft:
-    """`device.online` / `device.offline`."""
+def connectivity_draft(online: bool, *, reason: str | None, misses: int, alarm_id: str | None) -> EventDraft:
+    """`device.offline` (raised) and the `device.online` that clears it, paired by `alarm_id`.
+
+    The first `device.online` of a device, with nothing to clear, is momentary.
+    """
     return EventDraft(
         type="device.online" if online else "device.offline",
         cls="connectivity",
         severity="info" if online else "major",
-        state="cleared" if online else "raised",
+        state="raised" if not online else ("cleared" if alarm_id else "momentary"),
+        alarm_id=alarm_id,
         payload=ConnectivityPayload(online=online, misses=misses, reason=reason),
     )
 
@@ -112,6 +116,7 @@ class DeviceRuntime:
         self._input_time: datetime | None = None
         self.log = logging.getLogger(f"courtyard.device.{config.id}")
         self.online: bool | None = None
+        self._offline_alarm: str | None = None
         self.misses = 0
         self.link_up_since_start = False
         self._delays = backoff_delays(config.backoff)
@@ -145,8 +150,12 @@ class DeviceRuntime:
             return
         self.online = online
         # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
-        self.record(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses})
-        await self.emit([connectivity_draft(online, reason=reason, misses=misses)])
+        if online:
+            alarm_id, self._offline_alarm = self._offline_alarm, None
+        else:
+            alarm_id = self._offline_alarm = uuid7_from(self._clock(), self.config.id, "link")
+        self.record(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses, "alarm_id": alarm_id})
+        await self.emit([connectivity_draft(online, reason=reason, misses=misses, alarm_id=alarm_id)])
 
     def record(self, channel: str, data: Any) -> None:
         """Mark one raw input as received now, and record it when recording is on.

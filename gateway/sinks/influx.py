@@ -57,9 +57,7 @@ def to_line(row: Stored) -> str:
         if key in SKIP_FIELDS or value is None or isinstance(value, dict | list):
             continue
         p = p.field(key, value)
-    ts = _ns(ev["time"])
-    ts += zlib.crc32(ev["id"].encode()) % _resolution_ns(ts)
-    line: str = p.time(ts, WritePrecision.NS).to_line_protocol()
+    line: str = p.time(point_time_ns(ev["time"], ev["id"]), WritePrecision.NS).to_line_protocol()
     return line
 
 
@@ -76,6 +74,12 @@ def _resolution_ns(ts: int) -> int:
         if ts % unit == 0:
             return unit
     return 1
+
+
+def point_time_ns(iso_time: str, event_id: str) -> int:
+    """The InfluxDB timestamp of an event: its time plus a stable offset below its precision."""
+    ts = _ns(iso_time)
+    return ts + zlib.crc32(event_id.encode()) % _resolution_ns(ts)
 
 
 def _ns(iso: str) -> int:

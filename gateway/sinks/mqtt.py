@@ -134,12 +134,13 @@ class MqttSink(Sink):
     def _publishes(self, client: aiomqtt.Client, row: Stored) -> list[Any]:
         base = f"{self.prefix}/{row.kind}/{row.device}"
         out = [client.publish(f"{base}/event/{row.type}", row.body, qos=1)]
-        if row.cls == "status":
-            if '"rejected"' not in row.body or json.loads(row.body)["quality"]["status"] != "rejected":
-                out.append(client.publish(f"{base}/state", row.body, qos=1, retain=True))
-        elif row.cls == "connectivity":
+        if row.cls == "status" and (
+            '"rejected"' not in row.body or json.loads(row.body)["quality"]["status"] != "rejected"
+        ):
+            out.append(client.publish(f"{base}/state", row.body, qos=1, retain=True))
+        if row.cls == "connectivity":
             out.append(client.publish(f"{base}/availability", row.body, qos=1, retain=True))
-        elif row.cls in ("alarm", "fault"):
+        if row.cls in ("alarm", "fault", "connectivity"):  # an offline device is an active alarm too
             ev = json.loads(row.body)
             if ev.get("alarm_id"):
                 topic = f"{base}/alarm/{ev['alarm_id']}"
