@@ -52,6 +52,11 @@ class TlsConfig(_Strict):
     key: Path | None = None
     insecure_skip_verify: bool = Field(False, description="Only for lab use; never combined with `ca`")
 
+    @field_validator("ca", "cert", "key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v  # `ca: ${MQTT_CA:-}` with nothing set means no CA
+
 
 class MqttConfig(_Strict):
     """The MQTT sink."""
@@ -181,9 +186,8 @@ def _load_with_lines(
             except ValueError as exc:
                 problems.append(ConfigProblem(source, node.start_mark.line + 1, _fmt_path(path), str(exc)))
                 return None
-            if node.style is None and node.value:  # plain scalar: let YAML re-resolve "5020" -> int
-                resolved = _LineLoader.resolve(_LineLoader, yaml.ScalarNode, node.value, (True, False))  # type: ignore[arg-type,no-untyped-call]
-                node = yaml.ScalarNode(resolved, node.value, node.start_mark, node.end_mark)
+            # The result stays a string: the field's own type converts it ("5020" for a port),
+            # so a password of 123456, "on" or "null" is never re-typed by YAML.
         return _LineLoader(text).construct_object(node, deep=True)
 
     try:

@@ -162,6 +162,9 @@ class PollingDriver(abc.ABC):
     async def close(self) -> None:
         """Close the link; must not raise."""
 
+    def forget(self) -> None:  # noqa: B027 - optional hook
+        """Drop derived state (open alarms, last status) after its events could not be committed."""
+
 
 class PushDriver(abc.ABC):
     """A device that tells the gateway when something happens."""

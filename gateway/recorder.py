@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -14,7 +15,9 @@ class JsonlRecorder:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fh: IO[str] = path.open("w", encoding="utf-8")
+        # 0600: the header holds the secrets needed to rebuild drivers (hash keys, tokens).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
         self.lines = 0
         self._write(header)
 

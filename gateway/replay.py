@@ -25,6 +25,7 @@ from pydantic import SecretStr, ValidationError
 from gateway import registry
 from gateway.config import GatewayConfigBase, parse_config
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, PushDriver
+from gateway.errors import ConfigError
 from gateway.metrics import Counters
 from gateway.runtime import LINK_CHANNEL, EventFactory, connectivity_draft, device_ref
 from schemas.event import Event
@@ -119,7 +120,7 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
         header, lines = read_recording(fh)
         try:
             config = parse_config(header["config"], source=f"{path} (header)")
-        except (KeyError, ValidationError) as exc:
+        except (KeyError, ConfigError) as exc:
             raise ValueError(f"{path}: the header's configuration is unusable: {exc}") from None
         devices: dict[str, _Device] = {}
         for dev in config.devices:
@@ -130,6 +131,9 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
             devices[dev.id] = _Device(ctx, spec.build(dev, ctx), factory)
         last: datetime | None = None
         for rec in lines:
+            if not isinstance(rec, dict):
+                counters.inc("replay.bad_lines")
+                continue
             dev_entry = devices.get(str(rec.get("device")))
             if dev_entry is None:
                 counters.inc("replay.unknown_device")
@@ -137,6 +141,9 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
             try:
                 t = datetime.fromisoformat(rec["t"])
             except (KeyError, TypeError, ValueError):
+                counters.inc("replay.bad_lines")
+                continue
+            if t.tzinfo is None:  # a recording always carries UTC offsets; a naive time is not ours
                 counters.inc("replay.bad_lines")
                 continue
             if speed > 0 and last is not None and t > last:

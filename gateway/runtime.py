@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway import registry
 from gateway.config import GatewayConfigBase
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
+from gateway.errors import OutboxError
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
@@ -210,7 +211,14 @@ class DeviceRuntime:
             self.log.exception("decoder crashed on %r", raw)
             drafts = []
         if drafts:
-            await self.emit(drafts, received=now)
+            try:
+                await self.emit(drafts, received=now)
+            except OutboxError:
+                # Not accepted: make the driver forget what it derived, so the conditions
+                # behind these events are reported again from the next poll on.
+                self.counters.inc("emit_failures")
+                self.log.exception("events of this poll were not accepted")
+                driver.forget()
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""
@@ -260,7 +268,7 @@ class Gateway:
         """Open the outbox, start sinks, then devices."""
         await self.outbox.open()
         for sink in self.sinks:
-            self._tasks.append(asyncio.create_task(sink.run(self.outbox), name=f"sink-{sink.name}"))
+            self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
         for dev in self.config.devices:
             if not dev.enabled:
                 continue
@@ -273,11 +281,27 @@ class Gateway:
                 dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
                 shared=self._get_shared, recorder=self.recorder,
             )
-            driver = spec.build(dev, ctx)
+            try:
+                driver = spec.build(dev, ctx)
+            except Exception:  # one misconfigured device must not keep the others from running
+                self.counters.inc("device_build_failures")
+                log.exception("device %s could not be started; the others run", dev.id)
+                continue
             self.devices[dev.id] = ctx
-            self._tasks.append(asyncio.create_task(supervise(driver, ctx), name=f"device-{dev.id}"))
+            self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_ended)
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Device and sink tasks run until stop(); an early end is a bug worth shouting about."""
+        if not task.cancelled() and task.exception() is not None:
+            self.counters.inc("task_failures")
+            log.error("task %s ended: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every sink has delivered everything accepted so far; False on timeout."""

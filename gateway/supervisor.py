@@ -34,11 +34,21 @@ def backoff_delays(cfg: BackoffConfig, rng: random.Random | None = None) -> Iter
 
 
 async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
-    """Run one device forever (until cancelled)."""
-    if isinstance(driver, PollingDriver):
-        await _supervise_polling(driver, ctx)
-    else:
-        await _supervise_push(driver, ctx)
+    """Run one device forever (until cancelled); nothing that goes wrong ends this task."""
+    while True:
+        try:
+            if isinstance(driver, PollingDriver):
+                await _supervise_polling(driver, ctx)
+            else:
+                await _supervise_push(driver, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # e.g. the outbox refused a connectivity event (disk full): start over
+            log.exception("%s: supervision failed; restarting it", ctx.config.id)
+            ctx.counters.inc("supervisor_restarts")
+            if isinstance(driver, PollingDriver):
+                await _close_quietly(driver)
+            await asyncio.sleep(ctx.next_backoff())
 
 
 async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:

@@ -17,6 +17,15 @@ def mosquitto() -> Iterator[Mosquitto]:
     server.close()
 
 
+@pytest.fixture
+def own_broker() -> Iterator[Mosquitto]:
+    """A broker of the test's own, which it may stop and restart (persistence keeps sessions)."""
+    server = Mosquitto(persistence=True)
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def influx_v1() -> Iterator[InfluxV1]:
     server = InfluxV1()

@@ -114,3 +114,11 @@ def test_unconstructible_yaml_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text("site: !!python/object:os.system x\n", source="evil.yaml")
     assert info.value.problems[0].file == "evil.yaml"
+
+
+@pytest.mark.parametrize("secret", ["123456", "on", "null", "0x1F", "1_000", "~"])
+def test_secrets_from_the_environment_are_never_retyped(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("TEST_SECRET", secret)
+    cfg = load_config_text("site: s1\nmqtt:\n  username: gw\n  password: ${TEST_SECRET}\n")
+    assert cfg.mqtt.password is not None
+    assert cfg.mqtt.password.get_secret_value() == secret

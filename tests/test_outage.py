@@ -22,15 +22,6 @@ OUTAGE_S = 30.0
 
 
 @pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    # Persistence keeps the subscriber's session across the restart, as a production broker would.
-    server = Mosquitto(persistence=True)
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def own_influx() -> Iterator[InfluxV1]:
     server = InfluxV1()
     server.start()

@@ -96,7 +96,7 @@ async def test_unknown_action_is_refused(adapter: PlateReaderAdapter) -> None:
         await adapter.apply(hik, "inject", "barrier_stuck", {})
     with pytest.raises(ValueError, match="colour"):
         await adapter.apply(dev, "do", "car", {"colour": "pink"})
-    assert adapter.results == []  # nothing was sent
+    assert list(adapter.results) == []  # nothing was sent
 
 
 async def test_background_traffic_runs_by_itself(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ def per_device(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for e in events:
         out.setdefault(e["device"]["id"], []).append(strip(e))
     return out
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    server = Mosquitto(persistence=True)
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("name", sorted(shipped()))

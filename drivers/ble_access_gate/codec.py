@@ -38,6 +38,7 @@ MAX_CREDENTIAL_LEN = 16
 SEQ_MAX = 0xFFFF_FFFF
 
 _RECORD_HEAD = struct.Struct("<BIIHBBBBBB")  # type seq time code cred door reader dir reason n
+RECORD_HEAD_SIZE = _RECORD_HEAD.size  # bytes before the credential in a record frame
 _STATUS = struct.Struct("<BBBBBBBIIBBB")  # ver doors open locked mode flags batt seq time fw*3
 _HISTORY_END = struct.Struct("<BIIB")  # type first_available next_seq status
 _HISTORY_REQ = struct.Struct("<BIH")  # op from_seq max_count

@@ -45,6 +45,18 @@ class BleAccessGateConfig(DeviceConfig):
     dedupe_window: int = Field(4096, ge=16, description="Sequence numbers remembered for gap tracking")
     simulation: SimulationConfig = SimulationConfig()
 
+    @field_validator("code_table")
+    @classmethod
+    def _table_loads(cls, value: str) -> str:
+        # Load it now, so `courtyard validate` reports a missing or broken table, not startup.
+        from drivers.ble_access_gate.tables import load_table
+
+        try:
+            load_table(value)
+        except Exception as exc:
+            raise ValueError(f"code table {value!r} cannot be loaded: {exc}") from None
+        return value
+
     @field_validator("credential_key")
     @classmethod
     def _key_strength(cls, v: SecretStr) -> SecretStr:

@@ -291,11 +291,12 @@ class Normalizer:
         return device, [], device
 
     def _rejected(self, reason: str, detail: str, data: bytes, *, seq: int | None = None) -> EventDraft:
+        # `data` may hold a card number: only the fixed record head leaves the gateway (redact()).
         self.counters.inc("rejected")
         return EventDraft(
             type=REJECTED_TYPE,
             cls="event",
-            payload=AccessPayload(raw_hex=bytes(data[:64]).hex(), error=detail[:200]),
+            payload=AccessPayload(raw_hex=redact(bytes(data[:64])).hex(), error=detail[:200]),
             severity="minor",
             seq=seq,
             quality=Quality(status="rejected", reasons=(reason,)),
@@ -346,3 +347,10 @@ class Normalizer:
             reasons = ("bad_mode",)
         quality = Quality(status="suspect", reasons=reasons) if reasons else Quality()
         return [EventDraft(type=STATUS_TYPE, cls="status", payload=payload, quality=quality)]
+
+
+def redact(frame: bytes) -> bytes:
+    """A rejected frame as it may be published: the record head kept, everything after it
+    (where the credential bytes sit) zeroed, so personal data never leaves in `raw_hex`."""
+    head = codec.RECORD_HEAD_SIZE
+    return frame[:head] + bytes(max(0, len(frame) - head))

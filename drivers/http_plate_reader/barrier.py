@@ -10,6 +10,8 @@ from typing import Literal
 from xml.etree import ElementTree
 
 import aiohttp
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeElementTree
 
 from drivers.http_plate_reader.config import LprBarrierConfig
 
@@ -33,8 +35,8 @@ def barrier_body(mode: BarrierMode) -> bytes:
 def response_status(data: bytes) -> tuple[bool, str]:
     """(ok, text) from an ISAPI ResponseStatus body; unparseable bodies are failures."""
     try:
-        root = ElementTree.fromstring(data)
-    except ElementTree.ParseError:
+        root = SafeElementTree.fromstring(data, forbid_dtd=True)
+    except (ElementTree.ParseError, DefusedXmlException):
         return False, "camera answered with something that is not ISAPI XML"
     fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "").strip() for child in root}
     ok = fields.get("statusCode") == "1"

@@ -27,6 +27,8 @@ from typing import Any, Literal
 from xml.etree import ElementTree
 
 import yaml
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeElementTree
 
 from drivers.http_plate_reader.plates import ConfidenceScale
 from schemas.lpr import PlateColor, VehicleDirection
@@ -368,10 +370,13 @@ def _local(tag: str) -> str:
 
 
 def _parse_xml(data: bytes) -> ElementTree.Element:
-    if b"<!DOCTYPE" in data.upper() or b"<!ENTITY" in data.upper():
-        raise PushRejected(400, "bad_xml", "DTDs and entities are not accepted")
+    # defusedxml refuses DTDs and entities whatever the document's encoding (a byte search
+    # for "<!DOCTYPE" misses UTF-16).
     try:
-        return ElementTree.fromstring(data)
+        root: ElementTree.Element = SafeElementTree.fromstring(data, forbid_dtd=True)
+        return root
+    except DefusedXmlException as exc:
+        raise PushRejected(400, "bad_xml", f"DTDs and entities are not accepted ({type(exc).__name__})") from None
     except ElementTree.ParseError as exc:
         raise PushRejected(400, "malformed_xml", str(exc)) from None
     except (ValueError, RecursionError) as exc:

@@ -92,7 +92,8 @@ def check_auth(auth: Auth, headers: Mapping[str, str], body: bytes, now: float) 
         given = headers.get(auth.header)
         if given is None:
             return f"missing {auth.header} header"
-        if not hmac.compare_digest(given.encode(), auth.token.get_secret_value().encode()):
+        # surrogateescape: aiohttp hands non-UTF-8 header bytes over as surrogates
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), auth.token.get_secret_value().encode()):
             return f"wrong {auth.header}"
         return None
     if isinstance(auth, LprHmacAuth):
@@ -106,7 +107,8 @@ def check_auth(auth: Auth, headers: Mapping[str, str], body: bytes, now: float) 
         if not skew <= auth.max_skew_s:
             return f"{auth.timestamp_header} is {skew:.0f} s off gateway time (max {auth.max_skew_s:.0f} s)"
         expected = sign(auth.secret.get_secret_value(), stamp, body)
-        if not hmac.compare_digest(signature.removeprefix("sha256=").lower().encode(), expected.encode()):
+        given_sig = signature.removeprefix("sha256=").lower().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given_sig, expected.encode()):
             return "signature mismatch"
         return None
     if isinstance(auth, LprBasicAuth):

@@ -247,9 +247,14 @@ def rescale_confidence(value: object, scale: ConfidenceScale) -> tuple[float | N
             value = float(value.strip())
         except ValueError:
             return None, ("bad_confidence",)
-    if not isinstance(value, int | float) or math.isnan(value):
+    if not isinstance(value, int | float):
         return None, ("bad_confidence",)
-    number = float(value)
+    try:
+        number = float(value)  # a 400-digit JSON integer overflows here
+    except OverflowError:
+        return None, ("bad_confidence",)
+    if math.isnan(number):
+        return None, ("bad_confidence",)
     if scale == "percent" or (scale == "auto" and number > 1):
         number /= 100
     if not 0 <= number <= 1:

@@ -92,6 +92,10 @@ class ModbusElevatorDriver(PollingDriver):
                 self.ctx.counters.inc("suspect")
         return drafts
 
+    def forget(self) -> None:
+        """Start validation and alarm derivation afresh (their last events were not accepted)."""
+        self.normalizer = ElevatorNormalizer(self.cfg, self.map)
+
     async def close(self) -> None:
         """Close the link."""
         if self.client is not None:

@@ -6,8 +6,9 @@ timestamp = event time in ns (plus a stable per-id offset below the time's own p
 see `_resolution_ns`), so a redelivered event overwrites itself and distinct events do not.
 
 Server answers: 2xx acks the batch; 429/503 wait `Retry-After` (or back-off) and retry;
-other 4xx go to the dead-letter table with the server's reason and are skipped;
-anything else (5xx, connection refused, timeout) retries with capped back-off.
+413 halves the batch; 400/422 (and 413 for a single event) go to the dead-letter table with
+the server's reason and are skipped; anything else (401/403/404: credentials or database
+wrong, 5xx, connection refused, timeout) is an outage: retried with capped back-off.
 """
 
 from __future__ import annotations
@@ -101,8 +102,12 @@ class WriteOutcome:
 
     @property
     def rejected(self) -> bool:
-        """A 4xx other than 408/429: retrying would not help."""
-        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
+        """The data itself was refused (400 bad line protocol or type conflict, 413 for one event, 422).
+
+        401/403/404 mean credentials or the database are wrong: an outage to retry, not a
+        reason to throw the events away.
+        """
+        return self.status in (400, 413, 422)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -135,10 +140,10 @@ class InfluxSink(Sink):
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         params = {"db": self.cfg.database, "precision": "ns"}
-        if self.cfg.username:
-            params |= {"u": self.cfg.username, "p": self.cfg.password.get_secret_value()}
+        # Basic auth rather than u/p query parameters, which proxies and access logs record.
+        auth = aiohttp.BasicAuth(self.cfg.username, self.cfg.password.get_secret_value()) if self.cfg.username else None
         url = self.cfg.url.rstrip("/") + "/write"
-        async with self._session.post(url, params=params, data=body.encode()) as resp:
+        async with self._session.post(url, params=params, data=body.encode(), auth=auth) as resp:
             if resp.status < 300:
                 return WriteOutcome(True, resp.status)
             text = await resp.text()
@@ -164,32 +169,28 @@ class InfluxSink(Sink):
         return await (self._write_v1(body) if self.cfg.api == "v1" else self._write_v2(body))
 
     async def run(self, outbox: Outbox) -> None:
-        """Drain the outbox into InfluxDB forever."""
+        """Drain the outbox into InfluxDB forever; nothing that goes wrong ends this loop."""
         backoff = BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s)
         delays = backoff_delays(backoff)
         failures = 0
         while True:
-            rows = await outbox.fetch(self.name, self.cfg.batch)
-            if not rows:
-                await outbox.wait_new(self.name, timeout=1.0)
-                continue
-            body = "\n".join(to_line(r) for r in rows)
             try:
-                outcome = await self.write(body)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                rows = await outbox.fetch(self.name, self.cfg.batch)
+                if not rows:
+                    await outbox.wait_new(self.name, timeout=1.0)
+                    continue
+                outcome = await self._deliver(outbox, rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the outbox could not be read: retry, never stop delivering
+                self.counters.inc("errors")
+                log.exception("InfluxDB sink failed; retrying")
                 outcome = WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
             if outcome.ok:
-                await outbox.ack(self.name, rows)
-                self.counters.inc("written", len(rows))
                 if failures:
                     log.info("InfluxDB writes recovered after %d failed attempts", failures)
                     failures = 0
                     delays = backoff_delays(backoff)
-                continue
-            if outcome.rejected:
-                log.error("InfluxDB rejected %d events (%s): %s", len(rows), outcome.status, outcome.reason)
-                await outbox.dead_letter(self.name, outcome.status, outcome.reason, rows, body)
-                await outbox.ack(self.name, rows)
                 continue
             self.counters.inc("retries")
             failures += 1
@@ -198,6 +199,29 @@ class InfluxSink(Sink):
             log.log(logging.WARNING if failures == 1 else logging.DEBUG,
                     "InfluxDB write failed (%s %s); retrying in %.1fs", outcome.status, outcome.reason, delay)
             await asyncio.sleep(delay)
+
+    async def _deliver(self, outbox: Outbox, rows: Sequence[Stored]) -> WriteOutcome:
+        """Write `rows`; ack what the server took or refused for good. Not ok: retry them later."""
+        body = "\n".join(to_line(r) for r in rows)
+        try:
+            outcome = await self.write(body)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
+        if outcome.ok:
+            await outbox.ack(self.name, rows)
+            self.counters.inc("written", len(rows))
+            return outcome
+        if outcome.status == 413 and len(rows) > 1:  # too large: halve until it fits
+            self.counters.inc("batch_splits")
+            half = len(rows) // 2
+            first = await self._deliver(outbox, rows[:half])
+            return await self._deliver(outbox, rows[half:]) if first.ok else first
+        if outcome.rejected:
+            log.error("InfluxDB rejected %d events (%s): %s", len(rows), outcome.status, outcome.reason)
+            await outbox.dead_letter(self.name, outcome.status, outcome.reason, rows, body)
+            await outbox.ack(self.name, rows)
+            return WriteOutcome(True, outcome.status)
+        return outcome
 
     async def stop(self) -> None:
         """Close HTTP sessions."""

@@ -115,6 +115,9 @@ class MqttSink(Sink):
                     log.warning("MQTT link lost: %s", exc)
                 else:
                     log.debug("MQTT connect failed: %s", exc)
+            except Exception:  # e.g. the outbox could not be read: retry, never stop delivering
+                self.counters.inc("errors")
+                log.exception("MQTT sink failed; retrying")
             finally:
                 self.connected.clear()
                 self._client = None

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.common import Location  # the envelope's own location block: scenarios place devices the same way
+
 Kind = Literal["elevator", "access_gate", "pa", "plate_reader"]
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -36,15 +38,6 @@ Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
 
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Location(_M):
-    """Where a device is (same shape as the event envelope's location)."""
-
-    building: str | None = None
-    unit: str | None = None
-    garage: str | None = None
-    zone: str | None = None
 
 
 class ScenarioDevice(_M):

@@ -151,7 +151,8 @@ class PlateReaderAdapter(KindAdapter):
         self.inside: dict[str, Vehicle] = {}  # plate -> vehicle parked in the garage
         self.traffic: list[Vehicle] = []
         self.residents: list[Vehicle] = []
-        self.results: list[tuple[str, str, int]] = []  # (device, plate sent, HTTP status), for tests and logs
+        # (device, plate sent, HTTP status), for tests and logs; bounded: the demo loops for hours
+        self.results: deque[tuple[str, str, int]] = deque(maxlen=10_000)
         self._media = Path(tempfile.gettempdir()) / "courtyard-scenario" / scenario / "lpr-media"
 
     def actions(self) -> dict[str, set[str]]:
