@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS open_alarms (alarm_id TEXT PRIMARY KEY, device TEXT NOT NULL, body TEXT NOT NULL);
 """
 
 
@@ -195,6 +196,8 @@ class Outbox:
             event.type,
             event.class_,
             event.to_json(),
+            event.alarm_id,
+            event.state,
         )
 
     async def append(self, events: Sequence[Event]) -> None:
@@ -249,8 +252,18 @@ class Outbox:
             db.executemany(
                 "INSERT INTO events (id, lane, time_ns, received_ns, device, kind, type, class, body)"
                 " VALUES (?,?,?,?,?,?,?,?,?)",
-                rows,
+                [r[:9] for r in rows],
             )
+            # Raised alarms stay listed until cleared, so a restarted gateway can close them.
+            for r in rows:
+                alarm_id, state = r[9], r[10]
+                if alarm_id is None:
+                    continue
+                if state == "raised":
+                    db.execute("INSERT OR REPLACE INTO open_alarms (alarm_id, device, body) VALUES (?,?,?)",
+                               (alarm_id, r[4], r[8]))
+                elif state == "cleared":
+                    db.execute("DELETE FROM open_alarms WHERE alarm_id=?", (alarm_id,))
         self._count += len(rows)
         if self._count > self.max_events:
             self._enforce_budget()
@@ -375,6 +388,12 @@ class Outbox:
                 (sink, time.time_ns(), status, reason[:4000], rows[0].seq, rows[-1].seq, len(rows), body),
             )
             self._bump_persisted(db, f"{sink}.dead_lettered", len(rows))
+
+    async def open_alarms(self) -> list[str]:
+        """Bodies of alarms raised and not yet cleared (as published)."""
+        result: list[str] = await self._run(
+            lambda: [r[0] for r in self._require_db().execute("SELECT body FROM open_alarms ORDER BY rowid")])
+        return result
 
     # --- inspection ------------------------------------------------------------------------
 

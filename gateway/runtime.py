@@ -21,7 +21,7 @@ from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
 from gateway.supervisor import backoff_delays, supervise
-from schemas.common import ConnectivityPayload, DeviceRef
+from schemas.common import ConnectivityPayload, DeviceRef, Quality
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -265,8 +265,9 @@ class Gateway:
             return self._shared[key]
 
     async def start(self) -> None:
-        """Open the outbox, start sinks, then devices."""
+        """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
+        await self._close_stale_alarms()
         for sink in self.sinks:
             self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
         for dev in self.config.devices:
@@ -291,6 +292,30 @@ class Gateway:
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
+
+    async def _close_stale_alarms(self) -> None:
+        """Clear every alarm the previous run raised and never cleared.
+
+        Alarm state lives in the drivers, so a restart forgets it: without this, the platform
+        would keep those alarms (and their retained topics) active forever. Each is cleared
+        with its own `alarm_id` and quality `suspect` (reason `gateway_restarted`); a condition
+        that still holds is raised again, with a new id, by its driver.
+        """
+        now = utcnow()
+        clears = []
+        for body in await self.outbox.open_alarms():
+            try:
+                raised = Event.model_validate_json(body)
+            except ValidationError:
+                continue
+            clears.append(raised.model_copy(update={
+                "id": uuid7(), "time": now, "received": now, "state": "cleared",
+                "quality": Quality(status="suspect", reasons=("gateway_restarted",)),
+            }))
+        if clears:
+            log.warning("clearing %d alarm(s) left open by the previous run", len(clears))
+            self.counters.inc("stale_alarms_cleared", len(clears))
+            await self.outbox.append(clears)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

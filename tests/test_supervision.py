@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 
@@ -88,3 +89,27 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     for d, n in zip(got, nominal, strict=True):
         assert 0.8 * n <= d <= 1.2 * n
     assert len({round(d, 6) for d in got[4:]}) > 1, "jitter spreads reconnects of many devices"
+
+
+async def test_alarms_left_open_by_a_previous_run_are_cleared_on_start(tmp_path: Path) -> None:
+    port = free_port()
+    sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=1.0)})
+    dev = lift("lift-1", port) | {"thresholds": {"trapped_s": 0.5}}
+    cfg = parse_config(base_config(tmp_path, devices=[dev]))
+    async with sim:
+        async with Gateway(cfg):
+            await sim.inject("trapped")
+            await eventually(lambda: ("lift-1", "elevator.passenger_trapped") in history(tmp_path), timeout=20)
+        await sim.clear("trapped")  # the condition ends while the gateway is down
+        async with Gateway(cfg) as gw:
+            await eventually(lambda: history(tmp_path).count(("lift-1", "elevator.passenger_trapped")) == 2,
+                             timeout=5)
+            assert gw.counters.get("stale_alarms_cleared") == 1
+    from gateway.history import query
+
+    trapped = [json.loads(r.body) for r in query(tmp_path / "outbox.db", type_glob="elevator.passenger_trapped")]
+    assert [e["state"] for e in trapped] == ["raised", "cleared"]
+    assert trapped[0]["alarm_id"] == trapped[1]["alarm_id"]
+    assert trapped[1]["quality"] == {"status": "suspect", "reasons": ["gateway_restarted"]}
+    async with Gateway(cfg) as gw:  # nothing left open: nothing cleared again
+        assert gw.counters.get("stale_alarms_cleared") == 0
