@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from aiohttp import web
+
+from simulators.net import free_port
 
 
 def base_config(
@@ -100,3 +103,23 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
             return last
         await asyncio.sleep(interval)
     raise TimeoutError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+@contextlib.asynccontextmanager
+async def fake_write_endpoint(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A loopback HTTP server answering POST /write with `handler` (to script a database's answers).
+
+    Yields its base URL.
+    """
+    app = web.Application()
+    app.router.add_post("/write", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

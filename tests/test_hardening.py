@@ -25,7 +25,7 @@ from gateway.recorder import JsonlRecorder
 from gateway.replay import recording_header, replay_events
 from gateway.runtime import Gateway
 from gateway.sinks.influx import InfluxSink
-from tests.helpers import base_config, eventually
+from tests.helpers import base_config, eventually, fake_write_endpoint
 from tests.servers import free_port
 from tests.test_outbox import make_event
 
@@ -64,15 +64,9 @@ async def test_influx_auth_failure_is_an_outage_not_a_dead_letter(tmp_path: Path
         seen.append(status)
         return web.Response(status=status, text="auth please" if status != 204 else "")
 
-    app = web.Application()
-    app.router.add_post("/write", write)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     counters = Counters()
-    sink = InfluxSink(InfluxConfig(url=f"http://127.0.0.1:{port}", api="v1", backoff_max_s=0.05), counters=counters)
-    try:
+    async with fake_write_endpoint(write) as url:
+        sink = InfluxSink(InfluxConfig(url=url, api="v1", backoff_max_s=0.05), counters=counters)
         async with Outbox(tmp_path / "o.db", sinks=["influx"], counters=counters) as ob:
             await ob.append([make_event(i) for i in range(5)])
             task = asyncio.create_task(sink.run(ob))
@@ -80,8 +74,6 @@ async def test_influx_auth_failure_is_an_outage_not_a_dead_letter(tmp_path: Path
             await eventually(lambda: counters.get("influx.written") == 5, timeout=5)
             task.cancel()
             await sink.stop()
-    finally:
-        await runner.cleanup()
     assert counters.get("influx.dead_lettered") == 0
     assert seen[:3] == [401, 403, 404]
 

@@ -18,7 +18,7 @@ from gateway.history import dead_letters
 from gateway.runtime import Gateway
 from gateway.sinks.influx import InfluxSink, parse_retry_after
 from simulators.elevator import ElevatorModel, ElevatorSimulator
-from tests.helpers import MqttCollector, base_config, eventually
+from tests.helpers import MqttCollector, base_config, eventually, fake_write_endpoint
 from tests.servers import InfluxV1, Mosquitto, free_port
 
 
@@ -61,22 +61,15 @@ async def test_retry_after_is_honoured() -> None:
             return web.Response(status=429, headers={"Retry-After": "1"}, text="slow down")
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/write", write)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        import tempfile
+    import tempfile
 
-        from gateway.metrics import Counters
-        from gateway.outbox import Outbox
-        from tests.test_outbox import make_event
+    from gateway.metrics import Counters
+    from gateway.outbox import Outbox
+    from tests.test_outbox import make_event
 
+    async with fake_write_endpoint(write) as url:
         with tempfile.TemporaryDirectory() as d:
-            sink = InfluxSink(InfluxConfig(url=f"http://127.0.0.1:{port}", api="v1", backoff_max_s=0.05),
-                              counters=Counters())
+            sink = InfluxSink(InfluxConfig(url=url, api="v1", backoff_max_s=0.05), counters=Counters())
             async with Outbox(Path(d) / "o.db", sinks=["influx"]) as ob:
                 await ob.append([make_event(1)])
                 task = asyncio.create_task(sink.run(ob))
@@ -84,8 +77,6 @@ async def test_retry_after_is_honoured() -> None:
                 task.cancel()
                 await sink.stop()
                 assert (await ob.backlog())["influx"] == 0
-    finally:
-        await runner.cleanup()
     # Back-off alone would have retried after ~0.05 s; the server asked for 1 s.
     assert hits[1] - hits[0] >= 0.95
 
