@@ -49,11 +49,3 @@ class AlarmTracker:
         cond.since = None
         cond.alarm_id = None
         return drafts
-
-    def active(self) -> dict[str, str]:
-        """Raised conditions and their alarm ids."""
-        return {k: c.alarm_id for k, c in self._conds.items() if c.alarm_id is not None}
-
-    def keys(self) -> list[str]:
-        """Every condition seen so far."""
-        return list(self._conds)

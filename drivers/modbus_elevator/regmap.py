@@ -173,11 +173,6 @@ class RegisterMap(_M):
                     words[table.address] |= 1 << bit
         return words
 
-    def code_for(self, event_type: str, table: Literal["fault", "event"] = "fault") -> int | None:
-        """The device code that means `event_type` (simulators inject faults by type)."""
-        codes = self.fault_codes if table == "fault" else self.event_codes
-        return next((c for c, e in codes.items() if e.type == event_type), None)
-
 
 @cache
 def load_map(name_or_path: str) -> RegisterMap:

@@ -231,8 +231,3 @@ class InfluxSink(Sink):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def lines_for(rows: Sequence[Stored]) -> str:
-    """Line protocol for many rows (bench and tools)."""
-    return "\n".join(to_line(r) for r in rows)

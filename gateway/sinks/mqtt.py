@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -170,8 +170,3 @@ class MqttSink(Sink):
                     await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             except (aiomqtt.MqttError, TimeoutError):
                 log.debug("could not publish offline status", exc_info=True)
-
-
-def published_ids(messages: Sequence[tuple[str, bytes]]) -> list[str]:
-    """Event ids in MQTT messages on event topics (a helper for tests and tools)."""
-    return [json.loads(p)["id"] for t, p in messages if "/event/" in t]
