@@ -7,6 +7,7 @@
     │   └── DeviceProtocolError  the device answered, but with an error (e.g. Modbus exception) -> miss
     ├── DecodeError              raw input cannot be decoded (becomes a `rejected` event, never escapes)
     └── OutboxError              the outbox cannot accept events
+        └── OutboxFull           over budget with `overflow: block`; retry after `retry_after_s`
 """
 
 from __future__ import annotations
@@ -58,3 +59,15 @@ class DecodeError(CourtyardError):
 
 class OutboxError(CourtyardError):
     """The outbox refused or failed to store events."""
+
+
+class OutboxFull(OutboxError):
+    """Over the disk budget under `overflow: block`: lane-1 events wait at most a bounded time.
+
+    Push transports answer their peer 503 with `Retry-After: retry_after_s` instead of holding
+    the request past the peer's own timeout.
+    """
+
+    def __init__(self, message: str = "outbox over budget", *, retry_after_s: float = 5.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
