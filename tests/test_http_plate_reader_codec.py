@@ -144,9 +144,9 @@ def test_hikvision_non_jpeg_part_rejected() -> None:
 def test_vendor_maps_are_data() -> None:
     zhenshi, hik = vendor_maps()["zhenshi"], vendor_maps()["hikvision"]
     assert zhenshi.color(5) == "green" and zhenshi.color("6") == "yellow_green" and zhenshi.color(99) == "unknown"
-    assert zhenshi.plate_type(11) == "nev_small"
+    assert zhenshi.plate_type(19) == "nev_small" and zhenshi.plate_type(11, "v1") == "nev_small"
     assert hik.color("YellowGreen") == "yellow_green" and hik.color("White") == "white"
-    assert hik.direction("forward") == "entry"
+    assert hik.direction("forward") == "forward"  # motion, not entry/exit: the lane's forward_is decides
     assert zhenshi.confidence_scale == "percent"
 
 
@@ -154,7 +154,7 @@ def test_vendor_map_errors_name_the_entry() -> None:
     doc = yaml.safe_load(MAPS_FILE.read_text(encoding="utf-8"))
     doc["zhenshi"]["colors"][7] = "purple"
     with pytest.raises(ValueError, match=r"zhenshi\.colors\.7"):
-        parse_maps(doc)
+        parse_maps(doc, MAPS_FILE.parent)
 
 
 # ------------------------------------------------------------------ properties

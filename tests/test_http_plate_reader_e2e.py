@@ -136,7 +136,7 @@ async def test_e2e_barrier_works_while_broker_is_down(tmp_path: Path, mosquitto:
         await asyncio.to_thread(mosquitto.stop)
         try:
             result = await entry.post(zhenshi_plate_body("京A12345"))
-            assert result.status == 200 and result.json() == {"Response_AlarmInfoPlate": {"info": "ok"}}
+            assert result.status == 200 and result.json() == {"Response_AlarmInfoPlate": {"info": "ok", "plateid": 1}}
         finally:
             await asyncio.to_thread(mosquitto.start)
         assert await gw.drain(20), "decisions taken while the broker was down were not delivered after"

@@ -217,7 +217,7 @@ async def test_allowlisted_plate_opens_and_emits_read_and_decision(site: Site) -
     image = fake_jpeg(2000)
     result = await site.camera("cam-in").post(zhenshi_plate_body("京A·12345", confidence=97, image=image))
     assert result.status == 200
-    assert result.json() == {"Response_AlarmInfoPlate": {"info": "ok"}}
+    assert result.json() == {"Response_AlarmInfoPlate": {"info": "ok", "plateid": 1}}
     read, decision = ctx.events
     assert read.type == "lpr.plate_read" and read.quality.status == "valid"
     p = payload(read)
@@ -516,7 +516,7 @@ async def test_barrier_up_and_down_within_the_window_is_not_stuck(site: Site) ->
 
 
 async def test_hikvision_multipart_on_the_same_listener(site: Site) -> None:
-    ctx = await site.add("hik-out", protocol="hikvision", direction=None, lane=None)
+    ctx = await site.add("hik-out", protocol="hikvision", direction=None, lane=None, forward_is="entry")
     pictures = [("licensePlatePicture.jpg", fake_jpeg(800, 1)), ("detectionPicture.jpg", fake_jpeg(4000, 2))]
     body, ctype = hikvision_plate_body(
         "沪AF12345", color="green", confidence=96, seq=9, lane=2, images=pictures, direction="reverse"

@@ -108,16 +108,33 @@ class HttpPlateReaderConfig(DeviceConfig):
     """One licence-plate camera pushing reads to the gateway's shared HTTP listener."""
 
     driver: Literal["http_plate_reader"]
-    protocol: Literal["zhenshi", "hikvision"] = "zhenshi"
+    protocol: Literal["zhenshi", "hikvision", "dahua"] = "zhenshi"
     listen_host: str = Field("0.0.0.0", description="Address of the listener shared by cameras on the same port")
     listen_port: int = Field(8088, ge=1, le=65535)
-    path: str | None = Field(None, description="URL path this camera posts to; default /lpr/<device id>")
+    path: str | None = Field(
+        None,
+        description=(
+            "URL path this camera posts to; default /lpr/<device id>. Dahua (ITSAPI) posts to the fixed "
+            "/NotificationInfo/TollgateInfo and /NotificationInfo/KeepAlive, under `path` if set (default: /)"
+        ),
+    )
     auth: Auth = LprNoAuth()
     serial: str | None = Field(None, description="Expected camera serial number; pushes from others get 403")
     lane: str | None = Field(None, description="Lane name; default: the camera's own channel/lane field")
     direction: Literal["entry", "exit", "unknown"] | None = Field(
         None,
         description="Direction of travel at this camera; default: from the vendor's field when it has one",
+    )
+    forward_is: Literal["entry", "exit"] | None = Field(
+        None,
+        description=(
+            "What the camera's forward (towards the camera) motion means in this lane (Hikvision, Dahua); "
+            "reverse means the other. Unset: forward/reverse reads have direction unknown"
+        ),
+    )
+    type_table: str | None = Field(
+        None,
+        description="Plate-type code table of this camera's firmware (Zhenshi: v1 older, v2 documented; default v2)",
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     rate_limit_per_s: float = Field(20.0, gt=0, description="Sustained pushes per second per source address")
@@ -155,7 +172,28 @@ class HttpPlateReaderConfig(DeviceConfig):
             raise ValueError(f"access: plates on both allowlist and blocklist: {', '.join(sorted(both))}")
         return self
 
+    @model_validator(mode="after")
+    def _known_type_table(self) -> HttpPlateReaderConfig:
+        if self.type_table is not None:
+            from drivers.http_plate_reader.codec import vendor_maps  # codec loads YAML: only when needed
+
+            tables = vendor_maps()[self.protocol].type_tables
+            if self.type_table not in tables:
+                known = ", ".join(sorted(tables)) or f"none for {self.protocol}"
+                raise ValueError(f"type_table {self.type_table!r} unknown; tables: {known}")
+        return self
+
     @property
     def url_path(self) -> str:
-        """The path this camera posts to."""
+        """The path this camera posts to (Dahua: the prefix of its two fixed paths)."""
+        if self.protocol == "dahua":
+            return (self.path or "").rstrip("/")
         return self.path or f"/lpr/{self.id}"
+
+    @property
+    def url_paths(self) -> tuple[str, ...]:
+        """Every path this camera posts to: one, or Dahua's TollgateInfo and KeepAlive."""
+        if self.protocol == "dahua":
+            prefix = self.url_path
+            return (f"{prefix}/NotificationInfo/TollgateInfo", f"{prefix}/NotificationInfo/KeepAlive")
+        return (self.url_path,)

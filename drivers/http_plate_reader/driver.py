@@ -19,6 +19,7 @@ from typing import Any
 
 from drivers.http_plate_reader.barrier import IsapiBarrier
 from drivers.http_plate_reader.codec import (
+    DAHUA_REPLY_OK,
     HIKVISION_REPLY_OK,
     ZHENSHI_HEARTBEAT_REPLY,
     Heartbeat,
@@ -26,6 +27,7 @@ from drivers.http_plate_reader.codec import (
     PlateObservation,
     PushRejected,
     decode,
+    resolve_direction,
     token,
     vendor_maps,
     zhenshi_reply,
@@ -45,6 +47,9 @@ from schemas.lpr import LprPayload
 _INFO_REASONS = frozenset({"decoded_gbk", "decoded_base64", "repaired_latin1_gbk", "repaired_utf8_gbk", "body_gbk"})
 #: Device clocks further off than this are ignored (gateway receipt time is used instead).
 MAX_CLOCK_SKEW = timedelta(hours=24)
+#: A camera re-sends a buffered record it got no answer for (e.g. a live read interrupted the
+#: drain); the same plateid within this window is the same record, committed once.
+OFFLINE_DEDUPE_S = 3600.0
 
 
 @dataclass
@@ -120,14 +125,19 @@ class HttpPlateReader(PushDriver):
         except OSError as exc:
             raise DeviceUnavailable(f"media folder {cfg.media.path} unusable: {exc}") from exc
         try:
-            listener.register(cfg.url_path, self)
+            for path in cfg.url_paths:
+                listener.register(path, self)
         except ValueError as exc:
+            for path in cfg.url_paths:
+                listener.unregister(path, self)
             raise DeviceUnavailable(str(exc)) from exc
-        self.ctx.log.info("camera %s listening on %s:%s%s", cfg.id, cfg.listen_host, listener.port, cfg.url_path)
+        paths = " ".join(cfg.url_paths)
+        self.ctx.log.info("camera %s listening on %s:%s %s", cfg.id, cfg.listen_host, listener.port, paths)
         try:
             await self._watch_heartbeats()
         finally:
-            listener.unregister(cfg.url_path, self)
+            for path in cfg.url_paths:
+                listener.unregister(path, self)
             for task in self._tasks:
                 task.cancel()
             if self.barrier is not None:
@@ -171,7 +181,11 @@ class HttpPlateReader(PushDriver):
         # Every push marks its receipt time (what ctx.now() says until we next await); the body,
         # base64 pictures included, is only kept when recording is on.
         raw = (
-            {"content_type": request.content_type, "body_b64": base64.b64encode(request.body).decode()}
+            {
+                "content_type": request.content_type,
+                "body_b64": base64.b64encode(request.body).decode(),
+                "path": request.path,
+            }
             if self.ctx.recording
             else {}
         )
@@ -264,14 +278,15 @@ class HttpPlateReader(PushDriver):
             body = base64.b64decode(str(data.get("body_b64", "")), validate=True)
         except (binascii.Error, ValueError):
             return []
-        outcome = self.process(str(data.get("content_type", "")), body, now, now.timestamp(), self.cfg.url_path)
+        path = str(data.get("path") or self.cfg.url_paths[0])
+        outcome = self.process(str(data.get("content_type", "")), body, now, now.timestamp(), path)
         self._committed(outcome)
         return [] if outcome.duplicate else outcome.drafts
 
     def process(self, content_type: str, body: bytes, now: datetime, mono: float, path: str) -> Outcome:
         """Turn one push into events and a reply. Pure apart from de-duplication state; never raises."""
         try:
-            observation = decode(self.cfg.protocol, body, content_type)
+            observation = decode(self.cfg.protocol, body, content_type, path)
             if self.cfg.serial and observation.serial and observation.serial != self.cfg.serial:
                 raise PushRejected(
                     403,
@@ -300,11 +315,15 @@ class HttpPlateReader(PushDriver):
     def _ok_reply(self, path: str) -> PushReply:
         if self.cfg.protocol == "zhenshi":
             return _json_reply(ZHENSHI_HEARTBEAT_REPLY)
+        if self.cfg.protocol == "dahua":
+            return _json_reply(DAHUA_REPLY_OK)
         return PushReply(200, HIKVISION_REPLY_OK.format(path=path).encode(), "application/xml")
 
-    def _decision_reply(self, decision: Decision, path: str) -> PushReply:
+    def _decision_reply(self, decision: Decision, path: str, obs: PlateObservation | None = None) -> PushReply:
+        """The reply to a read; Zhenshi's echoes `plateid`, and lets a buffered record's drain go on."""
         if self.cfg.protocol == "zhenshi":
-            return _json_reply(zhenshi_reply(decision.opens))
+            plateid = obs.seq if obs is not None else None
+            return _json_reply(zhenshi_reply(decision.opens, plateid, offline=bool(obs and obs.is_offline)))
         return self._ok_reply(path)
 
     def _io_drafts(self, trigger: IoTrigger, now: datetime) -> list[EventDraft]:
@@ -339,8 +358,8 @@ class HttpPlateReader(PushDriver):
 
     def _plate(self, obs: PlateObservation, now: datetime, mono: float, path: str) -> Outcome:
         cfg = self.cfg
-        color = self.maps.color(obs.color_code)
-        check = check_plate(obs.license, color=color)
+        check = check_plate(obs.license, color=self.maps.color(obs.color_code))
+        color = check.color  # the vendor's colour code, else a colour word in front of the plate
         confidence, conf_reasons = rescale_confidence(obs.confidence, self.scale)
         reasons = [*obs.notes, *check.reasons, *conf_reasons]
         if confidence is not None and confidence < cfg.min_confidence:
@@ -353,6 +372,7 @@ class HttpPlateReader(PushDriver):
         doubts = [r for r in reasons if r not in _INFO_REASONS]
         status = "rejected" if check.status == "rejected" else ("suspect" if doubts else "valid")
         lane = cfg.lane or obs.lane or "0"
+        heading = cfg.direction or resolve_direction(self.maps.direction(obs.direction_code), cfg.forward_is)
         oversize = [img for img in obs.images if len(img.data) > cfg.media.max_image_bytes]
         if oversize:
             status, doubts = "rejected", [*doubts, "image_too_large"]
@@ -360,10 +380,10 @@ class HttpPlateReader(PushDriver):
             plate=check.plate if check.status != "rejected" else None,  # never an invalid plate in `plate`
             plate_raw=check.plate_raw,
             plate_color=color,
-            plate_type=self.maps.plate_type(obs.type_code),
+            plate_type=self.maps.plate_type(obs.type_code, cfg.type_table),
             plate_class=check.plate_class,
             confidence=confidence,
-            direction=cfg.direction or self.maps.direction(obs.direction_code) or "unknown",
+            direction=heading or "unknown",
             lane=lane,
             is_offline_replay=obs.is_offline,
             is_fake_plate=obs.is_fake,
@@ -400,6 +420,15 @@ class HttpPlateReader(PushDriver):
         names = [(image_name(cfg.id, img.data), img.data) for img in obs.images]
         uris = tuple(self._uris.uri(n) for n, _ in names) or None
         if obs.is_offline:  # buffered while the camera was cut off: its barrier acted long ago, nothing to decide
+            offline_key = (f"offline:{obs.serial or ''}", str(obs.seq)) if obs.seq is not None else None
+            if offline_key is not None:
+                recent = self._recent.get(offline_key)
+                if recent is not None and mono - recent.at < OFFLINE_DEDUPE_S:
+                    self.ctx.counters.inc("lpr.offline_duplicates")
+                    reply = self._decision_reply(recent.decision, path, obs)
+                    return Outcome([], reply, duplicate=True, wait_for=recent.committed)
+                self._recent[offline_key] = _Recent(mono, Decision("deny", "unknown"), _pending_future())
+                self._prune(mono)
             blocked = check.usable and self.rules.is_blocked(check.plate or "")
             read = EventDraft(
                 type="lpr.plate_read",
@@ -412,7 +441,8 @@ class HttpPlateReader(PushDriver):
                 raw_code=raw_code,
             )
             self.ctx.counters.inc("lpr.offline_reads")
-            return Outcome([read], self._decision_reply(Decision("deny", "unknown"), path), names)
+            reply = self._decision_reply(Decision("deny", "unknown"), path, obs)
+            return Outcome([read], reply, names, offline_key)
 
         key = (check.plate, lane) if check.plate is not None and status != "rejected" else None
         if key is not None and cfg.dedupe_s > 0:
@@ -421,7 +451,7 @@ class HttpPlateReader(PushDriver):
                 recent.suppressed += 1
                 self.ctx.counters.inc("lpr.duplicates_suppressed")
                 return Outcome(
-                    [], self._decision_reply(recent.decision, path), duplicate=True, wait_for=recent.committed
+                    [], self._decision_reply(recent.decision, path, obs), duplicate=True, wait_for=recent.committed
                 )
         decision = self.rules.decide(check, now)
         suppressed: int | None = None
@@ -459,13 +489,17 @@ class HttpPlateReader(PushDriver):
             ),
         )
         self.ctx.counters.inc("lpr.reads")
-        return Outcome([read, gate], self._decision_reply(decision, path), names, key, decision)
+        return Outcome([read, gate], self._decision_reply(decision, path, obs), names, key, decision)
 
     def _prune(self, mono: float) -> None:
         if len(self._recent) < 1024:
             return
-        horizon = mono - self.cfg.dedupe_s
-        for key in [k for k, r in self._recent.items() if r.at < horizon and r.committed is None]:
+
+        def stale(key: tuple[str, str], recent: _Recent) -> bool:
+            window = OFFLINE_DEDUPE_S if key[0].startswith("offline:") else self.cfg.dedupe_s
+            return recent.at < mono - window and recent.committed is None
+
+        for key in [k for k, r in self._recent.items() if stale(k, r)]:
             del self._recent[key]
 
     # ------------------------------------------------------------ barrier supervision

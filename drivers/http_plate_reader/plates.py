@@ -46,6 +46,17 @@ _SUFFIX_COLORS: dict[str, frozenset[str]] = {
     "领": frozenset({"black"}),
 }
 _NEV_COLORS = frozenset({"green", "yellow_green"})
+#: Colour words some firmware (Hikvision China) puts before the plate: `蓝苏A8HK52`, `黄-粤B12345`.
+_PREFIX_COLORS: dict[str, PlateColor] = {
+    "黄绿": "yellow_green",
+    "蓝": "blue",
+    "黄": "yellow",
+    "绿": "green",
+    "白": "white",
+    "黑": "black",
+}
+# Only before a province (or embassy) character: `黑A12345` is a Heilongjiang plate, not a black one.
+_COLOR_PREFIX = re.compile(f"^\\s*(黄绿|蓝|黄|绿|白|黑)[牌色]?[\\s.·•・‧∙\\-_:]*(?=[{PROVINCES}{EMBASSY}])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,7 @@ class PlateCheck:
     plate_class: PlateClass | None
     status: Status
     reasons: tuple[str, ...]
+    color: PlateColor | None = None  # the colour the camera spelled into the plate text, if it did
 
     @property
     def usable(self) -> bool:
@@ -65,7 +77,7 @@ class PlateCheck:
 
 
 def _plate_like(text: str) -> bool:
-    head = normalize(text)[:1]
+    head = normalize(split_color_prefix(text)[1])[:1]
     return bool(head) and (head in PROVINCES or head == EMBASSY)
 
 
@@ -199,6 +211,14 @@ def _colour_reasons(plate: str, plate_class: PlateClass, color: PlateColor | Non
     return ()
 
 
+def split_color_prefix(text: str) -> tuple[PlateColor | None, str]:
+    """Strip a leading colour word (`蓝苏A8HK52`, `蓝-苏A8HK52`, `蓝 苏A8HK52`) and return it as data."""
+    match = _COLOR_PREFIX.match(unicodedata.normalize("NFKC", text))
+    if match is None:
+        return None, text
+    return _PREFIX_COLORS[match.group(1)], unicodedata.normalize("NFKC", text)[match.end() :]
+
+
 def is_no_plate(text: str) -> bool:
     """True for the placeholders cameras send for a vehicle without a readable plate."""
     return normalize(text) in _NO_PLATE
@@ -210,21 +230,28 @@ def check_plate(
     color: PlateColor | None = None,
     encoding: Literal["auto", "plain", "base64"] = "auto",
 ) -> PlateCheck:
-    """Decode, normalize and validate one plate. Never raises, whatever `value` is."""
+    """Decode, normalize and validate one plate. Never raises, whatever `value` is.
+
+    A colour word in front of the plate is stripped; it stands in for `color` when the camera
+    sent no colour code (or 'unknown'), and comes back as `PlateCheck.color`.
+    """
     text, steps = to_text(value, encoding=encoding)
     if text is None:
-        return PlateCheck(None, None, None, "rejected", steps)
+        return PlateCheck(None, None, None, "rejected", steps, color)
     raw = _CONTROL.sub("", text)[:64]
+    prefix, text = split_color_prefix(text)
+    if prefix is not None and color in (None, "unknown"):
+        color = prefix
     if is_no_plate(text):
-        return PlateCheck(None, raw, "none", "suspect", (*steps, "no_plate_read"))
+        return PlateCheck(None, raw, "none", "suspect", (*steps, "no_plate_read"), color)
     plate = normalize(text)
     if len(plate) > 16:
-        return PlateCheck(None, raw, None, "rejected", (*steps, "bad_length"))
+        return PlateCheck(None, raw, None, "rejected", (*steps, "bad_length"), color)
     plate_class, problems = classify(plate)
     if plate_class is None:
-        return PlateCheck(plate or None, raw, None, "rejected", (*steps, *problems))
+        return PlateCheck(plate or None, raw, None, "rejected", (*steps, *problems), color)
     colour = _colour_reasons(plate, plate_class, color)
-    return PlateCheck(plate, raw, plate_class, "suspect" if colour else "valid", (*steps, *colour))
+    return PlateCheck(plate, raw, plate_class, "suspect" if colour else "valid", (*steps, *colour), color)
 
 
 def canonical(plate: str) -> str:

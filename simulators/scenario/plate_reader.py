@@ -237,8 +237,10 @@ class PlateReaderAdapter(KindAdapter):
                 },
                 "max_body_bytes": max(4 * 1024 * 1024, 4 * lane.max_image_bytes),
             }
-            if lane.protocol == "zhenshi":  # Hikvision says entry/exit on the wire; Zhenshi lanes are configured
+            if lane.protocol == "zhenshi":  # Zhenshi lanes are configured entry or exit
                 cfg["direction"] = lane.direction
+            else:  # Hikvision reports motion: the simulated camera faces arriving cars
+                cfg["forward_is"] = "entry"
             if lane.gate_input is not None:
                 cfg["gate_input"] = lane.gate_input
                 cfg["barrier_timeout_s"] = float(s.get("barrier_timeout_s", 5.0)) / self.speed
