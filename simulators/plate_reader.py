@@ -2,13 +2,20 @@
 
 A seeded garage: a population of vehicles (blue, yellow, green small-NEV and yellow-green
 large-NEV plates from several provinces) drives in past an entry camera and out past an exit
-camera. Each camera speaks the Zhenshi JSON push (or Hikvision ANPR multipart), sends
-keep-alives, honours the barrier reply, and can misbehave on purpose:
+camera. Each camera speaks the Zhenshi JSON push (`--protocol zhenshi`, the default), Hikvision
+ANPR (`hikvision`: XML alert in a multipart; `--hik-json` for the JSON alert) or Dahua ITSAPI
+(`dahua`: JSON to <target>/lpr/<id>/NotificationInfo/TollgateInfo, so the gateway config gives
+each Dahua camera `path: /lpr/<id>`), sends keep-alives as the vendor documents them (Zhenshi:
+a multipart form), honours the barrier reply, and can misbehave on purpose:
 
     malformed_json  truncated body           gbk            whole body GBK-encoded
     base64          plate as base64 of GBK   invalid_plate  plate breaking GA 36 rules
     oversize_image  picture above the limit  wrong_auth     wrong token / signature / password
     burst           same read 5x at once     silent         camera stops talking for a while
+
+With `--offline-buffer N`, a Zhenshi camera behaves as shipped when the server is unreachable:
+it keeps up to N reads and, once the server answers again, re-sends them one at a time
+(`isoffline: 1`), the next only after a reply with `ContinuePushOffline` for the last one.
 
 Run: `courtyard simulate plate_reader --target http://127.0.0.1:8088 --fault malformed_json`.
 """
@@ -26,9 +33,11 @@ import random
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -52,8 +61,17 @@ FAULTS = (
 )
 #: Residents of examples/plate_reader.yaml (its allowlist), so the example garage has traffic in and out.
 RESIDENTS = ("京A12345", "沪AF12345", "粤BD54321")
-#: Zhenshi colorType / type codes of each simulated plate class.
-ZHENSHI_CODES = {"blue": (1, 1), "yellow": (2, 3), "green": (5, 11), "yellow_green": (6, 12)}
+#: Zhenshi colorType / type codes of each simulated plate class (type codes of the documented table, v2).
+ZHENSHI_CODES = {"blue": (1, 1), "yellow": (2, 3), "green": (5, 19), "yellow_green": (6, 20)}
+#: Dahua ITSAPI PlateColor / PlateType of each simulated plate class.
+DAHUA_CODES = {
+    "blue": ("Blue", "Normal"),
+    "yellow": ("Yellow", "Yellow"),
+    "green": ("Green", "NewEnergy"),
+    "yellow_green": ("YellowGreen", "LargeNewEnergy"),
+}
+#: Movements per minute by default: a read every 3 s on average, so a demo garage looks alive.
+DEFAULT_RATE = 20.0
 HIK_CODES = {
     "blue": ("blue", "92TypeCivil"),
     "yellow": ("yellow", "yellow1778"),
@@ -144,8 +162,34 @@ def zhenshi_plate_body(
 
 
 def zhenshi_heartbeat_body(serial: str = "sim-0001") -> bytes:
-    """A Zhenshi-style keep-alive."""
+    """A JSON keep-alive (some integrations' shape; cameras send `zhenshi_heartbeat_form`)."""
     return json.dumps({"heartbeat": {"countid": 1}, "serialno": serial}).encode()
+
+
+def zhenshi_heartbeat_fields(serial: str = "sim-0001") -> list[tuple[str, str]]:
+    """The fields of the documented Zhenshi heartbeat (device registration) form, in its order."""
+    return [
+        ("device_name", "IVS"),
+        ("ipaddr", "192.168.1.100"),
+        ("port", "80"),
+        ("user_name", "admin"),
+        ("pass_wd", "admin"),
+        ("serialno", serial),
+        ("channel_num", "1"),
+    ]
+
+
+def zhenshi_heartbeat_form(serial: str = "sim-0001", *, urlencoded: bool = False) -> tuple[bytes, str]:
+    """The Zhenshi heartbeat as cameras send it: multipart/form-data (urlencoded on some firmware)."""
+    fields = zhenshi_heartbeat_fields(serial)
+    if urlencoded:
+        return urlencode(fields).encode(), "application/x-www-form-urlencoded"
+    out = bytearray()
+    boundary = "------------------------caa771fe4a61f3d9"
+    for name, value in fields:
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
 def zhenshi_gpio_body(source: int, value: int, serial: str = "sim-0001") -> bytes:
@@ -185,6 +229,48 @@ def hikvision_plate_body(
     return multipart([("anpr.xml", "application/xml", xml), *((n, "image/jpeg", d) for n, d in images)])
 
 
+def hikvision_plate_json(
+    plate: str,
+    *,
+    color: str = "blue",
+    confidence: int = 95,
+    seq: int = 1,
+    lane: int = 1,
+    images: Sequence[tuple[str, bytes]] = (),
+    direction: str = "forward",
+    when: float | None = None,
+    bare: bool = False,
+) -> tuple[bytes, str]:
+    """The JSON `EventNotificationAlert` variant: bare, or as the first part of a multipart with JPEGs."""
+    color_token, type_token = HIK_CODES.get(color, ("unknown", "unknown"))
+    doc = {
+        "ipAddress": "192.168.1.65",
+        "portNo": 80,
+        "protocol": "HTTP",
+        "macAddress": "44:19:b6:00:00:01",
+        "channelID": 1,
+        "dateTime": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when)),
+        "activePostCount": seq,
+        "eventType": "ANPR",
+        "eventState": "active",
+        "eventDescription": "ANPR",
+        "ANPR": {
+            "country": "CHN",
+            "licensePlate": plate,
+            "line": lane,
+            "direction": direction,
+            "confidenceLevel": confidence,
+            "plateType": type_token,
+            "plateColor": color_token,
+            "vehicleType": "vehicle",
+        },
+    }
+    data = json.dumps(doc, ensure_ascii=False).encode()
+    if bare:
+        return data, "application/json"
+    return multipart([("anpr.json", "application/json", data), *((n, "image/jpeg", d) for n, d in images)])
+
+
 def hikvision_heartbeat_body() -> tuple[bytes, str]:
     """Hikvision's keep-alive: a `videoloss` alert in state `inactive`."""
     xml = (
@@ -193,6 +279,53 @@ def hikvision_heartbeat_body() -> tuple[bytes, str]:
         b"<eventState>inactive</eventState></EventNotificationAlert>"
     )
     return xml, "application/xml"
+
+
+def dahua_plate_body(
+    plate: str,
+    *,
+    color: str = "blue",
+    confidence: int = 95,
+    seq: int = 1,
+    lane: int = 1,
+    image: bytes | None = None,
+    direction: str = "Obverse",
+    device_id: str = "sim-dahua-0001",
+    when: float | None = None,
+) -> tuple[bytes, str]:
+    """A Dahua ITSAPI TollgateInfo push (`Picture.Plate`, `Picture.SnapInfo`, base64 pictures)."""
+    color_token, type_token = DAHUA_CODES.get(color, ("Unknown", "Unknown"))
+    stamp = time.time() if when is None else when
+    local = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp))
+    picture: dict[str, Any] = {
+        "Plate": {
+            "PlateNumber": plate,
+            "PlateColor": color_token,
+            "PlateType": type_token,
+            "Confidence": confidence,
+            "BoundingBox": [3520, 4540, 4250, 4790],
+            "UploadNum": seq,
+        },
+        "SnapInfo": {
+            "DeviceID": device_id,
+            "AccurateTime": f"{local}.{int(stamp % 1 * 1000):03d}",
+            "SnapTime": local,
+            "Direction": direction,
+            "LaneNo": lane,
+            "DefenceCode": "0",
+            "OpenStrobe": False,
+        },
+        "Vehicle": {"VehicleColor": "White", "VehicleType": "Motor"},
+    }
+    if image is not None:
+        encoded = base64.b64encode(image).decode()
+        picture["NormalPic"] = {"Content": encoded, "PicName": f"{local}_{seq}.jpg"}
+    return json.dumps({"Picture": picture, "PicName": f"{seq}.jpg"}, ensure_ascii=False).encode(), "application/json"
+
+
+def dahua_keepalive_body(device_id: str = "sim-dahua-0001") -> tuple[bytes, str]:
+    """A Dahua ITSAPI KeepAlive."""
+    return json.dumps({"DeviceID": device_id, "Active": "keepAlive"}).encode(), "application/json"
 
 
 def multipart(parts: Sequence[tuple[str, str, bytes]], boundary: str = "courtyard-sim-boundary") -> tuple[bytes, str]:
@@ -283,6 +416,83 @@ class Camera:
         async with self.session.post(self.url, data=body, headers=all_headers) as resp:
             data = await resp.read()
         return PushResult(resp.status, data, time.perf_counter() - started)
+
+
+def continues(result: PushResult, plateid: int) -> bool:
+    """True when a reply tells a Zhenshi camera to go on with its offline buffer after `plateid`."""
+    try:
+        go_on = result.json()["Response_AlarmInfoPlate"]["ContinuePushOffline"]
+        return int(go_on["plateid"]) == plateid and int(go_on["continue"]) == 1
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclass
+class _Buffered:
+    plateid: int
+    body: bytes
+
+
+class BufferingCamera:
+    """A Zhenshi camera's offline buffer, as the protocol describes it.
+
+    A read the server did not answer with 200 is kept (up to `capacity`, oldest dropped) and
+    re-sent with `isoffline: 1` once the server answers again, one record at a time: the next
+    only after a reply carrying `ContinuePushOffline` for this record's `plateid`. With
+    `resend_every` k, every k-th record is sent twice, as a camera does when a live read
+    interrupts the drain before the reply arrived; the server must keep it once.
+    """
+
+    def __init__(self, camera: Camera, capacity: int, *, resend_every: int = 0) -> None:
+        self.camera = camera
+        self.capacity = capacity
+        self.resend_every = resend_every
+        self.buffer: deque[_Buffered] = deque()
+        self.delivered: list[int] = []  # plateids the server told the camera to continue after
+        self.dropped = 0
+        self.resent = 0
+        self._drained = 0
+        self._lock = asyncio.Lock()
+
+    def keep(self, plateid: int, offline_body: bytes) -> None:
+        """Buffer one undelivered read (its `isoffline: 1` body)."""
+        if len(self.buffer) >= self.capacity:
+            self.buffer.popleft()
+            self.dropped += 1
+        self.buffer.append(_Buffered(plateid, offline_body))
+
+    async def push(self, plateid: int, make_body: Callable[[bool], bytes]) -> PushResult | None:
+        """Send a live read (`make_body(offline)` builds it); undelivered, it is buffered; delivered, drain."""
+        try:
+            result: PushResult | None = await self.camera.post(make_body(False))
+        except aiohttp.ClientError:
+            result = None
+        if result is None or result.status != 200:
+            self.keep(plateid, make_body(True))
+            return result
+        await self.drain()
+        return result
+
+    async def drain(self) -> int:
+        """Re-send buffered reads while each reply says continue for that record; returns how many went."""
+        sent = 0
+        async with self._lock:
+            while self.buffer:
+                record = self.buffer[0]
+                try:
+                    self._drained += 1
+                    if self.resend_every and self._drained % self.resend_every == 0:
+                        await self.camera.post(record.body)  # reply "lost": the camera will send it again
+                        self.resent += 1
+                    result = await self.camera.post(record.body)
+                except aiohttp.ClientError:
+                    return sent
+                if result.status != 200 or not continues(result, record.plateid):
+                    return sent
+                self.buffer.popleft()
+                self.delivered.append(record.plateid)
+                sent += 1
+        return sent
 
 
 # ------------------------------------------------------------------ ISAPI barrier (Hikvision-style downlink)
@@ -452,28 +662,52 @@ class GarageSim:
         auth = CameraAuth(
             token=args.token, hmac_secret=args.hmac_secret, basic=(user, password) if args.basic else None
         )
-        self.entry = Camera(session, f"{base}/lpr/{args.entry_id}", auth)
-        self.exit = Camera(session, f"{base}/lpr/{args.exit_id}", auth)
+        self.entry = Camera(session, self._url(base, args.entry_id), auth)
+        self.exit = Camera(session, self._url(base, args.exit_id), auth)
+        self.buffers: dict[str, BufferingCamera] = {}
+        if args.offline_buffer and args.protocol == "zhenshi":
+            for camera in (self.entry, self.exit):
+                self.buffers[camera.url] = BufferingCamera(camera, args.offline_buffer)
         self.stats = SimStats()
         self.silent_until = 0.0
         self.seq = 0
         self.waiting: dict[str, Vehicle] = {}
         self.isapi: IsapiBarrierServer | None = None
 
+    def _url(self, base: str, camera_id: str) -> str:
+        if self.args.protocol == "dahua":  # ITSAPI's fixed path, under the camera's own prefix
+            return f"{base}/lpr/{camera_id}/NotificationInfo/TollgateInfo"
+        return f"{base}/lpr/{camera_id}"
+
     def _body(
-        self, vehicle: Vehicle, plate: str, *, encoding: str = "utf8", image: bytes | None = None
+        self,
+        vehicle: Vehicle,
+        plate: str,
+        *,
+        encoding: str = "utf8",
+        image: bytes | None = None,
+        offline: bool = False,
     ) -> tuple[bytes, str]:
-        self.seq += 1
         confidence = self.garage.confidence()
         if self.args.protocol == "hikvision":
             images = [("licensePlatePicture.jpg", image)] if image is not None else []
-            return hikvision_plate_body(
+            build = hikvision_plate_json if self.args.hik_json else hikvision_plate_body
+            return build(
                 plate,
                 color=vehicle.color,
                 confidence=confidence,
                 seq=self.seq,
                 images=images,
                 direction="reverse" if vehicle.inside else "forward",
+            )
+        if self.args.protocol == "dahua":
+            return dahua_plate_body(
+                plate,
+                color=vehicle.color,
+                confidence=confidence,
+                seq=self.seq,
+                image=image,
+                direction="Reverse" if vehicle.inside else "Obverse",
             )
         return zhenshi_plate_body(
             plate,
@@ -482,6 +716,7 @@ class GarageSim:
             plateid=self.seq,
             license_encoding=encoding,
             image=image,
+            offline=offline,
         ), "application/json"
 
     async def drive(self) -> None:
@@ -503,6 +738,20 @@ class GarageSim:
         if fault == "oversize_image":
             image = fake_jpeg(self.args.oversize_bytes, self.seq)
         encoding = {"gbk": "gbk", "base64": "base64"}.get(fault or "", "utf8")
+        self.seq += 1
+        buffering = self.buffers.get(camera.url)
+        if buffering is not None and fault is None:
+            seq = self.seq
+
+            def make(offline: bool) -> bytes:
+                return self._body(vehicle, plate, image=image, offline=offline)[0]
+
+            delivered = await buffering.push(seq, make)
+            if delivered is not None:
+                self.stats.count(delivered)
+                if delivered.opened:
+                    vehicle.inside = not vehicle.inside
+            return
         body, ctype = self._body(vehicle, plate, encoding=encoding, image=image)
         if fault == "malformed_json":
             body = body[: max(1, len(body) // 2)]
@@ -527,7 +776,7 @@ class GarageSim:
             passed = passed or result.opened
         if self.isapi is not None:  # Hikvision: the barrier opens on an ISAPI command, not on the reply
             self.waiting[camera.url.rsplit("/", 1)[-1]] = vehicle
-        elif passed or (self.args.protocol == "hikvision" and results):
+        elif passed or (self.args.protocol != "zhenshi" and results):
             vehicle.inside = not vehicle.inside
 
     def barrier_opened(self, camera_id: str) -> None:
@@ -542,14 +791,22 @@ class GarageSim:
         while True:
             if time.monotonic() >= self.silent_until:
                 for camera in (self.entry, self.exit):
+                    url = camera.url
                     if self.args.protocol == "hikvision":
                         body, ctype = hikvision_heartbeat_body()
+                    elif self.args.protocol == "dahua":
+                        body, ctype = dahua_keepalive_body()
+                        url = url.replace("/TollgateInfo", "/KeepAlive")
                     else:
-                        body, ctype = zhenshi_heartbeat_body(), "application/json"
+                        body, ctype = zhenshi_heartbeat_form(f"sim-{url.rsplit('/', 1)[-1]}")
                     try:
-                        await camera.post(body, ctype)
+                        beat = await Camera(camera.session, url, camera.auth).post(body, ctype)
                     except aiohttp.ClientError as exc:
                         log.warning("heartbeat failed: %s", exc)
+                        continue
+                    buffering = self.buffers.get(camera.url)
+                    if buffering is not None and beat.status == 200 and buffering.buffer:
+                        log.info("server back: %d buffered reads drained", await buffering.drain())
             await asyncio.sleep(self.args.heartbeat / self.args.speed)
 
     async def run(self) -> None:
@@ -582,7 +839,22 @@ class GarageSim:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI arguments of `courtyard simulate plate_reader`."""
     parser.add_argument("--target", default="http://127.0.0.1:8088", help="gateway listener base URL")
-    parser.add_argument("--protocol", choices=("zhenshi", "hikvision"), default="zhenshi")
+    parser.add_argument(
+        "--protocol",
+        choices=("zhenshi", "hikvision", "dahua"),
+        default="zhenshi",
+        help="camera vendor: Zhenshi JSON, Hikvision ANPR, Dahua ITSAPI (to <target>/lpr/<id>/NotificationInfo/...)",
+    )
+    parser.add_argument(
+        "--hik-json", action="store_true", help="Hikvision: send the JSON EventNotificationAlert variant"
+    )
+    parser.add_argument(
+        "--offline-buffer",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Zhenshi: keep up to N reads while the gateway is unreachable, re-send them (isoffline) when it is back",
+    )
     parser.add_argument("--entry-id", default="lpr-entry", help="entry camera device id (posts to /lpr/<id>)")
     parser.add_argument("--exit-id", default="lpr-exit", help="exit camera device id (posts to /lpr/<id>)")
     parser.add_argument("--seed", type=int, default=1)
@@ -593,7 +865,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help=f"a resident's plate, allowlisted at the gateway (default: {' '.join(RESIDENTS)})",
     )
-    parser.add_argument("--rate", type=float, default=6.0, help="vehicle movements per minute")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        help=f"vehicle movements per minute (default {DEFAULT_RATE:g}: "
+        f"a read every {60 / DEFAULT_RATE:g} s on average, so the garage looks alive)",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="time multiplier (10 = ten times faster)")
     parser.add_argument("--count", type=int, default=0, help="stop after this many movements (0: never)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="keep-alive period, seconds")
