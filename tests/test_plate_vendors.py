@@ -215,11 +215,12 @@ def test_zhenshi_heartbeat_forms_are_liveness_only(urlencoded: bool) -> None:
     body, ctype = zhenshi_heartbeat_form("d85b1269-8f942256", urlencoded=urlencoded)
     observation = decode_zhenshi(body, ctype)
     assert observation == Heartbeat("zhenshi", "d85b1269-8f942256")
-    drv = driver("zhenshi")
+    ctx = _Ctx()
+    drv = HttpPlateReader(driver("zhenshi").cfg, ctx)  # type: ignore[arg-type]
     outcome = run(drv, body, ctype)
     assert outcome.reply.status == 200 and outcome.drafts == [] and outcome.alive
-    assert drv.ctx.counters.snapshot().get("lpr.heartbeats") == 1
-    assert not any(k.startswith("lpr.rejected") for k in drv.ctx.counters.snapshot())
+    assert ctx.counters.snapshot().get("lpr.heartbeats") == 1
+    assert not any(k.startswith("lpr.rejected") for k in ctx.counters.snapshot())
 
 
 def test_urlencoded_heartbeat_without_content_type() -> None:
