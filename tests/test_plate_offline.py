@@ -214,3 +214,20 @@ async def test_dahua_simulator_end_to_end(tmp_path: Path) -> None:
     assert all(r["payload"]["image_uri"] for r in reads)
     assert sum(n for k, n in counters.items() if k.endswith(".lpr.heartbeats")) >= 2
     assert not any(".lpr.rejected" in k for k in counters)
+
+
+async def test_heartbeat_forms_keep_a_camera_online_and_are_never_events(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = parse_config(base_config(tmp_path, devices=[camera_config(tmp_path, port, heartbeat_interval_s=1.0)]))
+    async with Gateway(cfg) as gw, aiohttp.ClientSession() as session:
+        await eventually(lambda: _listening(port), timeout=10)
+        camera = Camera(session, f"http://127.0.0.1:{port}/lpr/lpr-in")
+        for _ in range(5):  # alternate the documented forms, faster than the heartbeat period
+            for urlencoded in (False, True):
+                body, ctype = zhenshi_heartbeat_form("sn-1", urlencoded=urlencoded)
+                beat = await camera.post(body, ctype)
+                assert beat.status == 200, beat.body
+            await asyncio.sleep(0.1)
+        assert await gw.drain(5)
+    events = [json.loads(r.body) for r in query(tmp_path / "outbox.db", device="lpr-in")]
+    assert [e["type"] for e in events] == ["device.online"]  # liveness only: no lpr.* event at all
