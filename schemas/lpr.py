@@ -1,4 +1,4 @@
-"""Licence-plate reader payload (DOMAIN.md section 3b)."""
+"""Licence-plate reader payload."""
 
 from __future__ import annotations
 
@@ -31,8 +31,15 @@ class LprPayload(Frozen):
     kind: Literal["lpr"] = "lpr"
     plate: str | None = Field(None, description="Normalized plate (half-width, upper case, no separators)")
     plate_raw: str | None = Field(None, description="Plate exactly as the camera sent it (after base64/GBK decoding)")
-    plate_color: PlateColor | None = None
-    plate_type: str | None = Field(None, description="Vendor plate type mapped to a Courtyard token, e.g. nev_small")
+    plate_color: PlateColor | None = Field(
+        None,
+        description="Plate colour: the camera's colour code, else a colour word it put before the plate (蓝苏A8HK52)",
+    )
+    plate_type: str | None = Field(
+        None,
+        description="Vendor plate type mapped to a Courtyard token, e.g. nev_small; `unknown` for codes not in the "
+        "camera's table (the raw code stays in the event's raw_code)",
+    )
     plate_class: PlateClass | None = Field(None, description="Which GA 36 rule the plate matched")
     confidence: float | None = Field(None, ge=0, le=1, description="Recognition confidence rescaled to 0..1")
     direction: VehicleDirection | None = None

@@ -35,7 +35,7 @@ from simulators.plate_reader import (
     invalid_plate,
     make_plate,
     zhenshi_gpio_body,
-    zhenshi_heartbeat_body,
+    zhenshi_heartbeat_form,
     zhenshi_plate_body,
 )
 from simulators.scenario.adapter import KindAdapter, UnknownAction
@@ -412,7 +412,7 @@ class PlateReaderAdapter(KindAdapter):
         if lane.protocol == "hikvision":
             body, ctype = hikvision_heartbeat_body()
         else:
-            body, ctype = zhenshi_heartbeat_body(f"sim-{lane.dev.id}"), "application/json"
+            body, ctype = zhenshi_heartbeat_form(f"sim-{lane.dev.id}")  # the documented multipart form
         try:
             await lane.camera.post(body, ctype, wrong_auth="wrong_credentials" in lane.faults)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
