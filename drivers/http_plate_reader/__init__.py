@@ -1,4 +1,4 @@
-"""Garage licence-plate cameras pushing reads to the gateway over HTTP (Zhenshi JSON, Hikvision ANPR)."""
+"""Garage licence-plate cameras pushing reads to the gateway over HTTP (Zhenshi, Hikvision, Dahua ITSAPI)."""
 
 from drivers.http_plate_reader.config import HttpPlateReaderConfig
 from gateway.driver import DriverSpec
@@ -10,7 +10,7 @@ DRIVER = DriverSpec(
     shape="push",
     config=HttpPlateReaderConfig,
     factory="drivers.http_plate_reader.driver:HttpPlateReader",
-    summary="Licence-plate cameras (Zhenshi JSON, Hikvision ANPR) push reads; barrier decided at the edge",
+    summary="Licence-plate cameras (Zhenshi, Hikvision, Dahua ITSAPI) push reads; barrier decided at the edge",
     simulator="plate_reader",
 )
 
