@@ -42,7 +42,7 @@ def test_zhenshi_plate_read() -> None:
     obs = decode_zhenshi(body)
     assert isinstance(obs, PlateObservation)
     assert obs.license == "粤BD12345"
-    assert (obs.color_code, obs.type_code, obs.confidence, obs.seq, obs.lane) == (5, 11, 97, 42, "1")
+    assert (obs.color_code, obs.type_code, obs.confidence, obs.seq, obs.lane) == (5, 19, 97, 42, "1")
     assert obs.device_time == datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=UTC)
     assert obs.images[0].data == image
     assert obs.is_offline is False
