@@ -326,3 +326,20 @@ def test_dahua_refusals_are_4xx_with_a_reason(body: bytes, status: int, error: s
     assert outcome.reply.status == status
     reply = json.loads(outcome.reply.body)
     assert reply["error"] == error and reply["reason"]
+
+
+def test_oversize_offline_record_is_refused_but_does_not_block_the_drain() -> None:
+    drv = driver("zhenshi", media={"max_image_bytes": 100})
+    outcome = run(drv, zhenshi_plate_body("京A12345", plateid=77, offline=True, image=b"\xff\xd8" + bytes(200)))
+    assert outcome.reply.status == 413
+    reply = json.loads(outcome.reply.body)
+    assert reply["error"] == "image_too_large" and reply["reason"]
+    assert reply["Response_AlarmInfoPlate"]["ContinuePushOffline"] == {"plateid": 77, "continue": 1}
+    read = next(d for d in outcome.drafts if d.type == "lpr.plate_read")
+    assert read.quality.status == "rejected" and "image_too_large" in read.quality.reasons
+
+
+def test_form_detection_ignores_a_byte_order_mark() -> None:
+    body = "\ufeff".encode() + zhenshi_plate_body("京A12345", plateid=5)
+    obs = decode_zhenshi(body, "text/plain")
+    assert isinstance(obs, PlateObservation) and obs.seq == 5

@@ -309,7 +309,7 @@ def _form_fields(body: bytes, content_type: str) -> dict[str, str] | None:
     ctype = content_type.lower()
     if ctype.startswith("multipart/"):
         return {p.name.strip(): text_of(p.data)[0].strip() for p in split_multipart(body, content_type)}
-    stripped = body.lstrip()
+    stripped = body.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
     # Urlencoded, declared so or not (some firmware sends it as text/plain or with no type at all).
     if ctype.startswith("application/x-www-form-urlencoded") or (
         stripped[:1] not in (b"{", b"[", b"<", b"") and b"=" in stripped[:64]

@@ -409,13 +409,13 @@ class HttpPlateReader(PushDriver):
                 time=device_time,
                 raw_code=raw_code,
             )
-            return Outcome(
-                [draft],
-                PushReply(
-                    413,
-                    error_body("image_too_large", f"image of {biggest} bytes exceeds {cfg.media.max_image_bytes}"),
-                ),
-            )
+            limit = cfg.media.max_image_bytes
+            reason = f"image of {biggest} bytes exceeds {limit}"
+            refusal: dict[str, Any] = {"error": "image_too_large", "reason": reason}
+            if cfg.protocol == "zhenshi" and obs.seq is not None:
+                # The read is recorded (rejected): a buffered record must not block the camera's drain.
+                refusal.update(zhenshi_reply(False, obs.seq, offline=bool(obs.is_offline)))
+            return Outcome([draft], _json_reply(refusal, 413))
 
         names = [(image_name(cfg.id, img.data), img.data) for img in obs.images]
         uris = tuple(self._uris.uri(n) for n, _ in names) or None
