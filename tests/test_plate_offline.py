@@ -231,3 +231,27 @@ async def test_heartbeat_forms_keep_a_camera_online_and_are_never_events(tmp_pat
         assert await gw.drain(5)
     events = [json.loads(r.body) for r in query(tmp_path / "outbox.db", device="lpr-in")]
     assert [e["type"] for e in events] == ["device.online"]  # liveness only: no lpr.* event at all
+
+
+async def test_simulator_offline_buffer_mode_drains_when_the_gateway_is_back(tmp_path: Path) -> None:
+    port = free_port()
+    devices = [
+        camera_config(tmp_path, port, id="lpr-entry"),
+        camera_config(tmp_path, port, id="lpr-exit", direction="exit"),
+    ]
+    cfg = parse_config(base_config(tmp_path, devices=devices))
+    async with aiohttp.ClientSession() as session:
+        sim = GarageSim(sim_args(port, "zhenshi", offline_buffer=20, count=8), session)
+        await sim.run()  # no gateway: every read stays in its camera's buffer
+        buffered = sum(len(b.buffer) for b in sim.buffers.values())
+        assert buffered == 8 and sim.stats.pushes == 0
+        async with Gateway(cfg) as gw:
+            await eventually(lambda: _listening(port), timeout=10)
+            sim.args.count = 2  # live reads (and heartbeats) reach the gateway: the buffers drain
+            await sim.run()
+            for buffering in sim.buffers.values():
+                await buffering.drain()  # a camera that got no live read drains on its next heartbeat
+            assert await gw.drain(5)
+    assert all(not b.buffer for b in sim.buffers.values())
+    offline = [r for r in plates_read(tmp_path) if r["payload"]["is_offline_replay"]]
+    assert sorted(r["seq"] for r in offline) == list(range(1, 9))  # each buffered read exactly once
