@@ -343,3 +343,24 @@ def test_form_detection_ignores_a_byte_order_mark() -> None:
     body = "\ufeff".encode() + zhenshi_plate_body("京A12345", plateid=5)
     obs = decode_zhenshi(body, "text/plain")
     assert isinstance(obs, PlateObservation) and obs.seq == 5
+
+
+def test_dahua_replay_uses_the_recorded_path() -> None:
+    import base64
+
+    drv = driver("dahua", forward_is="entry")
+    now = datetime.now(UTC)
+    body, ctype = dahua_plate_body("浙A12345", seq=3)
+    read = {
+        "content_type": ctype,
+        "body_b64": base64.b64encode(body).decode(),
+        "path": "/NotificationInfo/TollgateInfo",
+    }
+    assert [d.type for d in drv.replay("push", read, now)] == ["lpr.plate_read", "lpr.gate_decision"]
+    beat_body, beat_type = dahua_keepalive_body()
+    beat = {
+        "content_type": beat_type,
+        "body_b64": base64.b64encode(beat_body).decode(),
+        "path": "/NotificationInfo/KeepAlive",
+    }
+    assert drv.replay("push", beat, now) == []
