@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.backoff import BackoffConfig
 from schemas.common import VALID, AlarmState, DeviceKind, EventClass, Location, Quality, Severity
 
 
@@ -41,17 +42,6 @@ class EventDraft:
     seq: int | None = None
     quality: Quality = VALID
     time: datetime | None = None  # None: gateway receipt time
-
-
-class BackoffConfig(BaseModel):
-    """Capped exponential back-off with jitter, used between reconnect attempts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    initial_s: float = Field(0.5, gt=0)
-    max_s: float = Field(30.0, gt=0)
-    factor: float = Field(2.0, ge=1)
-    jitter: float = Field(0.2, ge=0, le=1, description="Fraction of the delay randomized (+/-)")
 
 
 class DeviceConfig(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway import registry
+from gateway.backoff import backoff_delays
 from gateway.config import GatewayConfigBase
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
 from gateway.errors import OutboxError
@@ -20,7 +21,7 @@ from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
-from gateway.supervisor import backoff_delays, supervise
+from gateway.supervisor import supervise
 from schemas.common import ConnectivityPayload, DeviceRef, Quality
 from schemas.event import Event
 

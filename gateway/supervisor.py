@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from gateway.driver import BackoffConfig, PollingDriver, PushDriver
+from gateway.backoff import backoff_delays
+from gateway.driver import PollingDriver, PushDriver
 from gateway.errors import DeviceProtocolError, DeviceUnavailable
 
 if TYPE_CHECKING:
     from gateway.runtime import DeviceRuntime
 
+__all__ = ["backoff_delays", "supervise"]  # backoff_delays: re-exported for old imports
+
 log = logging.getLogger(__name__)
-
-
-def backoff_delays(cfg: BackoffConfig, rng: random.Random | None = None) -> Iterator[float]:
-    """Yield reconnect delays: initial, x factor each time, capped, each jittered by +/- `jitter`."""
-    rng = rng or random.Random()
-    delay = cfg.initial_s
-    while True:
-        spread = delay * cfg.jitter
-        yield max(0.0, delay + rng.uniform(-spread, spread))
-        delay = min(cfg.max_s, delay * cfg.factor)
 
 
 async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
