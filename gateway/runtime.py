@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from gateway import registry
 from gateway.backoff import backoff_delays
 from gateway.config import GatewayConfigBase
-from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
+from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested, Recorder
 from gateway.errors import OutboxError
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
@@ -28,6 +28,7 @@ from schemas.event import Event
 log = logging.getLogger(__name__)
 
 LINK_CHANNEL = "link"
+POLL_CHANNEL = "poll"
 
 Clock = Callable[[], datetime]
 
@@ -94,7 +95,12 @@ def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
 
 
 class DeviceRuntime:
-    """The `DeviceContext` given to one driver instance."""
+    """The `DeviceContext` given to one driver: everything that happens after a raw input.
+
+    `ingest` is the one path of every input, live or replayed: record it, decode it at its
+    receipt time, stamp the drafts, commit them, and make the decoder forget when the commit
+    fails. Replays use the same class with the recording's clock and a collecting sink.
+    """
 
     def __init__(
         self,
@@ -115,7 +121,7 @@ class DeviceRuntime:
         self._recorder = recorder
         self.recording = recorder is not None
         self._clock = clock
-        self._input_time: datetime | None = None
+        self.decoder: Decoder | None = None
         self.log = logging.getLogger(f"courtyard.device.{config.id}")
         self.online: bool | None = None
         self._offline_alarm: str | None = None
@@ -126,12 +132,63 @@ class DeviceRuntime:
     # DeviceContext -----------------------------------------------------------------------
 
     def now(self) -> datetime:
-        """Gateway time; while an input is being decoded, the time that input was received."""
-        return self._input_time or self._clock()
+        """Gateway time (the recording's during a replay)."""
+        return self._clock()
 
-    async def emit(self, drafts: Sequence[EventDraft], *, received: datetime | None = None) -> None:
-        """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped."""
-        received = received or self.now()
+    def bind(self, decoder: Decoder) -> None:
+        """The decoder `ingest` feeds."""
+        self.decoder = decoder
+
+    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None) -> Ingested:
+        """Record, decode at receipt time, stamp, commit; on a failed commit the decoder forgets.
+
+        A decoder crash is a bug: counted and logged, the input decodes to nothing. What the
+        commit (or `before_commit`) raises is raised again, after `forget()`.
+        """
+        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit)
+        return done
+
+    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *,
+                          before_commit: BeforeCommit | None = None) -> list[Ingested]:
+        """`ingest` for a burst: each input recorded and decoded at its own receipt time, one commit."""
+        done: list[Ingested] = []
+        events: list[Event] = []
+        for channel, raw in inputs:
+            now = self._clock()
+            if self._recorder is not None:
+                self._recorder.record(self.config.id, channel, raw, now)
+            drafts = self._decode(channel, raw, now)
+            done.append(Ingested(drafts, now))
+            events += self._stamp(drafts, now)
+        if before_commit is None and not events:
+            return done
+        try:
+            if before_commit is not None:
+                await before_commit(done)
+            if events:
+                await self._sink(events)
+                self.counters.inc("events", len(events))
+        except BaseException:
+            if self.decoder is not None and any(channel != LINK_CHANNEL for channel, _ in inputs):
+                self.decoder.forget()
+            raise
+        return done
+
+    def _decode(self, channel: str, raw: Any, now: datetime) -> list[EventDraft]:
+        try:
+            if channel == LINK_CHANNEL:  # the runtime's own input: link state, as set_online saw it
+                return [connectivity_draft(bool(raw["online"]), reason=raw.get("reason"),
+                                           misses=int(raw.get("misses", 0)), alarm_id=raw.get("alarm_id"))]
+            if self.decoder is None:
+                raise TypeError(f"no decoder bound for device {self.config.id}")
+            return self.decoder.feed(channel, raw, now)
+        except Exception:
+            self.counters.inc("decoder_crashes")
+            self.log.exception("decoder crashed on %s input %.200r", channel, raw)
+            return []
+
+    def _stamp(self, drafts: Sequence[EventDraft], received: datetime) -> list[Event]:
+        """Envelopes for drafts; invalid drafts (driver bugs) are counted, logged and skipped."""
         events = []
         for draft in drafts:
             try:
@@ -139,6 +196,11 @@ class DeviceRuntime:
             except ValidationError as exc:
                 self.counters.inc("invalid_drafts")
                 self.log.error("driver produced an invalid %s event: %s", draft.type, exc)
+        return events
+
+    async def emit(self, drafts: Sequence[EventDraft], *, received: datetime | None = None) -> None:
+        """Stamp and commit drafts that come from no recorded input (prefer `ingest`)."""
+        events = self._stamp(drafts, received or self.now())
         if events:
             await self._sink(events)
             self.counters.inc("events", len(events))
@@ -151,30 +213,12 @@ class DeviceRuntime:
         if online == self.online:
             return
         self.online = online
-        # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
         if online:
             alarm_id, self._offline_alarm = self._offline_alarm, None
         else:
             alarm_id = self._offline_alarm = uuid7_from(self._clock(), self.config.id, "link")
-        self.record(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses, "alarm_id": alarm_id})
-        await self.emit([connectivity_draft(online, reason=reason, misses=misses, alarm_id=alarm_id)])
-
-    def record(self, channel: str, data: Any) -> None:
-        """Mark one raw input as received now, and record it when recording is on.
-
-        Until the driver next yields to the event loop, `now()` and the events it emits carry
-        this receipt time: so `courtyard replay`, which feeds the same input at its recorded
-        time, reproduces the same event times.
-        """
-        t = self._clock()
-        if self._input_time is None:
-            asyncio.get_running_loop().call_soon(self._end_input)
-        self._input_time = t
-        if self._recorder is not None:
-            self._recorder.record(self.config.id, channel, data, t)
-
-    def _end_input(self) -> None:
-        self._input_time = None
+        # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
+        await self.ingest(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses, "alarm_id": alarm_id})
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         """Runtime-wide shared object."""
@@ -197,29 +241,18 @@ class DeviceRuntime:
         if self.online is not True:
             await self.set_online(True)
 
-    async def poll_answered(self, driver: PollingDriver, raw: Any) -> None:
-        """A poll succeeded: record it, run the pure decoder, report online, commit the events.
+    async def poll_answered(self, raw: Any) -> None:
+        """A poll succeeded: report online, then ingest its raw data on channel `poll`.
 
-        A decoder bug is counted and logged, never fatal.
+        A commit that fails is counted and logged: the decoder has forgotten, so the
+        conditions behind these events are reported again from the next poll on.
         """
         await self.answered()  # first: `device.online` precedes what the poll decodes, live and replayed
-        self.record("poll", raw)
-        now = self.now()
         try:
-            drafts = driver.decode(raw, now)
-        except Exception:
-            self.counters.inc("decoder_crashes")
-            self.log.exception("decoder crashed on %r", raw)
-            drafts = []
-        if drafts:
-            try:
-                await self.emit(drafts, received=now)
-            except OutboxError:
-                # Not accepted: make the driver forget what it derived, so the conditions
-                # behind these events are reported again from the next poll on.
-                self.counters.inc("emit_failures")
-                self.log.exception("events of this poll were not accepted")
-                driver.forget()
+            await self.ingest(POLL_CHANNEL, raw)
+        except OutboxError:
+            self.counters.inc("emit_failures")
+            self.log.exception("events of this poll were not accepted")
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""

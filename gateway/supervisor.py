@@ -77,7 +77,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 break
             else:
                 ctx.counters.inc("polls")
-                await ctx.poll_answered(driver, raw)
+                await ctx.poll_answered(raw)
             next_at += driver.interval
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst

@@ -253,7 +253,7 @@ async def test_replay_gives_the_same_events(rig: Callable[..., Rig]) -> None:
     fresh = BleAccessGateDriver(cfg, CollectingContext(cfg), backend=SimulatedBleakClient)
     replayed = []
     for channel, data in r.ctx.recorded:
-        replayed.extend(fresh.replay(channel, data, datetime.now(UTC)))
+        replayed.extend(fresh.decoder.feed(channel, data, datetime.now(UTC)))
     assert [(d.type, d.seq, d.state) for d in replayed] == [(d.type, d.seq, d.state) for d in r.ctx.drafts]
 
 

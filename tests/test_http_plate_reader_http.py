@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.http_plate_reader import HttpPlateReaderConfig
+from drivers.http_plate_reader.decoder import PlateDecoder
 from drivers.http_plate_reader.driver import HttpPlateReader
 from drivers.http_plate_reader.listener import PlateListener
 from drivers.http_plate_reader.media import MediaStore
 from gateway.driver import EventDraft
 from gateway.errors import OutboxError
+from gateway.testing import IngestingContext
 from schemas.lpr import LprPayload
 from simulators.plate_reader import (
     RESIDENTS,
@@ -81,7 +84,7 @@ class Shared:
             await obj.aclose()
 
 
-class FakeContext:
+class FakeContext(IngestingContext):
     """A DeviceContext that keeps what it is given; `gate` can hold `emit()` to test ordering."""
 
     def __init__(self, config: HttpPlateReaderConfig, shared: Shared) -> None:
@@ -92,13 +95,13 @@ class FakeContext:
         self.online: list[tuple[bool, str | None, int]] = []
         self.recorded: list[tuple[str, Any]] = []
         self.received: list[datetime] = []
-        self._input_time: datetime | None = None
         self.gate: asyncio.Event | None = None
         self.fail_emit = False
         self._shared = shared
 
     def now(self) -> datetime:
-        return self._input_time or datetime.now(UTC)
+        self.input_time = datetime.now(UTC)  # the ingest path asks once per input, then records it
+        return self.input_time
 
     async def emit(self, drafts: Sequence[EventDraft]) -> None:
         if self.gate is not None:
@@ -113,15 +116,9 @@ class FakeContext:
     recording = True
 
     def record(self, channel: str, data: Any) -> None:
-        """Like the runtime: the input's receipt time holds until the driver next yields."""
-        if self._input_time is None:
-            asyncio.get_running_loop().call_soon(self._end_input)
-        self._input_time = datetime.now(UTC)
+        """Keep the input and its receipt time (what a recording keeps)."""
         self.recorded.append((channel, data))
-        self.received.append(self._input_time)
-
-    def _end_input(self) -> None:
-        self._input_time = None
+        self.received.append(self.input_time)
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         return await self._shared.get(key, factory)
@@ -436,7 +433,7 @@ async def test_handler_crash_is_that_cameras_500_only(site: Site) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    site.drivers["cam-broken"].process = boom  # type: ignore[method-assign]
+    site.drivers["cam-broken"].plates.process = boom  # type: ignore[method-assign]
     broken = await site.camera("cam-broken").post(zhenshi_plate_body(ALLOWED))
     assert broken.status == 500 and broken.json() == {"error": "internal", "reason": "RuntimeError"}
     assert (await site.camera("cam-good").post(zhenshi_plate_body(ALLOWED))).opened
@@ -491,12 +488,19 @@ async def test_barrier_state_and_stuck_fault(site: Site) -> None:
     assert_replays(ctx)  # the timer's alarm is recorded: a replay raises and clears the same alarm_id
 
 
-def assert_replays(ctx: FakeContext) -> None:
-    """Every recorded input, fed at its receipt time to a fresh driver, gives the events the live one did."""
-    replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
+def replay(ctx: FakeContext) -> list[EventDraft]:
+    """Feed what `ctx` recorded, at its receipt times, to a fresh decoder, as `courtyard replay` does."""
+    decoder = PlateDecoder(ctx.config, FakeContext(ctx.config, Shared()))
     replayed: list[EventDraft] = []
     for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
-        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
+        drafts = decoder.feed(channel, json.loads(json.dumps(data)), when)
+        replayed += [d if d.time else replace(d, time=when) for d in drafts]
+    return replayed
+
+
+def assert_replays(ctx: FakeContext) -> None:
+    """Every recorded input, fed at its receipt time to a fresh decoder, gives the events the live driver did."""
+    replayed = replay(ctx)
     assert replayed == ctx.events
 
 
@@ -589,10 +593,7 @@ async def test_replay_gives_the_same_events(site: Site, tmp_path: Path) -> None:
     await cam.post(zhenshi_plate_body(ALLOWED, image=fake_jpeg(1000), when=1_700_000_000))
     await cam.post(zhenshi_plate_body("京AO1234", when=1_700_000_001))
     await cam.post(b"{not json")
-    replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
-    replayed: list[EventDraft] = []
-    for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
-        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
+    replayed = replay(ctx)
     assert [(e.type, e.payload, e.quality, e.time) for e in replayed] == [
         (e.type, e.payload, e.quality, e.time) for e in ctx.events
     ]
@@ -850,7 +851,7 @@ def test_no_request_crashes_the_listener(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_body_crashes_the_normalizer(tmp_path: Path, body: bytes, ctype: str, protocol: str) -> None:
     cfg = camera_config(tmp_path, 8088, "cam", protocol=protocol)
-    outcome = HttpPlateReader(cfg, FakeContext(cfg, Shared())).process(ctype, body, datetime.now(UTC), 0.0, "/p")
+    outcome = PlateDecoder(cfg, FakeContext(cfg, Shared())).process(ctype, body, datetime.now(UTC), 0.0, "/p")
     assert outcome.reply.status in (200, 400, 403, 413, 422)
     for draft in outcome.drafts:
         assert draft.quality.status != "rejected" or draft.quality.reasons
@@ -866,7 +867,7 @@ def test_no_body_crashes_the_normalizer(tmp_path: Path, body: bytes, ctype: str,
 def test_any_license_string_gives_publishable_events(tmp_path: Path, license: str) -> None:
     cfg = camera_config(tmp_path, 8088, "cam")
     body = json.dumps({"AlarmInfoPlate": {"result": {"PlateResult": {"license": license, "confidence": 90}}}})
-    outcome = HttpPlateReader(cfg, FakeContext(cfg, Shared())).process(
+    outcome = PlateDecoder(cfg, FakeContext(cfg, Shared())).process(
         "application/json", body.encode(), datetime.now(UTC), 0.0, "/p"
     )
     assert outcome.reply.status == 200

@@ -10,6 +10,7 @@ DRIVER = DriverSpec(
     shape="push",
     config=BleAccessGateConfig,
     factory="drivers.ble_access_gate.driver:BleAccessGateDriver",
+    decoder="drivers.ble_access_gate.decoder:GateDecoder",
     summary="Access gates and door controllers over BLE GATT (COGP v1): events, status, history backfill",
     simulator="access_gate",
 )

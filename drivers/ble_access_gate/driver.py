@@ -1,7 +1,7 @@
-"""BLE transport for COGP gates: connect, subscribe, feed the normalizer, backfill holes.
+"""BLE transport for COGP gates: connect, subscribe, hand notifications to `ctx.ingest`, backfill holes.
 
 One `run()` is one BLE connection. Any link failure becomes `DeviceUnavailable` so the
-supervisor reconnects with back-off; the normalizer (sequence state, open alarms) lives on the
+supervisor reconnects with back-off; the decoder (sequence state, open alarms) lives on the
 driver instance and survives reconnects, which is what makes reconnect backfill possible.
 """
 
@@ -11,8 +11,6 @@ import asyncio
 import importlib
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import replace
-from datetime import datetime
 from typing import Any, Protocol
 
 from bleak import BleakClient, BleakScanner
@@ -24,8 +22,9 @@ from bleak.exc import BleakError
 
 from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
-from drivers.ble_access_gate.normalize import Channel, Normalizer
-from gateway.driver import DeviceContext, EventDraft, PushDriver
+from drivers.ble_access_gate.decoder import GateDecoder
+from drivers.ble_access_gate.normalize import Channel
+from gateway.driver import DeviceContext, PushDriver
 from gateway.errors import DeviceUnavailable
 
 #: Errors that mean "the radio link is gone or never came up" on any bleak backend.
@@ -96,7 +95,7 @@ class BleAccessGateDriver(PushDriver):
     ) -> None:
         super().__init__(config, ctx)
         self.config = config
-        self.normalizer = Normalizer(config, ctx.counters)
+        self.decoder = self.gate = GateDecoder(config, ctx)
         self._factory = client_factory
         self._backend, self._scanner = (backend, None) if backend else resolve_backend(config.backend)
         self._spawn_simulated = config.backend == "simulated" and backend is None
@@ -151,18 +150,8 @@ class BleAccessGateDriver(PushDriver):
             except LINK_ERRORS as exc:
                 raise DeviceUnavailable(f"link to {cfg.target} lost: {exc or type(exc).__name__}") from exc
         finally:
-            self.normalizer.history_abandoned()
+            self.gate.normalizer.history_abandoned()
             await _disconnect(client)
-
-    def replay(self, channel: str, data: Any, now: datetime) -> list[EventDraft]:
-        """Decode a recorded notification (hex string) through the same normalizer."""
-        if channel not in ("event", "history", "status") or not isinstance(data, str):
-            return []
-        try:
-            raw = bytes.fromhex(data)
-        except ValueError:
-            return []
-        return self.normalizer.feed(channel, raw, now)  # type: ignore[arg-type]
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -205,9 +194,9 @@ class BleAccessGateDriver(PushDriver):
         next_heartbeat = loop.time() + cfg.heartbeat_s
         while True:
             await self._maybe_backfill(client)
-            if self.normalizer.history_pending and history_deadline is None:
+            if self.gate.normalizer.history_pending and history_deadline is None:
                 history_deadline = loop.time() + cfg.history_timeout_s
-            elif not self.normalizer.history_pending:
+            elif not self.gate.normalizer.history_pending:
                 history_deadline = None
             wake = next_heartbeat if history_deadline is None else min(next_heartbeat, history_deadline)
             try:
@@ -217,7 +206,7 @@ class BleAccessGateDriver(PushDriver):
                 now = loop.time()
                 if history_deadline is not None and now >= history_deadline:
                     self.ctx.counters.inc("history_timeout")
-                    self.normalizer.history_abandoned()
+                    self.gate.normalizer.history_abandoned()
                     history_deadline = None
                 if now >= next_heartbeat:
                     async with asyncio.timeout(cfg.connect_timeout_s):
@@ -235,34 +224,26 @@ class BleAccessGateDriver(PushDriver):
         await self._handle_batch([(channel, data)])
 
     async def _handle_batch(self, batch: list[tuple[Channel | None, bytes]]) -> None:
-        """Normalize a burst in arrival order and commit it at once; a drop marker ends the link.
-
-        Each input is recorded before it is decoded and decoded at `ctx.now()`, the receipt
-        time the runtime pinned for it, with no await until the emit: a replay feeding the
-        recording at its recorded times reproduces every event's `time`.
-        """
-        drafts: list[EventDraft] = []
+        """Ingest a burst in arrival order with one commit; a drop marker ends the link."""
+        inputs: list[tuple[str, Any]] = []
         lost = False
         for channel, data in batch:
             if channel is None:  # queued after the notifications that preceded the drop
                 lost = True
                 break
-            self.ctx.record(channel, data.hex())
-            now = self.ctx.now()
-            # Pin gateway-timed events to their own input: the batch's emit time must not leak in.
-            drafts.extend(d if d.time else replace(d, time=now) for d in self.normalizer.feed(channel, data, now))
-        if drafts:
-            await self.ctx.emit(drafts)
+            inputs.append((channel, data.hex()))
+        if inputs:
+            await self.ctx.ingest_many(inputs)
         if lost:
             raise DeviceUnavailable(f"{self.config.target} disconnected")
 
     async def _maybe_backfill(self, client: BleakClient) -> None:
-        start = self.normalizer.backfill_from()
-        if start is None or self.normalizer.history_pending:
+        start = self.gate.normalizer.backfill_from()
+        if start is None or self.gate.normalizer.history_pending:
             return
-        self.normalizer.history_requested()
+        self.gate.normalizer.history_requested()
         self.ctx.counters.inc("history_requests")
-        count = min(self.config.history_batch, self.normalizer.backfill_span())
+        count = min(self.config.history_batch, self.gate.normalizer.backfill_span())
         request = codec.encode_history_request(start, count)
         async with asyncio.timeout(self.config.connect_timeout_s):
             await client.write_gatt_char(codec.HISTORY_UUID, request, response=True)

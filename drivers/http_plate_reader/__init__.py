@@ -10,6 +10,7 @@ DRIVER = DriverSpec(
     shape="push",
     config=HttpPlateReaderConfig,
     factory="drivers.http_plate_reader.driver:HttpPlateReader",
+    decoder="drivers.http_plate_reader.decoder:PlateDecoder",
     summary="Licence-plate cameras (Zhenshi, Hikvision, Dahua ITSAPI) push reads; barrier decided at the edge",
     simulator="plate_reader",
 )

@@ -10,6 +10,7 @@ DRIVER = DriverSpec(
     shape="polling",
     config=ModbusElevatorConfig,
     factory="drivers.modbus_elevator.driver:ModbusElevatorDriver",
+    decoder="drivers.modbus_elevator.decoder:ElevatorDecoder",
     summary="Elevator status, faults and derived alarms from a Modbus TCP register map",
     simulator="elevator",
 )

@@ -10,6 +10,7 @@ DRIVER = DriverSpec(
     shape="push",
     config=OpcUaPaConfig,
     factory="drivers.opcua_pa.driver:OpcUaPaDriver",
+    decoder="drivers.opcua_pa.decoder:PaDecoder",
     summary="PA / broadcast amplifiers over OPC UA subscriptions; vendors described by YAML node maps",
     simulator="broadcast",
 )
