@@ -31,7 +31,7 @@ from drivers.http_plate_reader.driver import HttpPlateReader
 from drivers.http_plate_reader.listener import PlateListener
 from drivers.http_plate_reader.media import MediaStore
 from gateway.driver import EventDraft
-from gateway.errors import OutboxError
+from gateway.errors import OutboxError, OutboxFull
 from gateway.testing import IngestingContext
 from schemas.lpr import LprPayload
 from simulators.plate_reader import (
@@ -96,7 +96,7 @@ class FakeContext(IngestingContext):
         self.recorded: list[tuple[str, Any]] = []
         self.received: list[datetime] = []
         self.gate: asyncio.Event | None = None
-        self.fail_emit = False
+        self.fail_emit: bool | Exception = False
         self._shared = shared
 
     def now(self) -> datetime:
@@ -107,7 +107,7 @@ class FakeContext(IngestingContext):
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_emit:
-            raise OutboxError("disk full")
+            raise self.fail_emit if isinstance(self.fail_emit, Exception) else OutboxError("disk full")
         self.events.extend(drafts)
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
@@ -311,9 +311,10 @@ async def test_reply_is_sent_only_after_events_are_committed(site: Site) -> None
     assert [e.type for e in ctx.events] == ["lpr.plate_read", "lpr.gate_decision"]
 
 
-async def test_commit_failure_answers_503_and_never_opens(site: Site) -> None:
+@pytest.mark.parametrize("failure", [OutboxError("disk full"), OutboxFull("over budget", retry_after_s=2.0)])
+async def test_commit_failure_answers_503_and_never_opens(site: Site, failure: Exception) -> None:
     ctx = await site.add("cam-in")
-    ctx.fail_emit = True
+    ctx.fail_emit = failure
     result = await site.camera("cam-in").post(zhenshi_plate_body(ALLOWED))
     assert result.status == 503
     assert result.json()["error"] == "not_committed"
