@@ -37,11 +37,18 @@ def _load(path: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate a config file; print every problem with file, line and path."""
+    """Validate a config file; print every problem with file, line and path, and every refused plugin."""
+    from gateway.registry import rejected
+
+    refused = rejected()
+    for name, why in refused.items():
+        print(f"driver plugin {name} refused: {why}", file=sys.stderr)
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
         return _print_problems(exc)
+    if refused:
+        return 1
     print(f"{args.config}: OK ({len(cfg.devices)} devices, site {cfg.site})")
     return 0
 
@@ -112,6 +119,10 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    from gateway.registry import rejected
+
+    for name, why in rejected().items():
+        print(f"refused plugin {name}: {why}", file=sys.stderr)
     return 0
 
 

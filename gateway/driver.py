@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.backoff import BackoffConfig
-from schemas.common import VALID, AlarmState, DeviceKind, EventClass, Location, Quality, Severity
+from schemas.common import VALID, AlarmState, EventClass, Location, Quality, Severity
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -245,7 +245,8 @@ class DriverSpec:
     """A driver's registration: everything the registry and CLI need to know about it."""
 
     name: str
-    kind: DeviceKind
+    #: The device kind (`device.kind` of its events); a plugin may add one.
+    kind: str
     transport: str
     shape: Literal["polling", "push"]
     config: type[DeviceConfig]
@@ -253,7 +254,15 @@ class DriverSpec:
     #: validating a config does not load every protocol stack (asyncua alone is ~40 MB).
     factory: Callable[[Any, DeviceContext], Driver] | str
     summary: str
+    #: The payload model of its events: a pydantic model with `kind: Literal["<discriminator>"]`.
+    #: The registry builds the event envelope's payload union from these.
+    payload: type[BaseModel] | None = None
+    #: Name of its simulator for `courtyard simulate NAME`, and the module serving it (imported
+    #: only when used; it exposes `add_arguments(parser)` and `async serve(args)`).
     simulator: str | None = None
+    simulator_module: str | None = None
+    #: "module:Class" of the `KindAdapter` that puts its simulators in scenarios (kind-wide).
+    scenario_adapter: str | None = None
     #: "module:Class" of the driver's decoder, built as `Class(config, ctx)`: what `courtyard
     #: replay` feeds, without building (or importing) the transport. None: replay builds the driver.
     decoder: str | None = None

@@ -47,10 +47,11 @@ class EventFactory:
         self.device = device
         self.simulated = simulated
         self.scenario = scenario
+        self.model = registry.event_model()  # the envelope for every registered kind and payload
 
     def build(self, draft: EventDraft, received: datetime) -> Event:
         """One full event; raises ValidationError when the driver produced something invalid."""
-        return Event.model_validate({
+        return self.model.model_validate({
             "id": uuid7(),
             "time": draft.time or received,
             "received": received,
@@ -86,9 +87,9 @@ def connectivity_draft(online: bool, *, reason: str | None, misses: int, alarm_i
     )
 
 
-def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
+def device_ref(config: DeviceConfig, kind: str) -> DeviceRef:
     """The envelope's device block for a configured device."""
-    return DeviceRef(
+    return registry.device_ref_model()(
         id=config.id, kind=kind, driver=config.driver, vendor=config.vendor, model=config.model,
         location=config.location,
     )
@@ -337,9 +338,10 @@ class Gateway:
         """
         now = utcnow()
         clears = []
+        model = registry.event_model()
         for body in await self.outbox.open_alarms():
             try:
-                raised = Event.model_validate_json(body)
+                raised = model.model_validate_json(body)
             except ValidationError:
                 continue
             clears.append(raised.model_copy(update={

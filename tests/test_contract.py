@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -11,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
@@ -27,6 +30,7 @@ from gateway.replay import recording_header
 from gateway.runtime import DeviceRuntime, EventFactory, device_ref
 from schemas.elevator import ElevatorPayload
 from schemas.event import Event
+from schemas.export import EVENT_SCHEMA_PATH
 from tests.helpers import base_config
 
 
@@ -218,3 +222,114 @@ def test_tracker_reconcile_clears_what_a_snapshot_no_longer_shows() -> None:
         t.raise_(key, T0)
     gone = t.reconcile({"line:l2"}, within=lambda k: k.startswith("line:"))
     assert [a.key for a in gone] == ["line:l1"] and set(t.open_alarms()) == {"line:l2", "power"}
+
+
+# --- the open event model ---------------------------------------------------------------------
+
+def test_builtin_specs_pass_the_plugin_checks_and_give_the_published_envelope() -> None:
+    specs = registry.drivers()
+    for name, spec in specs.items():
+        others = {n: s for n, s in specs.items() if n != name}
+        assert registry.check_spec(spec, others) == [], name
+    assert registry.event_model() is Event  # the built-ins: exactly the published schema
+    assert set(registry.device_kinds()) == {"elevator", "access_gate", "pa", "plate_reader"}
+    assert set(registry.scenario_adapters()) == set(registry.device_kinds())
+
+
+PLUGIN = '''
+from typing import Literal
+from gateway.driver import DeviceConfig, DriverSpec
+from schemas.common import Frozen
+
+
+class SmokePayload(Frozen):
+    kind: Literal["smoke"] = "smoke"
+    obscuration_pct: float | None = None
+
+
+class SmokeConfig(DeviceConfig):
+    driver: Literal["modbus_smoke"]
+
+
+DRIVER = DriverSpec(name="modbus_smoke", kind="smoke_detector", payload=SmokePayload, transport="modbus_tcp",
+                    shape="polling", config=SmokeConfig, factory="smokeplug:Nope", summary="smoke detectors")
+
+
+class NoKind(Frozen):
+    obscuration_pct: float | None = None
+
+
+class BadConfig(DeviceConfig):
+    driver: Literal["bad_smoke"]
+
+
+BAD = DriverSpec(name="bad_smoke", kind="elevator", payload=NoKind, transport="x", shape="polling",
+                 config=BadConfig, factory="smokeplug:Nope", summary="unusable")
+'''
+
+
+def install_fake_plugin(root: Path) -> dict[str, str]:
+    """A plugin package with two `courtyard.drivers` entry points, found on PYTHONPATH like an installed one."""
+    (root / "smokeplug.py").write_text(PLUGIN)
+    dist = root / "smokeplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: smokeplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[courtyard.drivers]\nmodbus_smoke = smokeplug:DRIVER\nbad_smoke = smokeplug:BAD\n")
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop(registry.DISABLE_AUTOLOAD_ENV, None)
+    return env
+
+
+def courtyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=env,
+                          check=False)
+
+
+def test_a_plugin_adds_a_kind_with_its_payload_and_an_unusable_one_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    env = install_fake_plugin(tmp_path / "site")
+    listed = courtyard(env, "drivers")
+    assert "modbus_smoke" in listed.stdout and "smoke_detector" in listed.stdout
+    assert "bad_smoke" in listed.stderr and "NoKind has no `kind" in listed.stderr
+    assert "kind 'elevator' is modbus_elevator's" in listed.stderr
+
+    schema = json.loads(courtyard(env, "schema").stdout)
+    event = {"schema": "courtyard.event/1", "id": "01890a5d-ac96-774b-bcce-b302099a8057",
+             "time": "2026-11-26T08:00:00Z", "received": "2026-11-26T08:00:00Z", "site": "s", "gateway": "gw",
+             "device": {"id": "smoke-1", "kind": "smoke_detector", "driver": "modbus_smoke"},
+             "class": "alarm", "type": "smoke.detected", "payload": {"kind": "smoke", "obscuration_pct": 4.5}}
+    jsonschema.validate(event, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(event, json.loads(EVENT_SCHEMA_PATH.read_text()))  # not in the built-in schema
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"site: s\noutbox: {{path: {tmp_path / 'o.db'}}}\nmqtt: {{enabled: false}}\n"
+                   "devices:\n  - {id: smoke-1, driver: modbus_smoke}\n")
+    checked = courtyard(env, "validate", "-c", str(cfg))
+    assert checked.returncode == 1 and "driver plugin bad_smoke refused" in checked.stderr
+    assert "modbus_smoke" not in checked.stderr  # the usable plugin's device validates
+
+
+# --- simulators out of drivers ------------------------------------------------------------------
+
+def test_no_driver_module_imports_simulators() -> None:
+    offenders = []
+    for path in Path("drivers").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path}: {n}" for n in names if n == "simulators" or n.startswith("simulators.")]
+    assert offenders == []
+
+
+def test_the_simulated_ble_backend_comes_from_the_registry() -> None:
+    from drivers.ble_access_gate.config import BleAccessGateConfig
+    from drivers.ble_access_gate.driver import resolve_backend
+
+    assert set(registry.backends("ble_access_gate")) >= {"simulated", "bumble"}
+    client, scanner = resolve_backend("simulated")
+    assert client is not None and client.__module__ == "simulators.access_gate.backend" and scanner is not None
+    base = {"id": "g", "driver": "ble_access_gate", "address": "AA:BB:CC:DD:EE:FF", "credential_key": "k" * 16}
+    with pytest.raises(ValueError, match="native, bumble, simulated, module:Class"):
+        BleAccessGateConfig.model_validate(base | {"backend": "radio"})

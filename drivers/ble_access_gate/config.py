@@ -68,8 +68,12 @@ class BleAccessGateConfig(DeviceConfig):
     def _target(self) -> BleAccessGateConfig:
         if not self.address and not self.scan_name:
             raise ValueError("set `address` or `scan_name`")
-        if self.backend not in ("native", "simulated", "bumble") and ":" not in self.backend:
-            raise ValueError("backend must be native, simulated, bumble or module:Class")
+        if self.backend != "native" and ":" not in self.backend:
+            from gateway.registry import backends  # named backends (simulated, bumble) are registered
+
+            if self.backend not in backends("ble_access_gate"):
+                known = ", ".join(["native", *sorted(backends("ble_access_gate")), "module:Class"])
+                raise ValueError(f"backend must be one of {known}")
         return self
 
     @property

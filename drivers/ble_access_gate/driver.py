@@ -24,6 +24,7 @@ from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
 from drivers.ble_access_gate.decoder import GateDecoder
 from drivers.ble_access_gate.normalize import Channel
+from gateway import registry
 from gateway.driver import DeviceContext, PushDriver
 from gateway.errors import DeviceUnavailable
 
@@ -61,18 +62,25 @@ def default_client_factory(
     )
 
 
+class GateBackend(Protocol):
+    """A registered non-radio backend (`gateway.registry.backend("ble_access_gate", name)`)."""
+
+    client: type[BaseBleakClient]
+    scanner: type[BaseBleakScanner] | None
+    in_process: bool
+
+    async def start(self, config: BleAccessGateConfig) -> Any:
+        """Start the device in this process (for `in_process` backends); closed by the runtime."""
+        ...
+
+
 def resolve_backend(name: str) -> tuple[type[BaseBleakClient] | None, type[BaseBleakScanner] | None]:
     """Map the config's `backend` to (client class, scanner class); None means bleak's default."""
     if name == "native":
         return None, None
-    if name == "simulated":
-        from simulators.access_gate.backend import SimulatedBleakClient, SimulatedBleakScanner
-
-        return SimulatedBleakClient, SimulatedBleakScanner
-    if name == "bumble":
-        from simulators.access_gate.bumble_link import BumbleBleakClient
-
-        return BumbleBleakClient, None
+    if ":" not in name:
+        found: GateBackend = registry.backend("ble_access_gate", name)
+        return found.client, found.scanner
     module, _, attr = name.partition(":")
     obj = getattr(importlib.import_module(module), attr)
     if not (isinstance(obj, type) and issubclass(obj, BaseBleakClient)):
@@ -98,7 +106,10 @@ class BleAccessGateDriver(PushDriver):
         self.decoder = self.gate = GateDecoder(config, ctx)
         self._factory = client_factory
         self._backend, self._scanner = (backend, None) if backend else resolve_backend(config.backend)
-        self._spawn_simulated = config.backend == "simulated" and backend is None
+        self._in_process: GateBackend | None = None
+        if backend is None and config.backend != "native" and ":" not in config.backend:
+            named: GateBackend = registry.backend("ble_access_gate", config.backend)
+            self._in_process = named if named.in_process else None
 
     # --- public -------------------------------------------------------------------------------
 
@@ -120,8 +131,8 @@ class BleAccessGateDriver(PushDriver):
 
             return deliver
 
-        if self._spawn_simulated:
-            await self.ctx.shared(f"ble_access_gate.simulated:{cfg.target}", self._spawn)
+        if self._in_process is not None:  # e.g. `backend: simulated`: the gate runs in this process
+            await self.ctx.shared(f"ble_access_gate.{cfg.backend}:{cfg.target}", self._start_in_process)
         target = await self._locate()
         client = self._factory(
             target,
@@ -155,20 +166,9 @@ class BleAccessGateDriver(PushDriver):
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _spawn(self) -> Any:
-        """`backend: simulated`: one in-process gate per address, stopped by the runtime at shutdown."""
-        from simulators.access_gate.backend import spawn
-
-        sim = self.config.simulation
-        return await spawn(
-            self.config.target,
-            seed=sim.seed,
-            doors=self.config.doors,
-            arrivals_per_min=sim.arrivals_per_min,
-            speed=sim.speed,
-            clock_skew_s=sim.clock_skew_s,
-            table=self.config.code_table,
-        )
+    async def _start_in_process(self) -> Any:
+        assert self._in_process is not None
+        return await self._in_process.start(self.config)
 
     async def _locate(self) -> BLEDevice | str:
         cfg = self.config

@@ -2,10 +2,12 @@
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
 from gateway.driver import DriverSpec
+from schemas.elevator import ElevatorPayload
 
 DRIVER = DriverSpec(
     name="modbus_elevator",
     kind="elevator",
+    payload=ElevatorPayload,
     transport="modbus_tcp",
     shape="polling",
     config=ModbusElevatorConfig,
@@ -13,6 +15,8 @@ DRIVER = DriverSpec(
     decoder="drivers.modbus_elevator.decoder:ElevatorDecoder",
     summary="Elevator status, faults and derived alarms from a Modbus TCP register map",
     simulator="elevator",
+    simulator_module="simulators.elevator",
+    scenario_adapter="simulators.scenario.elevator:ElevatorAdapter",
 )
 
 __all__ = ["DRIVER", "ModbusElevatorConfig"]

@@ -2,10 +2,12 @@
 
 from drivers.opcua_pa.config import OpcUaPaConfig
 from gateway.driver import DriverSpec
+from schemas.pa import PaPayload
 
 DRIVER = DriverSpec(
     name="opcua_pa",
     kind="pa",
+    payload=PaPayload,
     transport="opcua",
     shape="push",
     config=OpcUaPaConfig,
@@ -13,6 +15,8 @@ DRIVER = DriverSpec(
     decoder="drivers.opcua_pa.decoder:PaDecoder",
     summary="PA / broadcast amplifiers over OPC UA subscriptions; vendors described by YAML node maps",
     simulator="broadcast",
+    simulator_module="simulators.broadcast",
+    scenario_adapter="simulators.scenario.pa:PaAdapter",
 )
 
 __all__ = ["DRIVER", "OpcUaPaConfig"]
