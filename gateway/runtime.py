@@ -362,8 +362,9 @@ class Gateway:
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
         await self.outbox.close()
-        log.info("gateway stopped; counters: %s", {k: v for k, v in self.counters.snapshot().items()
-                                                   if not k.startswith("device.")})
+        totals = sorted((k, v) for k, v in self.counters.snapshot().items() if not k.startswith("device."))
+        width = max((len(k) for k, _ in totals), default=0)
+        log.info("gateway stopped; counters:%s", "".join(f"\n  {k:<{width}}  {v}" for k, v in totals) or " none")
 
     async def __aenter__(self) -> Gateway:
         await self.start()
