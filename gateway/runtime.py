@@ -290,7 +290,8 @@ class Gateway:
                 continue
             self.devices[dev.id] = ctx
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
-        log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
+        log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
+                 "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
 
     async def _close_stale_alarms(self) -> None:
