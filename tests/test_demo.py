@@ -184,10 +184,14 @@ NOW = datetime(2026, 5, 4, 9, 30, tzinfo=UTC)
 
 def ev(device: str, kind: str, cls: str, typ: str, payload: Any, *, state: str = "momentary",
        alarm_id: str | None = None, severity: str = "info", quality: Quality | None = None) -> Event:
-    return Event(id=f"id-{typ}-{state}", time=NOW, received=NOW, site="s", gateway="g",
-                 device=DeviceRef(id=device, kind=kind, driver=KINDS[kind]), class_=cls, type=typ,
-                 severity=severity, state=state, alarm_id=alarm_id, payload=payload,
-                 **({"quality": quality} if quality else {}))
+    fields: dict[str, Any] = {
+        "id": f"id-{typ}-{state}", "time": NOW, "received": NOW, "site": "s", "gateway": "g",
+        "device": DeviceRef(id=device, kind=kind, driver=KINDS[kind]), "class": cls, "type": typ,
+        "severity": severity, "state": state, "alarm_id": alarm_id, "payload": payload,
+    }
+    if quality:
+        fields["quality"] = quality
+    return Event.model_validate(fields)
 
 
 def row_after(*events: Event) -> DeviceRow:

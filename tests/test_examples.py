@@ -112,7 +112,7 @@ def test_every_example_validates_with_the_readme_environment(monkeypatch: pytest
         assert cfg.mqtt.port == int(env["MQTT_PORT"]), "the README's broker, not whatever is on 1883"
         assert str(cfg.outbox.path).startswith(env["COURTYARD_DATA"])
     plates = load_config(ROOT / "examples/plate_reader.yaml")
-    tokens = [getattr(d, "auth").token for d in plates.devices]
+    tokens = [d.auth.token for d in plates.devices]  # type: ignore[attr-defined]
     assert {getattr(t, "get_secret_value", lambda t=t: t)() for t in tokens} == {env["LPR_TOKEN"]}
 
 
