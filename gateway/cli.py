@@ -208,7 +208,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the embedded demo: simulators plus gateway, nothing to install."""
+    """Run the embedded demo: simulators plus gateway, nothing to configure."""
     from gateway.demo import run_demo
 
     return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data),
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("-v", "--verbose", action="store_true", help="print the rejected lines")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to install")
+    s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to configure")
     s.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     s.add_argument("--headless", action="store_true",
                    help="plain log instead of the live view (automatic when stdout is not a terminal)")

@@ -75,3 +75,13 @@ def test_license_is_the_one_pyproject_declares() -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000, "the full text, not a pointer"
+
+
+def test_no_document_shows_a_secret_with_a_public_default() -> None:
+    secret = re.compile(r"\$\{(\w*(?:TOKEN|KEY|SECRET|PASSWORD)\w*):-([^}]+)\}")
+    offenders = []
+    for path in repo_files("*.md"):
+        text = path.read_text()
+        offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in secret.finditer(text)]
+        offenders += [f"{path.relative_to(ROOT)}: change-me"] if "change-me" in text else []
+    assert not offenders, "\n".join(offenders)
