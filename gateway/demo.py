@@ -504,6 +504,7 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
         loop.call_later(duration, stop.set)
     view: DemoView | None = None
     sweep = f"courtyard/{scenario.site.id}/#"
+    quieted = [] if headless else _quiet_logging_for_live_view()  # INFO chatter would scroll the view away
     try:
         if broker.external:
             assert broker.host is not None
@@ -548,6 +549,8 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
         if broker.external:
             await _sweep(broker, sweep, "published by the demo")
         broker.close()
+        for handler, level in quieted:
+            handler.setLevel(level)
     total = sum(view.counts.values()) if view else 0
     print(f"stopped cleanly: {plural(total, 'event')} accepted and kept; see them with: "
           f"courtyard events --db {data_dir / 'outbox.db'}", flush=True)
@@ -572,18 +575,13 @@ async def _live(view: DemoView, broker: Broker, db: Path, stop: asyncio.Event) -
     from rich.live import Live
 
     console = Console()
-    saved = _quiet_logging_for_live_view()
 
     def frame() -> Any:
         width, height = console.size
         return render(view, broker, db, width=width, height=height)
 
-    try:
-        with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
-            while not stop.is_set():
-                live.update(frame(), refresh=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-    finally:
-        for handler, level in saved:
-            handler.setLevel(level)
+    with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
+        while not stop.is_set():
+            live.update(frame(), refresh=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
