@@ -1,4 +1,4 @@
-"""`courtyard` command line: run, validate, drivers, schema, simulate, events, dead-letters, demo."""
+"""`courtyard` command line: run, replay, validate, drivers, schema, simulate, events, dead-letters, demo."""
 
 from __future__ import annotations
 
