@@ -127,6 +127,10 @@ def find_broker(env: Mapping[str, str] | None = None) -> Broker:
     broker = Broker("127.0.0.1", port, binary=binary, conf=conf,
                     origin=f"a private mosquitto on 127.0.0.1:{port}, stopped on exit")
     broker.start()
+    if not _listening("127.0.0.1", port):  # say so now rather than show a gateway retrying forever
+        broker.origin = f"{binary} did not start on 127.0.0.1:{port}; events go to the local history only"
+        broker.close()
+        return Broker(None, 0, origin=broker.origin)
     return broker
 
 
