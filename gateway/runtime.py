@@ -290,7 +290,8 @@ class Gateway:
                 continue
             self.devices[dev.id] = ctx
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
-        log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
+        log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
+                 "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
 
     async def _close_stale_alarms(self) -> None:
@@ -362,8 +363,9 @@ class Gateway:
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
         await self.outbox.close()
-        log.info("gateway stopped; counters: %s", {k: v for k, v in self.counters.snapshot().items()
-                                                   if not k.startswith("device.")})
+        totals = sorted((k, v) for k, v in self.counters.snapshot().items() if not k.startswith("device."))
+        width = max((len(k) for k, _ in totals), default=0)
+        log.info("gateway stopped; counters:%s", "".join(f"\n  {k:<{width}}  {v}" for k, v in totals) or " none")
 
     async def __aenter__(self) -> Gateway:
         await self.start()
