@@ -498,11 +498,12 @@ class Outbox:
         Cost is proportional to the rows freed, not to the table: every query walks the
         `(lane, seq)` index from its start.
         """
+        slack = max(1, self.max_events // 100)  # free 1% more so we do not purge on every commit
         if self._count <= self.max_events:
-            self._within_budget()
+            if self._count <= self.max_events - slack:  # real room, not just the last drop's
+                self._within_budget()
             return
         db = self._require_db()
-        slack = max(1, self.max_events // 100)  # free 1% more so we do not purge on every commit
         with _transaction(db):
             self._free_delivered(db, self._count - self.max_events + slack)
             excess = self._count - self.max_events
@@ -524,7 +525,7 @@ class Outbox:
                     log.warning("outbox over budget (%d events) with undelivered alarms, faults, connectivity"
                                 " and commands: kept all the same, counted as outbox.over_budget",
                                 self.max_events)
-        if self._count <= self.max_events:
+        if self._count <= self.max_events - slack:
             self._within_budget()
 
     def _within_budget(self) -> None:
