@@ -194,7 +194,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._new = {sink: asyncio.Event() for sink in self.sinks}
         self._space_waiters: set[asyncio.Future[None]] = set()
-        self._reclaiming: asyncio.Future[None] | None = None
+        self._reclaiming: asyncio.Future[int] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._count = 0
@@ -347,11 +347,13 @@ class Outbox:
             waiter: asyncio.Future[None] = loop.create_future()
             self._space_waiters.add(waiter)
             try:
-                await self._reclaim()  # delivered history first, even exactly at the budget
+                freed = await self._reclaim()  # delivered history first, even exactly at the budget
                 if self._closing:
                     raise OutboxError("outbox is closing")
                 if not self._full():
                     return
+                if freed:  # room was made, but a concurrent producer took it: reclaim again
+                    continue
                 if not blocked:
                     blocked = True
                     self.counters.inc("outbox.blocked")
@@ -378,21 +380,23 @@ class Outbox:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _reclaim(self) -> None:
+    async def _reclaim(self) -> int:
         """Free delivered history on the writer thread; concurrent callers share one run."""
         if self._reclaiming is None or self._reclaiming.done():
             self._reclaiming = asyncio.ensure_future(self._run(self._reclaim_sync))
-        await asyncio.shield(self._reclaiming)
+        freed: int = await asyncio.shield(self._reclaiming)
+        return freed
 
-    def _reclaim_sync(self) -> None:
+    def _reclaim_sync(self) -> int:
         if self._db is None or not self._full():
-            return
+            return 0
         target = self.max_events - max(1, self.max_events // 100) - self._admitted
         try:
             with _transaction(self._db):
-                self._free_delivered(self._db, self._count - target)
+                return self._free_delivered(self._db, self._count - target)
         except Exception as exc:
             self._maintenance_failed(exc)
+            return 0
 
     async def _write_loop(self) -> None:
         while True:
