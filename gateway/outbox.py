@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import OutboxError, OutboxFull
+from gateway.files import FILE_MODE, make_private_dirs, make_private_file
 from gateway.metrics import Counters
 from schemas.common import PRIORITY_CLASSES
 from schemas.event import Event, event_time_ns
@@ -51,8 +52,6 @@ LANES = (0, 1)
 PURGE_CHUNK = 5000
 #: Retry-After suggested to lane-1 producers refused under `block`.
 RETRY_AFTER_S = 5.0
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -104,24 +103,6 @@ class Stored:
 def lane_of(event_class: str) -> int:
     """Lane 0 for alarms, faults, connectivity and commands; lane 1 for the rest."""
     return 0 if event_class in PRIORITY_CLASSES else 1
-
-
-def make_private_dirs(folder: Path) -> None:
-    """Create `folder` and missing parents 0700 (existing folders keep their mode)."""
-    missing = []
-    for p in (folder, *folder.parents):
-        if p.exists():
-            break
-        missing.append(p)
-    for p in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            p.mkdir(mode=DIR_MODE)
-
-
-def make_private_file(path: Path) -> None:
-    """Create `path` if missing, and force mode 0600 on it either way."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
-    os.chmod(path, FILE_MODE)
 
 
 def _db_files(path: Path) -> list[Path]:
