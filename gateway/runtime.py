@@ -222,13 +222,18 @@ class DeviceRuntime:
                 # alarm derivation, going: lane-0 events never wait for room.
                 await self.emit(drafts, received=now, wait_s=driver.interval)
             except OutboxError as exc:
-                # Not accepted: make the driver forget what it derived, so the conditions
-                # behind these events are reported again from the next poll on.
-                self.counters.inc("emit_refused_full" if isinstance(exc, OutboxFull) else "emit_failures")
                 if self._emit_problem is None:  # once per episode, not a traceback per poll
                     self.log.warning("events of this poll were not accepted: %s", exc)
                 self._emit_problem = str(exc)
-                driver.forget()
+                if isinstance(exc, OutboxFull):
+                    # Only lane-1 events are ever refused for room, so alarm derivation is intact
+                    # and must go on (forgetting would restart every alarm's debounce each poll).
+                    self.counters.inc("emit_refused_full")
+                else:
+                    # Not accepted: make the driver forget what it derived, so the conditions
+                    # behind these events are reported again from the next poll on.
+                    self.counters.inc("emit_failures")
+                    driver.forget()
             else:
                 if self._emit_problem is not None:
                     self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
