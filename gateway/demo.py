@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import parse_config
+from gateway.files import make_private_dirs
 from gateway.runtime import Gateway
 from schemas.event import Event
 
@@ -198,7 +199,7 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
     from simulators.scenario.model import load_scenario
     from simulators.scenario.runner import Infra, ScenarioRunner
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir)  # 0700: the history holds plates in clear
     scenario = load_scenario(community_scenario())
     broker = find_broker()
     runner = ScenarioRunner(scenario, speed=speed)
