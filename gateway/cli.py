@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, OutboxError
 
 
 def _setup_logging(level: str) -> None:
@@ -77,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     recorder = JsonlRecorder(Path(args.record), recording_header(cfg, None)) if args.record else None
     try:
         asyncio.run(run_until_signal(Gateway(cfg, recorder=recorder)))
+    except OutboxError as exc:  # e.g. another gateway holds the outbox: one line, no traceback
+        print(f"courtyard run: {exc}", file=sys.stderr)
+        return 1
     finally:
         if recorder is not None:
             recorder.close()

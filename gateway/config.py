@@ -31,11 +31,14 @@ class OutboxConfig(_Strict):
     """The durable outbox and local history (SQLite, WAL)."""
 
     path: Path = Path("./courtyard-data/outbox.db")
-    max_events: int = Field(1_000_000, ge=100, description="Disk budget in events (history plus backlog)")
+    max_events: int = Field(
+        1_000_000, ge=100, description="Disk budget in events: bounds history plus backlog, except undelivered"
+        " alarms, faults, connectivity and commands (kept over budget, counted)")
     overflow: Literal["drop_oldest_status", "block"] = Field(
         "drop_oldest_status",
-        description="At the budget: drop the oldest undelivered status events (counted), or block producers."
-        " Alarms, faults and connectivity events are never dropped.",
+        description="Past the budget, after delivered history: drop the oldest undelivered lane-1 events of any"
+        " class (counted), or make lane-1 producers wait (pushes get 503 + Retry-After). Alarms, faults,"
+        " connectivity and commands are never dropped and never wait.",
     )
     history_days: float = Field(7.0, gt=0, description="Delivered events are kept this long as local history")
     synchronous: Literal["full", "normal"] = Field(

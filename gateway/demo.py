@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import parse_config
+from gateway.files import make_private_dirs
 from gateway.runtime import Gateway
 from schemas.event import Event
 
@@ -490,7 +491,7 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
 
     if not headless and not sys.stdout.isatty():
         headless = True  # a pipe or a file gets the plain log; the live view needs a terminal
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir)  # 0700: the history holds plates in clear
     scenario = load_scenario(community_scenario())
     generate_secrets(scenario)
     try:
@@ -522,8 +523,8 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
         view = DemoView(cfg.mqtt.topic_prefix, cfg.site)
         append = gw.outbox.append
 
-        async def tapped(events: Sequence[Event]) -> None:
-            await append(events)  # accepted first; only then shown
+        async def tapped(events: Sequence[Event], *, wait_s: float | None = None) -> None:
+            await append(events, wait_s=wait_s)  # accepted first; only then shown
             assert view is not None
             for line in view.add(events):
                 if headless:

@@ -105,8 +105,11 @@ class DeviceContext(Protocol):
         """Current gateway time (UTC); replays substitute their own clock."""
         ...
 
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
-        """Stamp and commit events to the outbox; returns once they are durable."""
+    async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
+        """Stamp and commit events to the outbox; returns once they are durable.
+
+        Under `overflow: block`, lane-1 events wait at most `wait_s` for room, then `OutboxFull`.
+        """
         ...
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:

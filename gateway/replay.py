@@ -69,7 +69,7 @@ class ReplayContext:
         assert self.t is not None, "replay clock not set"
         return self.t
 
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+    async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
         self.pending.extend(drafts)
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:

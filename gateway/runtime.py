@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from gateway import registry
 from gateway.config import GatewayConfigBase
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
-from gateway.errors import OutboxError
+from gateway.errors import OutboxError, OutboxFull
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
@@ -99,7 +99,7 @@ class DeviceRuntime:
         self,
         config: DeviceConfig,
         factory: EventFactory,
-        sink: Callable[[Sequence[Event]], Awaitable[None]],
+        sink: Callable[..., Awaitable[None]],  # Outbox.append(events, *, wait_s=None)
         *,
         counters: Counters,
         shared: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
@@ -121,6 +121,7 @@ class DeviceRuntime:
         self.misses = 0
         self.link_up_since_start = False
         self._delays = backoff_delays(config.backoff)
+        self._emit_problem: str | None = None  # why the last poll's events were refused
 
     # DeviceContext -----------------------------------------------------------------------
 
@@ -128,8 +129,13 @@ class DeviceRuntime:
         """Gateway time; while an input is being decoded, the time that input was received."""
         return self._input_time or self._clock()
 
-    async def emit(self, drafts: Sequence[EventDraft], *, received: datetime | None = None) -> None:
-        """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped."""
+    async def emit(
+        self, drafts: Sequence[EventDraft], *, received: datetime | None = None, wait_s: float | None = None
+    ) -> None:
+        """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped.
+
+        `wait_s` bounds the wait for room under `overflow: block` (then `OutboxFull`).
+        """
         received = received or self.now()
         events = []
         for draft in drafts:
@@ -139,7 +145,7 @@ class DeviceRuntime:
                 self.counters.inc("invalid_drafts")
                 self.log.error("driver produced an invalid %s event: %s", draft.type, exc)
         if events:
-            await self._sink(events)
+            await self._sink(events, wait_s=wait_s)
             self.counters.inc("events", len(events))
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
@@ -212,13 +218,26 @@ class DeviceRuntime:
             drafts = []
         if drafts:
             try:
-                await self.emit(drafts, received=now)
-            except OutboxError:
-                # Not accepted: make the driver forget what it derived, so the conditions
-                # behind these events are reported again from the next poll on.
-                self.counters.inc("emit_failures")
-                self.log.exception("events of this poll were not accepted")
-                driver.forget()
+                # Under `overflow: block`, waiting at most one interval keeps polling, and so
+                # alarm derivation, going: lane-0 events never wait for room.
+                await self.emit(drafts, received=now, wait_s=driver.interval)
+            except OutboxError as exc:
+                if self._emit_problem is None:  # once per episode, not a traceback per poll
+                    self.log.warning("events of this poll were not accepted: %s", exc)
+                self._emit_problem = str(exc)
+                if isinstance(exc, OutboxFull):
+                    # Only lane-1 events are ever refused for room, so alarm derivation is intact
+                    # and must go on (forgetting would restart every alarm's debounce each poll).
+                    self.counters.inc("emit_refused_full")
+                else:
+                    # Not accepted: make the driver forget what it derived, so the conditions
+                    # behind these events are reported again from the next poll on.
+                    self.counters.inc("emit_failures")
+                    driver.forget()
+            else:
+                if self._emit_problem is not None:
+                    self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
+                self._emit_problem = None
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""

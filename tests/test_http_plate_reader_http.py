@@ -100,7 +100,7 @@ class FakeContext:
     def now(self) -> datetime:
         return self._input_time or datetime.now(UTC)
 
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+    async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_emit:

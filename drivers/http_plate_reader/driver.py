@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +39,7 @@ from drivers.http_plate_reader.listener import Policy, PushReply, PushRequest, e
 from drivers.http_plate_reader.media import MediaStore, image_name
 from drivers.http_plate_reader.plates import check_plate, rescale_confidence
 from gateway.driver import DeviceContext, EventDraft, PushDriver
-from gateway.errors import DeviceUnavailable
+from gateway.errors import DeviceUnavailable, OutboxFull
 from gateway.ids import uuid7
 from schemas.common import Quality, Severity
 from schemas.lpr import LprPayload
@@ -50,6 +51,9 @@ MAX_CLOCK_SKEW = timedelta(hours=24)
 #: A camera re-sends a buffered record it got no answer for (e.g. a live read interrupted the
 #: drain); the same plateid within this window is the same record, committed once.
 OFFLINE_DEDUPE_S = 3600.0
+#: Longest a push waits for outbox room (`overflow: block`) before 503 + Retry-After: below
+#: the cameras' own request timeouts (typically 3 to 10 s), so they get an answer and retry.
+PUSH_COMMIT_WAIT_S = 2.0
 
 
 @dataclass
@@ -214,10 +218,15 @@ class HttpPlateReader(PushDriver):
                 if not drafts:
                     return PushReply(507, error_body("media_failed", "image could not be stored"))
             if drafts:
-                await self.ctx.emit(drafts)
+                await self.ctx.emit(drafts, wait_s=PUSH_COMMIT_WAIT_S)
         except asyncio.CancelledError as exc:  # e.g. shutdown: duplicates waiting on this read must not hang
             self._forget(outcome, exc)
             raise
+        except OutboxFull as exc:  # nothing committed, barrier not opened: the camera retries later
+            self._forget(outcome, exc)
+            self.ctx.counters.inc("lpr.outbox_full")
+            return PushReply(503, error_body("outbox_full", str(exc)),
+                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         except Exception as exc:
             self._forget(outcome, exc)
             self.ctx.log.error("events not committed: %s", exc)

@@ -50,6 +50,7 @@ class PushReply:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: Mapping[str, str] | None = None  # e.g. Retry-After on 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +284,8 @@ class PlateListener:
         except Exception as exc:  # one camera's failure stays that camera's problem
             log.exception("camera handler for %s failed", path)
             return self._refuse(endpoint, path, 500, "internal", type(exc).__name__)
-        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type,
+                            headers=reply.headers)
 
 
 async def open_listener(host: str, port: int) -> PlateListener:
