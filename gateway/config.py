@@ -18,6 +18,7 @@ from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.yamlfile import format_path, line_of, load_yaml
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -125,7 +125,7 @@ class _Builder:
     def scalar(self, event: ev.ScalarEvent, line: int, path: Path) -> tuple[Any, str]:
         tag = event.tag
         if tag is None or tag == "!":
-            tag = self.resolver.resolve(ScalarNode, event.value, event.implicit)
+            tag = self.resolver.resolve(ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
         if tag == _STR:
             if self.env and "${" in event.value:
                 try:
@@ -136,7 +136,7 @@ class _Builder:
             return event.value, tag
         if tag == _MERGE:
             return "<<", tag
-        node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        node = ScalarNode(tag, event.value, None, None, event.style)  # marks: errors use our own line
         construct = self.constructor.yaml_constructors.get(tag) or self.constructor.yaml_constructors[None]
         try:
             return construct(self.constructor, node), tag
