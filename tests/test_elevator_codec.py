@@ -170,3 +170,57 @@ def test_malformed_recordings_are_refused_cleanly(raw: Any) -> None:
     except ValueError:
         return
     assert all(isinstance(a, int) and 0 <= w <= 0xFFFF for a, w in words.items())
+
+
+# --- every shipped map speaks every simulator state (issue 10.15) -----------------------------
+
+
+def _round_trips(name: str, values: dict[str, Any]) -> None:
+    regmap = load_map(name)
+    decoded, _, problems = regmap.decode(regmap.encode(values))
+    assert problems == [], (name, values)
+    for field_name, value in values.items():
+        if field_name not in regmap.fields:
+            continue  # the map does not carry it (e.g. no event code in the vendor block)
+        if field_name == "speed_mps":
+            assert decoded[field_name] == pytest.approx(value, abs=regmap.fields["speed_mps"].scale)
+        else:
+            assert decoded[field_name] == value, (name, field_name)
+
+
+@pytest.mark.parametrize("name", shipped_maps())
+def test_every_map_encodes_every_simulator_enum_value(name: str) -> None:
+    from simulators.elevator import DIRECTIONS, DOOR_STATES, SERVICE_MODES
+
+    for door in DOOR_STATES:
+        for direction in DIRECTIONS:
+            for mode in SERVICE_MODES:
+                for flag in (False, True):
+                    _round_trips(name, {**IDLE, "door_state": door, "direction": direction, "service_mode": mode,
+                                        "car_running": flag, "door_zone": not flag, "occupied": flag})
+
+
+@pytest.mark.parametrize("name", shipped_maps())
+def test_every_map_round_trips_simulated_runs(name: str) -> None:
+    from simulators.elevator import DOOR_STATES, ElevatorModel
+
+    seen: set[str] = set()
+    for faults in ({}, {"fire_mode": True}, {"trapped": True}, {"overspeed": True}, {"door_open_running": True},
+                   {"alarm_button": True, "fault_code": 4}):
+        model = ElevatorModel(seed=7, call_rate_per_s=0.5, faults=dict(faults))
+        if "fire_mode" in faults:
+            model.service_mode = "fire_return"
+        for _ in range(3000):  # 300 simulated seconds
+            model.step(0.1)
+            values = model.values()
+            seen.add(values["door_state"])
+            _round_trips(name, values)
+    assert seen == set(DOOR_STATES)
+
+
+def test_encoding_a_value_the_map_lacks_is_an_error() -> None:
+    regmap = load_map("monarch_vendor")
+    with pytest.raises(ValueError, match="service_mode='earthquake' has no code"):
+        regmap.encode({**IDLE, "service_mode": "earthquake"})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_map("gbt24476").encode({**IDLE, "load_pct": 70000})
