@@ -8,6 +8,7 @@ so each device entry is validated by its own driver's model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, c
 
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.yamlfile import format_path, line_of, load_yaml
+from gateway.yamlfile import Lines, format_path, line_of, load_yaml
 
 
 class _Strict(BaseModel):
@@ -139,10 +140,17 @@ def _problems(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], in
             entry = data["devices"][loc[1]] if isinstance(data, dict) else None
             if isinstance(entry, dict) and entry.get("driver") == loc[2]:
                 del loc[2]
+        msg = err["msg"]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("driver")
+            if err["type"] == "union_tag_invalid":
+                from gateway import registry
+
+                rejected = registry.problems().get(str(err.get("ctx", {}).get("tag")))
+                if rejected:
+                    msg = f"{msg}; that driver was refused: {rejected}"
         path = tuple(loc)
-        problems.append(ConfigProblem(source, line_of(lines, path), format_path(path), err["msg"]))
+        problems.append(ConfigProblem(source, line_of(lines, path), format_path(path), msg))
     return problems
 
 
@@ -156,8 +164,7 @@ def parse_config(
         raise ConfigError(_problems(exc, source, lines or {}, data)) from None
 
 
-def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBase:
-    """Parse and validate YAML text."""
+def _load_text(text: str, source: str) -> tuple[GatewayConfigBase, Lines]:
     data, lines, env_problems = load_yaml(text, source, env=True)
     if not isinstance(data, dict):
         raise ConfigError([*env_problems, ConfigProblem(source, 1, "", "the file must be a mapping of settings")])
@@ -170,14 +177,58 @@ def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBas
         raise ConfigError(env_problems + [p for p in exc.problems if p.path not in seen]) from None
     if env_problems:
         raise ConfigError(env_problems)
-    return config
+    return config, lines
+
+
+def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBase:
+    """Parse and validate YAML text."""
+    return _load_text(text, source)[0]
+
+
+def _read(path: str | Path) -> tuple[str, str]:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8"), str(p)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), None, "", f"cannot read: {exc.strerror or exc}")]) from exc
 
 
 def load_config(path: str | Path) -> GatewayConfigBase:
     """Load, interpolate and validate a configuration file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(p), None, "", f"cannot read: {exc.strerror or exc}")]) from exc
-    return load_config_text(text, source=str(p))
+    text, source = _read(path)
+    return load_config_text(text, source=source)
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """What `courtyard validate` says about a file that loads."""
+
+    config: GatewayConfigBase
+    #: Devices that cannot run (e.g. their driver plugin is unusable): `run` skips them.
+    errors: list[ConfigProblem]
+    #: Legal, but probably not meant (e.g. an elevator map without `occupied`).
+    warnings: list[ConfigProblem]
+
+
+def check_config(path: str | Path) -> ConfigReport:
+    """Load a config (raising `ConfigError` like `load_config`), then check what loading cannot.
+
+    Each device model may offer `config_warnings() -> [(field, message)]`.
+    """
+    from gateway import registry
+
+    text, source = _read(path)
+    config, lines = _load_text(text, source)
+    unusable = registry.problems()
+    errors, warnings = [], []
+    for i, dev in enumerate(config.devices):
+        if dev.enabled and dev.driver in unusable:
+            loc = ("devices", i, "driver")
+            errors.append(ConfigProblem(source, line_of(lines, loc), format_path(loc),
+                                        f"driver {dev.driver!r} is unusable ({unusable[dev.driver]}); "
+                                        "this device will be skipped"))
+        check = getattr(dev, "config_warnings", None)
+        for field, message in check() if callable(check) else ():
+            loc = ("devices", i, field)
+            warnings.append(ConfigProblem(source, line_of(lines, loc), format_path(loc), message))
+    return ConfigReport(config, errors, warnings)

@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 from yaml import events as ev
 from yaml.constructor import SafeConstructor
 from yaml.nodes import ScalarNode
@@ -35,8 +37,9 @@ MAX_DEPTH = 100
 #: Most nodes that aliases (`*x`, `<<: *x`) may add to a document if it were expanded.
 MAX_ALIAS_NODES = 500_000
 
-Path = tuple[Any, ...]
-Lines = dict[Path, int]
+Loc = tuple[Any, ...]
+Lines = dict[Loc, int]
+M = TypeVar("M", bound=BaseModel)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 _STR = "tag:yaml.org,2002:str"
@@ -61,7 +64,7 @@ def interpolate(text: str) -> str:
     return _ENV.sub(sub, text)
 
 
-def format_path(loc: Path) -> str:
+def format_path(loc: Loc) -> str:
     """`devices[0].port` from `("devices", 0, "port")`."""
     out = ""
     for part in loc:
@@ -72,7 +75,7 @@ def format_path(loc: Path) -> str:
     return out
 
 
-def line_of(lines: Lines, path: Path) -> int | None:
+def line_of(lines: Lines, path: Loc) -> int | None:
     """The line of `path`, or of its nearest ancestor that has one."""
     for cut in range(len(path), -1, -1):
         if path[:cut] in lines:
@@ -82,7 +85,7 @@ def line_of(lines: Lines, path: Path) -> int | None:
 
 @dataclass
 class _Frame:
-    path: Path
+    path: Loc
     line: int
     anchor: str | None
     items: list[Any] | None = None  # a sequence
@@ -111,10 +114,10 @@ class _Builder:
         self.resolver = Resolver()
         self.constructor = SafeConstructor()
 
-    def fail(self, line: int | None, path: Path, message: str) -> ConfigError:
+    def fail(self, line: int | None, path: Loc, message: str) -> ConfigError:
         return ConfigError([*self.duplicates, ConfigProblem(self.source, line, format_path(path), message)])
 
-    def child_path(self) -> Path:
+    def child_path(self) -> Loc:
         if not self.stack:
             return ()
         top = self.stack[-1]
@@ -122,7 +125,7 @@ class _Builder:
             return (*top.path, len(top.items))
         return (*top.path, top.key) if top.has_key else (*top.path, "<key>")
 
-    def scalar(self, event: ev.ScalarEvent, line: int, path: Path) -> tuple[Any, str]:
+    def scalar(self, event: ev.ScalarEvent, line: int, path: Loc) -> tuple[Any, str]:
         tag = event.tag
         if tag is None or tag == "!":
             tag = self.resolver.resolve(ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
@@ -282,4 +285,28 @@ def load_yaml(text: str, source: str, *, env: bool = False) -> tuple[Any, Lines,
     return data, builder.lines, builder.problems
 
 
-__all__ = ["MAX_ALIAS_NODES", "MAX_DEPTH", "Lines", "format_path", "interpolate", "line_of", "load_yaml"]
+def validation_problems(exc: ValidationError, source: str, lines: Lines) -> list[ConfigProblem]:
+    """Pydantic errors as `file:line: path: message` problems."""
+    return [
+        ConfigProblem(source, line_of(lines, tuple(err["loc"])), format_path(tuple(err["loc"])), err["msg"])
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def load_model(model: type[M], path: Path) -> M:
+    """Load and validate a data file (e.g. a driver's map); every problem is `file:line: path: message`.
+
+    Raises `ConfigError`, or `FileNotFoundError` when the file does not exist.
+    """
+    text = path.read_text(encoding="utf-8")
+    data, lines, _ = load_yaml(text, str(path))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc, str(path), lines)) from None
+
+
+__all__ = [
+    "MAX_ALIAS_NODES", "MAX_DEPTH", "Lines", "format_path", "interpolate", "line_of", "load_model", "load_yaml",
+    "validation_problems",
+]

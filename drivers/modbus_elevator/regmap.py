@@ -12,9 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.yamlfile import load_model
 from schemas.common import EventClass, Severity
 
 MAPS_DIR = Path(__file__).parent / "maps"
@@ -186,13 +186,14 @@ class RegisterMap(_M):
 
 @cache
 def load_map(name_or_path: str) -> RegisterMap:
-    """A shipped map by name (`gbt24476`, `monarch_vendor`) or a YAML file path."""
+    """A shipped map by name (`gbt24476`, `monarch_vendor`) or a YAML file path.
+
+    Raises `FileNotFoundError`, or `ConfigError` whose problems carry the map file's lines.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = MAPS_DIR / f"{name_or_path}.yaml"
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return RegisterMap.model_validate(data)
+    return load_model(RegisterMap, path)  # ConfigError: "map.yaml:12: fields.floor.mask: ..."
 
 
 def shipped_maps() -> list[str]:
