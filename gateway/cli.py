@@ -38,10 +38,17 @@ def _load(path: str) -> Any:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a config file; print every problem with file, line and path."""
+    from gateway.config import check_config
+
     try:
-        cfg = _load(args.config)
+        report = check_config(args.config)
     except ConfigError as exc:
         return _print_problems(exc)
+    for problem in report.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    if report.errors:
+        return _print_problems(ConfigError(report.errors))
+    cfg = report.config
     n = len(cfg.devices)
     print(f"{args.config}: OK ({n} device{'' if n == 1 else 's'}, site {cfg.site})")
     return 0

@@ -292,18 +292,20 @@ class Gateway:
         for dev in self.config.devices:
             if not dev.enabled:
                 continue
-            spec = registry.get(dev.driver)
-            factory = EventFactory(
-                site=self.config.site, gateway=self.config.gateway_id, device=device_ref(dev, spec.kind),
-                simulated=dev.simulated, scenario=self.scenario,
-            )
-            ctx = DeviceRuntime(
-                dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
-                shared=self._get_shared, recorder=self.recorder,
-            )
-            try:
+            try:  # one misconfigured device or unusable driver plugin must not keep the others from running
+                spec = registry.get(dev.driver)
+                if (reason := registry.problems().get(dev.driver)) is not None:
+                    raise RuntimeError(f"driver {dev.driver} is unusable: {reason}")
+                factory = EventFactory(
+                    site=self.config.site, gateway=self.config.gateway_id, device=device_ref(dev, spec.kind),
+                    simulated=dev.simulated, scenario=self.scenario,
+                )
+                ctx = DeviceRuntime(
+                    dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
+                    shared=self._get_shared, recorder=self.recorder,
+                )
                 driver = spec.build(dev, ctx)
-            except Exception:  # one misconfigured device must not keep the others from running
+            except Exception:
                 self.counters.inc("device_build_failures")
                 log.exception("device %s could not be started; the others run", dev.id)
                 continue

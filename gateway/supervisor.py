@@ -1,7 +1,8 @@
 """Per-device supervision: one task per device connection, back-off, connectivity events.
 
 A device that hangs or dies only ever costs its own task: polls run on the device's own
-schedule, timeouts are the driver's, reconnects wait a capped, jittered exponential delay,
+schedule, timeouts are the driver's, reconnects wait a capped, jittered exponential delay
+that starts afresh only once the device has answered a read (connecting is not enough),
 and after `offline_after` consecutive misses a `device.offline` event is emitted
 (`device.online` when it answers again).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from gateway.driver import BackoffConfig, PollingDriver, PushDriver
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from gateway.runtime import DeviceRuntime
 
 log = logging.getLogger(__name__)
+
+#: How back-off waits are slept (tests substitute a recorder); poll ticks use asyncio.sleep.
+backoff_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 def backoff_delays(cfg: BackoffConfig, rng: random.Random | None = None) -> Iterator[float]:
@@ -48,7 +52,7 @@ async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> N
             ctx.counters.inc("supervisor_restarts")
             if isinstance(driver, PollingDriver):
                 await _close_quietly(driver)
-            await asyncio.sleep(ctx.next_backoff())
+            await backoff_sleep(ctx.next_backoff())
 
 
 async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
@@ -62,9 +66,11 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
         except Exception as exc:
             await ctx.miss(f"connect failed: {exc or type(exc).__name__}")
             await _close_quietly(driver)
-            await asyncio.sleep(next(delays))
+            await backoff_sleep(next(delays))
             continue
-        delays = backoff_delays(ctx.config.backoff)
+        # Back-off starts afresh only after a good read, not on connect: a device that accepts
+        # TCP and never answers must be retried ever more slowly, not twice a second.
+        answered = False
         next_at = loop.time()
         while True:
             try:
@@ -82,9 +88,12 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 ctx.counters.inc("link_errors")
                 await ctx.miss(f"link lost: {exc or type(exc).__name__}")
                 await _close_quietly(driver)
-                await asyncio.sleep(next(delays))
+                await backoff_sleep(next(delays))
                 break
             else:
+                if not answered:
+                    answered = True
+                    delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
                 await ctx.poll_answered(driver, raw)
             next_at += driver.interval
@@ -113,7 +122,7 @@ async def _supervise_push(driver: PushDriver, ctx: DeviceRuntime) -> None:
         if ctx.link_up_since_start:  # it was working: start back-off afresh
             ctx.reset_backoff()
         await ctx.miss(reason)
-        await asyncio.sleep(ctx.next_backoff())
+        await backoff_sleep(ctx.next_backoff())
 
 
 async def _close_quietly(driver: PollingDriver) -> None:
