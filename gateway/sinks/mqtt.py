@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from gateway.supervisor import backoff_delays
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
+MAX_CLIENT_ID = 64  # MQTT 3.1.1 only promises 23 bytes; mosquitto and the big brokers take more
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -74,6 +76,11 @@ class MqttSink(Sink):
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._started = time.time()
+        # A broker disconnects the older of two sessions with one client id, so two gateways
+        # (or a restarted one overlapping its predecessor) would kick each other forever. The
+        # suffix is per process, kept across reconnects; the LWT stays on the per-gateway topic.
+        base = cfg.client_id or f"courtyard-{site}-{gateway_id}"
+        self.client_id = f"{base[:MAX_CLIENT_ID - 7]}-{secrets.token_hex(3)}"
 
     def _status(self, status: str) -> str:
         return json.dumps({"status": status, "gateway": self.gateway_id, "site": self.site})
@@ -83,7 +90,7 @@ class MqttSink(Sink):
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
-            identifier=cfg.client_id or f"courtyard-{self.site}-{self.gateway_id}",
+            identifier=self.client_id,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
             keepalive=cfg.keepalive_s,
