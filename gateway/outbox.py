@@ -424,6 +424,21 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
+    # --- retained-topic reconciliation (MQTT) ----------------------------------------------
+
+    async def known_devices(self) -> set[tuple[str, str]]:
+        """(gateway, device) of every device the stored events name, from its latest event.
+
+        One scan of the table (no index on device); meant for a sink's first connect.
+        """
+        def scan() -> set[tuple[str, str]]:
+            rows = self._require_db().execute(
+                "SELECT device, json_extract(body, '$.gateway') FROM events"
+                " WHERE seq IN (SELECT MAX(seq) FROM events GROUP BY device)")
+            return {(str(gw), str(dev)) for dev, gw in rows}
+        result: set[tuple[str, str]] = await self._run(scan)
+        return result
+
 
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Any:
