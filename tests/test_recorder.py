@@ -12,8 +12,9 @@ from gateway.history import query
 from gateway.recorder import JsonlRecorder
 from gateway.replay import REDACTED, recording_header, replay_events
 from gateway.runtime import Gateway
+from schemas.common import Location
 from simulators.scenario.access_gate import AccessGateAdapter
-from simulators.scenario.model import Location, ScenarioDevice
+from simulators.scenario.model import ScenarioDevice
 from tests.helpers import base_config, eventually
 from tests.servers import free_port
 
