@@ -30,6 +30,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiomqtt
@@ -210,7 +211,8 @@ class MqttSink(Sink):
             doc = self._states[row.device] = {"schema": STATE_SCHEMA, "parts": {}}
         doc.update(site=ev["site"], gateway=ev["gateway"], device=ev["device"])
         doc["parts"][state_part(ev["payload"])] = ev
-        doc["time"] = max(p["time"] for p in doc["parts"].values())
+        # Times may carry a device's UTC offset: compare instants, not strings.
+        doc["time"] = max((p["time"] for p in doc["parts"].values()), key=datetime.fromisoformat)
         self._dirty.add(row.device)
 
     async def _report(self, client: aiomqtt.Client, outbox: Outbox) -> None:
