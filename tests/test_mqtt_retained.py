@@ -163,3 +163,15 @@ async def test_pa_state_holds_every_zone(tmp_path: Path, mosquitto: Mosquitto) -
     assert {k.split("/")[0] for k in doc["parts"]} >= {"zone"}
     assert all(p["class"] == "status" and p["device"]["id"] == "pa-1" for p in doc["parts"].values())
     assert doc["time"] == max(p["time"] for p in doc["parts"].values())
+
+
+def test_the_contract_page_documents_what_the_sink_publishes() -> None:
+    from gateway.sinks import mqtt
+
+    page = (Path(__file__).parent.parent / "docs" / "mqtt.md").read_text()
+    for topic in ("/event/{type}", "/state", "/availability", "/alarm/{alarm_id}", "/status", "/metrics", "/sync/"):
+        assert topic in page, topic
+    assert mqtt.STATE_SCHEMA in page
+    for _field, part in mqtt.STATE_PARTS:
+        assert f"`{part}/" in page, part
+    assert "gateway_stopped" in page and "restart_grace_s" in page
