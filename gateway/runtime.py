@@ -371,11 +371,11 @@ class Gateway:
         self.counters.inc("stale_alarms_cleared", len(alarms))
         await self.outbox.append([restart_clear(ev, now) for ev in alarms])
 
-    async def _admit(self, events: Sequence[Event]) -> None:
-        """Every driver event passes here on its way to the outbox (restart confirmation)."""
+    async def _admit(self, events: Sequence[Event], **append: Any) -> None:
+        """Every driver event passes here on its way to `outbox.append` (restart confirmation)."""
         if self._confirm is not None:
             events = self._confirm.admit(events)
-        await self.outbox.append(events)
+        await self.outbox.append(events, **append)
 
     def _stopped_availability(self) -> list[Event]:
         """Each device's availability for a clean stop: `device.offline`, reason `gateway_stopped`.

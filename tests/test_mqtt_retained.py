@@ -175,3 +175,30 @@ def test_the_contract_page_documents_what_the_sink_publishes() -> None:
     for _field, part in mqtt.STATE_PARTS:
         assert f"`{part}/" in page, part
     assert "gateway_stopped" in page and "restart_grace_s" in page
+
+
+class AclBroker(Mosquitto):
+    """A broker whose ACL lets the gateway publish but not subscribe (read) anything."""
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        acl = self.dir / "acl"
+        acl.write_text("topic write courtyard/#\ntopic write test-sync/#\n")
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(conf.read_text() + f"acl_file {acl}\n")
+        return cmd
+
+
+async def test_a_broker_that_lets_us_write_but_not_read_turns_reconciliation_off(tmp_path: Path) -> None:
+    broker = AclBroker()
+    broker.start()
+    try:
+        port = free_port()
+        cfg = parse_config(base_config(tmp_path, mqtt=broker, devices=[lift("lift-1", port)]))
+        async with ElevatorSimulator(port=port, elevators={1: ElevatorModel()}), Gateway(cfg) as gw:
+            await connected(gw)
+            assert gw.counters.get("mqtt.reconcile_refused") == 1
+            assert gw.sinks[0].reconcile is False  # type: ignore[attr-defined]  # not retried on reconnects
+            await eventually(lambda: gw.counters.get("mqtt.published") > 0, timeout=5)
+    finally:
+        broker.close()

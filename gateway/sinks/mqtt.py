@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import MqttConfig
 from gateway.driver import BackoffConfig
@@ -46,7 +47,10 @@ from schemas.event import Event
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
-RECONCILE_TIMEOUT_S = 10.0
+#: How long the retained topics may take to arrive. A healthy broker answers in milliseconds;
+#: one whose ACL lets the gateway subscribe but not read (mosquitto grants such subscriptions
+#: and delivers nothing) holds the first delivery this long, once per process.
+RECONCILE_TIMEOUT_S = 3.0
 STATE_SCHEMA = "courtyard.state/1"
 #: Payload fields naming the part of a device a status event describes, and the key prefix
 #: of that part in the retained state (`zone/z1`); a status event without one is `device`.
@@ -251,8 +255,13 @@ class MqttSink(Sink):
         marker = f"{self.prefix}/gateway/{self.gateway_id}/sync/{token}"
         filters = [f"{self.prefix}/+/+/availability", f"{self.prefix}/+/+/state", f"{self.prefix}/+/+/alarm/+"]
         got: dict[str, bytes] = {}
-        await client.subscribe([(f, 1) for f in (*filters, marker)])
+        granted = await client.subscribe([(f, 1) for f in (*filters, marker)])
         try:
+            if any(g.is_failure if isinstance(g, ReasonCode) else g >= 0x80 for g in granted):  # e.g. an ACL
+                self.reconcile = False
+                log.warning("the broker refused the subscriptions: retained topics are not reconciled"
+                            " (the ACL must let the gateway read %s/#)", self.prefix)
+                raise _Unreadable
             await client.publish(marker, json.dumps({"sync": token, "gateway": self.gateway_id}), qos=1)
             async with asyncio.timeout(RECONCILE_TIMEOUT_S):
                 async for msg in client.messages:
@@ -263,6 +272,11 @@ class MqttSink(Sink):
                         got[topic] = msg.payload
         except TimeoutError:
             self.counters.inc("reconcile_timeouts")
+            if not got:  # not even our own marker: the broker will not let us read
+                self.reconcile = False
+                log.warning("read nothing back from the broker in %.0f s: retained topics are not reconciled"
+                            " (the ACL must let the gateway read %s/#)", RECONCILE_TIMEOUT_S, self.prefix)
+                raise _Unreadable from None
             log.warning("retained topics not all read in %.0f s; reconciling what arrived", RECONCILE_TIMEOUT_S)
         finally:
             await client.unsubscribe([*filters, marker])
@@ -274,7 +288,11 @@ class MqttSink(Sink):
         A retained topic is ours when its body names this gateway, or a gateway the outbox
         knows the device under (a renamed gateway); other gateways' topics are left alone.
         """
-        retained = await self._retained(client)
+        try:
+            retained = await self._retained(client)
+        except _Unreadable:
+            self.counters.inc("reconcile_refused")
+            return
         if self._known is None:
             self._known = await outbox.known_devices()
         open_alarms: dict[str, Event] = {}
@@ -319,6 +337,10 @@ class MqttSink(Sink):
                      len(clears), len(restore))
         self.counters.inc("retained_cleared", len(clears))
         self.counters.inc("retained_restored", len(restore))
+
+
+class _Unreadable(Exception):
+    """The broker does not let this client read the retained topics back."""
 
 
 def state_part(payload: Mapping[str, Any]) -> str:
