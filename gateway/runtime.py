@@ -361,7 +361,6 @@ class Gateway:
     async def _end_grace(self, confirm: RestartConfirmation) -> None:
         await asyncio.sleep(self.config.alarms.restart_grace_s)
         await self._clear_unconfirmed(confirm.expire())
-        self.counters.inc("stale_alarms_confirmed", confirm.confirmed)
 
     async def _clear_unconfirmed(self, alarms: Sequence[Event]) -> None:
         if not alarms:
@@ -373,8 +372,11 @@ class Gateway:
 
     async def _admit(self, events: Sequence[Event], **append: Any) -> None:
         """Every driver event passes here on its way to `outbox.append` (restart confirmation)."""
-        if self._confirm is not None:
-            events = self._confirm.admit(events)
+        confirm = self._confirm
+        if confirm is not None:
+            before = confirm.confirmed
+            events = confirm.admit(events)
+            self.counters.inc("stale_alarms_confirmed", confirm.confirmed - before)
         await self.outbox.append(events, **append)
 
     def _stopped_availability(self) -> list[Event]:

@@ -116,3 +116,33 @@ async def test_unconfirmed_alarm_is_cleared_when_grace_ends_even_after_reconnect
             await eventually(lambda: gw.counters.get("stale_alarms_cleared") == 1, timeout=10)
             assert await gw.drain(10)
             assert await retained(mosquitto.host, mosquitto.port, topic) == {}
+
+
+def _pa_fault(alarm_id: str, amp: str, fault: str, state: str = "raised") -> Any:
+    from datetime import UTC, datetime
+
+    from schemas.common import DeviceRef
+    from schemas.event import Event
+    from schemas.pa import PaPayload
+
+    now = datetime.now(UTC)
+    return Event.model_validate({
+        "id": alarm_id + "-ev", "time": now, "received": now, "site": "s", "gateway": "g",
+        "device": DeviceRef(id="pa-1", kind="pa", driver="opcua_pa"), "class": "fault", "type": "pa.amp_fault",
+        "severity": "major", "state": state, "alarm_id": alarm_id, "payload": PaPayload(amplifier=amp, fault=fault),
+    })
+
+
+def test_confirmation_matches_type_and_sub_entity_only() -> None:
+    from gateway.alarms import RestartConfirmation
+
+    confirm = RestartConfirmation([_pa_fault("old-a1-heat", "a1", "overheat"),
+                                   _pa_fault("old-a2-heat", "a2", "overheat")])
+    out = confirm.admit([_pa_fault("new-a1-load", "a1", "overload"),   # another condition of a1: a new alarm
+                         _pa_fault("new-a1-heat", "a1", "overheat")])  # the same condition: confirmed, dropped
+    assert [e.alarm_id for e in out] == ["new-a1-load"]
+    cleared = confirm.admit([_pa_fault("new-a1-heat", "a1", "overheat", state="cleared")])
+    assert [(e.alarm_id, e.state) for e in cleared] == [("old-a1-heat", "cleared")]
+    assert [e.alarm_id for e in confirm.expire()] == ["old-a2-heat"]
+    late = confirm.admit([_pa_fault("new-a2-heat", "a2", "overheat")])  # after the window: a new alarm
+    assert [e.alarm_id for e in late] == ["new-a2-heat"]
