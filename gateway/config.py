@@ -94,6 +94,17 @@ class InfluxConfig(_Strict):
     backoff_max_s: float = Field(30.0, gt=0)
 
 
+class AlarmsConfig(_Strict):
+    """How alarms left open by a previous run are carried across a restart."""
+
+    restart_grace_s: float = Field(
+        60.0, ge=0,
+        description="After a start, drivers have this long to raise again an alarm the previous run left open:"
+        " it then keeps its alarm_id and is not re-published; the others are cleared (gateway_restarted)."
+        " Keep it above the longest raise window (elevator outside_door_zone_s: 45 s); 0 clears at once.",
+    )
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -102,6 +113,7 @@ class GatewayConfigBase(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 

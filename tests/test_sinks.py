@@ -148,7 +148,7 @@ async def test_retained_topics_for_late_subscribers(tmp_path: Path, mosquitto: M
                     async for msg in client.messages:
                         got[str(msg.topic)] = msg.payload  # type: ignore[assignment]
         base = "courtyard/retained-site/elevator/lift-1"
-        assert json.loads(got[f"{base}/state"])["type"] == "elevator.status"
+        assert json.loads(got[f"{base}/state"])["parts"]["device"]["type"] == "elevator.status"
         assert json.loads(got[f"{base}/availability"])["type"] == "device.online"
         alarms = [json.loads(v) for t, v in got.items() if t.startswith(f"{base}/alarm/")]
         assert [a["type"] for a in alarms] == ["elevator.passenger_trapped"]

@@ -98,7 +98,7 @@ async def test_alarms_left_open_by_a_previous_run_are_cleared_on_start(tmp_path:
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=1.0)})
     dev = lift("lift-1", port) | {"thresholds": {"trapped_s": 0.5}}
-    cfg = parse_config(base_config(tmp_path, devices=[dev]))
+    cfg = parse_config(base_config(tmp_path, devices=[dev], alarms={"restart_grace_s": 0}))  # clear at once
     async with sim:
         async with Gateway(cfg):
             await sim.inject("trapped")
