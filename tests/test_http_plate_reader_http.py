@@ -881,9 +881,10 @@ def test_basic_header_helper_roundtrip() -> None:
         assert "X-Auth-Token" not in headers
 
 
-def test_listener_refuses_second_camera_on_same_path() -> None:
+def test_listener_refuses_second_camera_on_same_path(tmp_path: Path) -> None:
     listener = PlateListener("127.0.0.1", 0)
-    a, b = object(), object()
+    cfg = camera_config(tmp_path, 8088, "x")
+    a, b = HttpPlateReader(cfg, FakeContext(cfg, Shared())), HttpPlateReader(cfg, FakeContext(cfg, Shared()))
     listener.register("/lpr/x", a)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="already used"):
         listener.register("/lpr/x", b)  # type: ignore[arg-type]
