@@ -7,9 +7,10 @@ Generic on purpose: any push driver (plate cameras today, other cameras later) e
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 CONSENT_FIELD = "i_understand_anyone_on_the_network_can_push"
 
@@ -46,8 +47,15 @@ class UrlTokenAuth(_Strict):
     """
 
     mode: Literal["url_token"]
-    token: SecretStr = Field(min_length=16, pattern=r"^[A-Za-z0-9._~-]+$")
+    token: SecretStr = Field(min_length=16)
     param: str = Field("token", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("token")
+    @classmethod
+    def _url_safe(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
+            raise ValueError("token must be URL-safe: letters, digits and . _ ~ - only")
+        return value
 
 
 class HmacAuth(_Strict):
