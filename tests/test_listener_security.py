@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -179,8 +178,8 @@ async def test_expect_100_continue_refused_before_the_body() -> None:
     sink = Sink(TokenAuth(mode="token", token=TOKEN))
     async with serving(sink) as listener:
         head = (
-            "POST /push/cam HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000\r\n\r\n"
-        ).encode()
+            b"POST /push/cam HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000000\r\n\r\n"
+        )
         answer = await raw_exchange(listener.port, head, timeout=5)
         assert answer.startswith(b"HTTP/1.1 401") and b"100 Continue" not in answer
 
@@ -189,16 +188,15 @@ async def test_bytes_in_flight_over_budget_answer_503() -> None:
     settings = ListenerSettings(max_body_bytes_in_flight=1_000_000)
     sink = Sink(HmacAuth(mode="hmac", secret="hmac-secret-1"), settings=settings)
     async with serving(sink) as listener:
-        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(b"POST /push/cam HTTP/1.1\r\nHost: x\r\nContent-Length: 800000\r\n\r\n" + b"x" * 1000)
         await writer.drain()
         await eventually(lambda: listener.in_flight == 800_000, timeout=5)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url(listener), data=b"y" * 300_000) as resp:
-                assert resp.status == 503
-                assert resp.headers["Retry-After"] == "2"
-                doc = await resp.json()
-                assert doc["error"] == "busy" and "in flight" in doc["reason"]
+        async with aiohttp.ClientSession() as session, session.post(url(listener), data=b"y" * 300_000) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "2"
+            doc = await resp.json()
+            assert doc["error"] == "busy" and "in flight" in doc["reason"]
         writer.close()
         await eventually(lambda: listener.in_flight == 0, timeout=5)  # the stalled upload's share comes back
         assert sink.refusals["busy"] == 1
@@ -236,9 +234,8 @@ async def test_total_rate_limit_holds_across_many_source_addresses() -> None:
 
         async def push(i: int) -> None:
             connector = aiohttp.TCPConnector(local_addr=(f"127.0.0.{i}", 0))
-            async with aiohttp.ClientSession(connector=connector) as session:
-                async with session.post(url(listener), data=b"{}") as resp:
-                    statuses[resp.status] += 1
+            async with aiohttp.ClientSession(connector=connector) as session, session.post(url(listener)) as resp:
+                statuses[resp.status] += 1
 
         await asyncio.gather(*(push(i) for i in range(2, 252)))
     assert sum(statuses.values()) == 250
@@ -326,12 +323,12 @@ async def test_digest_sha256_with_aiohttp_middleware_and_replayed_header_refused
                 async with session.post(url(listener), data=f"{n}".encode()) as resp:
                     assert resp.status == 200
         assert sent and "algorithm=SHA-256" in sent[0]
-        async with aiohttp.ClientSession() as plain:  # a captured header sent again: its nc was used
-            async with plain.post(url(listener), data=b"replay", headers={"Authorization": sent[-1]}) as resp:
-                assert resp.status == 401
-                assert "already used" in (await resp.json())["reason"]
-                challenges = resp.headers.getall("WWW-Authenticate")
-                assert [c.split("algorithm=")[1].split(",")[0] for c in challenges] == ["SHA-256", "MD5"]
+        replay = {"Authorization": sent[-1]}  # a captured header sent again: its nonce count was used
+        async with aiohttp.ClientSession() as plain, plain.post(url(listener), data=b"r", headers=replay) as resp:
+            assert resp.status == 401
+            assert "already used" in (await resp.json())["reason"]
+            challenges = resp.headers.getall("WWW-Authenticate")
+            assert [c.split("algorithm=")[1].split(",")[0] for c in challenges] == ["SHA-256", "MD5"]
     assert sink.bodies == [b"0", b"1", b"2"]
 
 
@@ -364,13 +361,15 @@ async def test_source_allowlist() -> None:
     async with serving(sink) as listener:
         for source, expected in (("127.0.0.2", 200), ("127.0.0.3", 403)):
             connector = aiohttp.TCPConnector(local_addr=(source, 0))
-            async with aiohttp.ClientSession(connector=connector) as session:
-                async with session.post(url(listener), data=source.encode()) as resp:
-                    assert resp.status == expected
-                    if expected == 403:
-                        assert (await resp.json()) == {
-                            "error": "source_not_allowed", "reason": "127.0.0.3 is not in allow_sources"
-                        }
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.post(url(listener), data=source.encode()) as resp,
+            ):
+                assert resp.status == expected
+                if expected == 403:
+                    assert (await resp.json()) == {
+                        "error": "source_not_allowed", "reason": "127.0.0.3 is not in allow_sources"
+                    }
     assert sink.bodies == [b"127.0.0.2"]
     assert sink.refusals == {"source_not_allowed": 1}
 
@@ -406,9 +405,9 @@ async def test_per_source_and_total_connection_caps() -> None:
         young = await _idle("127.0.0.4", listener.port)  # at the total cap, nothing idle long enough: refused
         assert (await asyncio.wait_for(young[0].read(), 5)).startswith(b"HTTP/1.1 503")
         await asyncio.sleep(1.1)  # the held connections are now old and idle: the oldest makes room
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))) as session:
-            async with session.post(url(listener), data=b"ok") as resp:
-                assert resp.status == 200
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))
+        async with aiohttp.ClientSession(connector=connector) as session, session.post(url(listener)) as resp:
+            assert resp.status == 200
         assert await asyncio.wait_for(held[0][0].read(), 5) == b""  # the oldest was dropped
         assert listener.counters["connections_per_source"] == 1
         assert listener.counters["connections_total"] == 1
