@@ -402,16 +402,21 @@ async def test_per_source_and_total_connection_caps() -> None:
         writer.close()
         held += [await _idle("127.0.0.3", listener.port) for _ in range(2)]
         await eventually(lambda: listener.open_connections == 4, timeout=5)
-        young = await _idle("127.0.0.4", listener.port)  # at the total cap, nothing idle long enough: refused
-        assert (await asyncio.wait_for(young[0].read(), 5)).startswith(b"HTTP/1.1 503")
-        await asyncio.sleep(1.1)  # the held connections are now old and idle: the oldest makes room
-        connector = aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))
+        # At the total cap, a source with nothing open takes the slot of the oldest idle connection of
+        # a source holding the most, so a camera gets in through a flood from many addresses...
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))
         async with aiohttp.ClientSession(connector=connector) as session, session.post(url(listener)) as resp:
             assert resp.status == 200
         assert await asyncio.wait_for(held[0][0].read(), 5) == b""  # the oldest was dropped
+        newcomer = await _idle("127.0.0.5", listener.port)  # takes the slot the camera left
+        await eventually(lambda: listener.open_connections == 4, timeout=5)
+        # ...while a source already holding as much as the others does not.
+        late = await _idle("127.0.0.5", listener.port)
+        assert (await asyncio.wait_for(late[0].read(), 5)).startswith(b"HTTP/1.1 503")
         assert listener.counters["connections_per_source"] == 1
         assert listener.counters["connections_total"] == 1
         assert listener.counters["idle_evicted"] == 1
+        newcomer[1].close()
         for _, w in held:
             w.close()
 

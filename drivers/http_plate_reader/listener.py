@@ -63,8 +63,9 @@ log = logging.getLogger(__name__)
 MAX_BUCKETS = 10_000
 #: Seconds between two log lines about the same kind of trouble (refusals, accept errors).
 LOG_INTERVAL_S = 60.0
-#: An idle connection younger than this is never dropped to make room for a new one.
-MIN_IDLE_BEFORE_EVICT_S = 1.0
+#: Connections asyncio may accept in one go (and the listen queue): each holds a descriptor until
+#: the guard turns it away, so the cap leaves this many free too.
+ACCEPT_BACKLOG = 32
 _ROUTE_KEY = web.RequestKey("courtyard.route", str)
 _CHECKED_KEY: web.RequestKey[tuple[str, Endpoint | None, web.Response | None]] = web.RequestKey(
     "courtyard.checked", tuple
@@ -391,7 +392,7 @@ class _Guard:
             self._turn_away(transport, "connections_per_source",
                             f"more than {self.per_source} open connections from {source}")
             return None
-        if len(self.conns) >= self.total and not self._evict_idle(now):
+        if len(self.conns) >= self.total and not self._evict_idle(source):
             self._turn_away(transport, "connections_total", f"more than {self.total} open connections")
             return None
         conn = _Conn(transport, source, now)
@@ -407,13 +408,25 @@ class _Guard:
         finally:
             transport.close()  # a canned reply fits in the socket buffer: the descriptor goes at once
 
-    def _evict_idle(self, now: float) -> bool:
-        idle = [c for c in self.conns.values() if not c.busy and now - c.idle_since >= MIN_IDLE_BEFORE_EVICT_S]
-        if not idle:
+    def _evict_idle(self, newcomer: str) -> bool:
+        """At the cap, make room by dropping an idle connection of the source holding the most.
+
+        Only a source holding at least two more than the newcomer's gives one up, so a camera
+        with no connection open always gets in while a flood from many addresses evicts itself.
+        """
+        have = self.by_source[newcomer]
+        victim: _Conn | None = None
+        for conn in self.conns.values():
+            if conn.busy or self.by_source[conn.source] < have + 2:
+                continue
+            if victim is None or (self.by_source[conn.source], -conn.idle_since) > (
+                self.by_source[victim.source], -victim.idle_since
+            ):
+                victim = conn
+        if victim is None:
             return False
-        oldest = min(idle, key=lambda c: c.idle_since)
-        self.listener.count("idle_evicted", "idle connection dropped to admit a new one")
-        self.drop(oldest)
+        self.listener.count("idle_evicted", f"idle connection from {victim.source} dropped for one from {newcomer}")
+        self.drop(victim)
         return True
 
     def drop(self, conn: _Conn) -> None:
@@ -493,7 +506,7 @@ class _GuardedSite(web.TCPSite):
     """aiohttp's TCPSite with the connection guard in front of every connection."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, guard: _Guard) -> None:
-        super().__init__(runner, host, port, reuse_address=True, backlog=128)
+        super().__init__(runner, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
         self._guard = guard
 
     async def start(self) -> None:
@@ -583,7 +596,7 @@ class PushListener:
     async def start(self) -> PushListener:
         """Bind and serve; `port` 0 picks a free port (read it back from `self.port`)."""
         s = self.settings
-        room = descriptor_room(s.reserve_fds)
+        room = descriptor_room(s.reserve_fds + ACCEPT_BACKLOG)
         self.max_connections = max(1, min(s.max_connections, room))
         if self.max_connections < s.max_connections:
             log.warning("listener %s:%s: at most %d connections (descriptor limit %d, %d kept in reserve)",
