@@ -155,5 +155,48 @@ async def test_idle_flood_over_the_cap_leaves_camera_and_elevators_working(
     assert f"descriptor limit {NOFILE}" in text  # the cap was lowered to fit the descriptors
     assert "Too many open files" not in text, text[-3000:]
     assert len(text) < 100_000  # refusals are summarised, not logged one by one
-    with contextlib.suppress(FileNotFoundError):
-        (tmp_path / "flood.json").unlink()
+
+
+_EXHAUSTED = """
+import asyncio, logging, os, sys
+from drivers.http_plate_reader.listener import PushListener
+from drivers.http_plate_reader.listener_config import ListenerSettings
+
+async def main():
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    listener = await PushListener("127.0.0.1", 0, ListenerSettings(reserve_fds=0)).start()
+    print(listener.port, flush=True)
+    hog = []
+    try:
+        while True:
+            hog.append(os.open("/dev/null", os.O_RDONLY))  # every descriptor taken, as by a leak elsewhere
+    except OSError:
+        pass
+    await asyncio.sleep(float(sys.argv[1]))
+    for fd in hog:
+        os.close(fd)
+    print("accept_errors", listener.counters["accept_errors"], flush=True)
+    await listener.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def test_accept_errors_are_summarised_not_logged_per_attempt() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _EXHAUSTED, "4", cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=_low_nofile,
+    )
+    assert proc.stdout is not None
+    port = int(await asyncio.wait_for(proc.stdout.readline(), 20))
+    writers = []
+    for _ in range(20):  # queued in the backlog; every accept attempt fails with EMFILE
+        with contextlib.suppress(OSError):
+            writers.append((await asyncio.open_connection("127.0.0.1", port))[1])
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    for w in writers:
+        w.close()
+    errors = int(out.decode().split("accept_errors")[1])
+    lines = [line for line in err.decode().splitlines() if "accept" in line]
+    assert errors >= 2  # asyncio retried accept about once a second for 4 s, failing each time...
+    assert len(lines) == 1 and "Too many open files" in lines[0], err.decode()[-2000:]  # ...and one line says so
