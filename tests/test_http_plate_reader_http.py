@@ -399,6 +399,21 @@ async def test_hmac_replay_outside_window_refused(site: Site) -> None:
     assert result.status == 401 and "off gateway time" in result.json()["reason"]
 
 
+async def test_hmac_replay_inside_window_refused_and_barrier_not_opened_twice(site: Site) -> None:
+    ctx = await site.add("cam-in", auth={"mode": "hmac", "secret": "hmac-secret-1"}, dedupe_s=0)
+    from drivers.http_plate_reader.listener import sign
+
+    body = zhenshi_plate_body(ALLOWED)
+    stamp = str(int(datetime.now(UTC).timestamp()))
+    headers = {"X-Timestamp": stamp, "X-Signature": sign("hmac-secret-1", stamp, body)}
+    first = await site.camera("cam-in").post(body, headers=headers)
+    replay = await site.camera("cam-in").post(body, headers=headers)  # captured and sent again, same second
+    assert first.opened
+    assert replay.status == 409 and replay.json()["error"] == "replayed" and not replay.opened
+    assert len(ctx.of_type("lpr.gate_decision")) == 1
+    assert ctx.counters.values["lpr.refused.replayed"] == 1
+
+
 async def test_body_and_image_size_limits(site: Site) -> None:
     ctx = await site.add("cam-in", max_body_bytes=50_000)
     cam = site.camera("cam-in")
