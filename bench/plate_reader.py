@@ -234,7 +234,8 @@ async def main(args: argparse.Namespace) -> None:
             await open_loop(cams, payloads, args.rate, args.seconds)
             await closed_loop(cams, payloads, args.in_flight, args.seconds)
         if args.uploads:
-            await unauthenticated_uploads(f"http://127.0.0.1:{port}/lpr/{CAMERAS[0]}", proc.pid, args.uploads, 4 << 20)
+            target = f"http://127.0.0.1:{port}/lpr/{CAMERAS[0]}"
+            await unauthenticated_uploads(target, proc.pid, args.uploads, 4 << 20, args.upload_in_flight)
     finally:
         proc.terminate()
         try:
@@ -253,4 +254,5 @@ if __name__ == "__main__":
     parser.add_argument("--image-bytes", type=int, default=20_000)
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--uploads", type=int, default=300, help="unauthenticated 4 MiB uploads (0: skip)")
+    parser.add_argument("--upload-in-flight", type=int, default=50)
     asyncio.run(main(parser.parse_args()))
