@@ -880,7 +880,9 @@ class PushListener:
                 if problem is not None:
                     return self._refuse(endpoint, path, 401, "unauthorized", problem)
                 signature = request.headers[auth.header].removeprefix("sha256=").lower()
-                if not self._replays.first_use((path, signature), expiry, time.time()):
+                fresh = self._replays.first_use((path, signature), expiry, time.time())
+                self.counters["replay_cache_evicted"] = self._replays.evicted
+                if not fresh:
                     return self._refuse(endpoint, path, 409, "replayed",
                                         "this signed push was already accepted; sign each push anew")
             if policy.total_rate_per_s is not None:
