@@ -273,6 +273,8 @@ async def test_url_token_in_path_or_query_and_never_logged(caplog: pytest.LogCap
             assert resp.status == 401
         async with session.post(base, data=b"5") as resp:
             assert resp.status == 401 and "missing token" in (await resp.json())["reason"]
+        async with session.post(f"{base}/{URL_TOKEN}/more", data=b"6") as resp:  # a camera given a wrong URL
+            assert resp.status == 404
     assert sink.bodies == [b"1", b"2"]
     assert sink.paths == ["/push/cam", "/push/cam"]  # the endpoint never sees the token either
     logged = "\n".join(r.getMessage() for r in caplog.records)

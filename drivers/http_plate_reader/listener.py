@@ -715,12 +715,13 @@ class PushListener:
         *,
         headers: Mapping[str, str] | None = None,
         challenges: list[str] | None = None,
+        log_reason: str | None = None,
     ) -> web.Response:
         if endpoint is not None:
             endpoint.refused(status, error, reason)
-            self._warn((path, error), f"refused push to {path}: {status} {error} ({reason})")
+            self._warn((path, error), f"refused push to {path}: {status} {error} ({log_reason or reason})")
         else:
-            self.count(error, reason)
+            self.count(error, log_reason or reason)
         response = web.Response(
             status=status, body=error_body(error, reason), content_type="application/json", headers=headers
         )
@@ -780,7 +781,10 @@ class PushListener:
         path, endpoint, path_token = self._route(request)
         request[_ROUTE_KEY] = path if endpoint is not None else "<unknown path>"
         if endpoint is None:
-            return path, None, self._refuse(None, path, 404, "unknown_path", f"nothing is configured at {path}")
+            # The path is echoed to the client (who sent it) but never logged: it may carry a URL token.
+            return path, None, self._refuse(
+                None, path, 404, "unknown_path", f"nothing is configured at {path}", log_reason="no such path"
+            )
         if request.method != "POST":
             return path, endpoint, self._refuse(endpoint, path, 405, "method_not_allowed",
                                                 f"{request.method} not allowed; use POST", headers={"Allow": "POST"})
