@@ -900,10 +900,10 @@ def test_listener_refuses_second_camera_on_same_path(tmp_path: Path) -> None:
     listener = PlateListener("127.0.0.1", 0)
     cfg = camera_config(tmp_path, 8088, "x")
     a, b = HttpPlateReader(cfg, FakeContext(cfg, Shared())), HttpPlateReader(cfg, FakeContext(cfg, Shared()))
-    listener.register("/lpr/x", a)  # type: ignore[arg-type]
+    listener.register("/lpr/x", a)
     with pytest.raises(ValueError, match="already used"):
-        listener.register("/lpr/x", b)  # type: ignore[arg-type]
-    listener.unregister("/lpr/x", b)  # type: ignore[arg-type]
+        listener.register("/lpr/x", b)
+    listener.unregister("/lpr/x", b)
     assert listener.paths == ["/lpr/x"]
 
 
