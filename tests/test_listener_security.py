@@ -189,10 +189,11 @@ async def test_bytes_in_flight_over_budget_answer_503() -> None:
     sink = Sink(HmacAuth(mode="hmac", secret="hmac-secret-1"), settings=settings)
     async with serving(sink) as listener:
         _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-        writer.write(b"POST /push/cam HTTP/1.1\r\nHost: x\r\nContent-Length: 800000\r\n\r\n" + b"x" * 1000)
+        # A slow upload: 700 kB of its 900 kB sent, then nothing. Only what arrived is held.
+        writer.write(b"POST /push/cam HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n" + b"x" * 700_000)
         await writer.drain()
-        await eventually(lambda: listener.in_flight == 800_000, timeout=5)
-        async with aiohttp.ClientSession() as session, session.post(url(listener), data=b"y" * 300_000) as resp:
+        await eventually(lambda: listener.in_flight == 700_000, timeout=5)
+        async with aiohttp.ClientSession() as session, session.post(url(listener), data=b"y" * 400_000) as resp:
             assert resp.status == 503
             assert resp.headers["Retry-After"] == "2"
             doc = await resp.json()

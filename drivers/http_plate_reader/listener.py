@@ -631,9 +631,12 @@ class PushListener:
             if self._guard is not None:
                 self._guard.close_all()
             await runner.cleanup()
-            with_loop = _LISTENERS.get(asyncio.get_running_loop(), [])
+            loop = asyncio.get_running_loop()
+            with_loop = _LISTENERS.get(loop, [])
             if self in with_loop:
                 with_loop.remove(self)
+            if not with_loop:
+                _LISTENERS.pop(loop, None)
 
     @property
     def open_connections(self) -> int:
@@ -819,28 +822,27 @@ class PushListener:
         return None
 
     async def _read_body(self, request: web.Request, limit: int) -> tuple[bytes | None, int]:
-        """(body or None if over `limit`, bytes taken from the in-flight budget)."""
-        chunks: list[bytes] = []
-        size = 0
-        taken = 0
+        """(body or None if over `limit`, bytes taken from the in-flight budget).
+
+        A declared length that does not fit what is left of the budget is refused before reading;
+        otherwise bytes are counted as they arrive, so a client trickling its body holds only what
+        it has sent.
+        """
+        budget = self.settings.max_body_bytes_in_flight
         declared = request.content_length
-        if declared:
-            if self.in_flight + declared > self.settings.max_body_bytes_in_flight:
-                raise _OverBudget
-            self.in_flight += declared
-            taken = declared
+        if declared and self.in_flight + declared > budget:
+            raise _OverBudget
+        chunks: list[bytes] = []
+        taken = 0
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 async for chunk in request.content.iter_any():
-                    size += len(chunk)
-                    if size > limit:
+                    if taken + len(chunk) > limit:
                         return None, taken
-                    if size > taken:  # chunked, or longer than declared: take as it comes
-                        grow = size - taken
-                        if self.in_flight + grow > self.settings.max_body_bytes_in_flight:
-                            raise _OverBudget
-                        self.in_flight += grow
-                        taken += grow
+                    if self.in_flight + len(chunk) > budget:
+                        raise _OverBudget
+                    self.in_flight += len(chunk)
+                    taken += len(chunk)
                     chunks.append(chunk)
         except BaseException:
             self.in_flight -= taken
