@@ -229,7 +229,7 @@ async def test_hmac_replay_of_the_same_signed_push_is_refused() -> None:
 
 
 async def test_total_rate_limit_holds_across_many_source_addresses() -> None:
-    sink = Sink(rate_per_s=100.0, burst=5, total_rate_per_s=2.0, total_burst=10)
+    sink = Sink(rate_per_s=100.0, burst=5, total_rate_per_s=1.0, total_burst=10)
     statuses: Counter[int] = Counter()
     async with serving(sink) as listener:
 
@@ -238,9 +238,11 @@ async def test_total_rate_limit_holds_across_many_source_addresses() -> None:
             async with aiohttp.ClientSession(connector=connector) as session, session.post(url(listener)) as resp:
                 statuses[resp.status] += 1
 
+        started = time.monotonic()
         await asyncio.gather(*(push(i) for i in range(2, 252)))
+        refilled = (time.monotonic() - started) * 1.0
     assert sum(statuses.values()) == 250
-    assert 10 <= statuses[200] <= 15, statuses  # the burst, plus what refilled while 250 clients connected
+    assert 10 <= statuses[200] <= 10 + refilled + 1, statuses  # the burst, plus what refilled meanwhile
     assert statuses[429] == 250 - statuses[200]
     assert sink.refusals["rate_limited_total"] == statuses[429]
 
