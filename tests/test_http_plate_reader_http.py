@@ -414,6 +414,27 @@ async def test_hmac_replay_inside_window_refused_and_barrier_not_opened_twice(si
     assert ctx.counters.values["lpr.refused.replayed"] == 1
 
 
+async def test_camera_auth_as_shipped_url_token_digest_and_allowlist(site: Site) -> None:
+    token = "zhenshi-url-token-0123"
+    zs = await site.add("zs-in", auth={"mode": "url_token", "token": token})
+    hik = await site.add("hik-in", protocol="hikvision", auth={"mode": "digest", "username": "cam", "password": "pw"})
+    only = await site.add("zs-lan", allow_sources=["127.0.0.2/32"])
+    base = f"http://127.0.0.1:{site.port}/lpr"
+    async with site.session.post(f"{base}/zs-in/{token}", data=zhenshi_plate_body(ALLOWED)) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"Response_AlarmInfoPlate": {"info": "ok"}}
+    body, ctype = hikvision_plate_body(ALLOWED)
+    digest = aiohttp.DigestAuthMiddleware("cam", "pw")
+    async with aiohttp.ClientSession(middlewares=(digest,)) as session:
+        async with session.post(f"{base}/hik-in", data=body, headers={"Content-Type": ctype}) as resp:
+            assert resp.status == 200 and b"/lpr/hik-in" in await resp.read()  # the reply names the path
+    async with site.session.post(f"{base}/zs-lan", data=zhenshi_plate_body(ALLOWED)) as resp:
+        assert resp.status == 403 and (await resp.json())["error"] == "source_not_allowed"
+    assert [e.type for e in zs.events] == ["lpr.plate_read", "lpr.gate_decision"]
+    assert [e.type for e in hik.events] == ["lpr.plate_read", "lpr.gate_decision"]
+    assert hik.counters.values["lpr.refused.unauthorized"] == 1  # the client's first try, answered with a challenge
+    assert only.events == [] and only.counters.values["lpr.refused.source_not_allowed"] == 1
+
+
 async def test_body_and_image_size_limits(site: Site) -> None:
     ctx = await site.add("cam-in", max_body_bytes=50_000)
     cam = site.camera("cam-in")
