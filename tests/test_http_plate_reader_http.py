@@ -424,9 +424,11 @@ async def test_camera_auth_as_shipped_url_token_digest_and_allowlist(site: Site)
         assert resp.status == 200 and (await resp.json()) == {"Response_AlarmInfoPlate": {"info": "ok"}}
     body, ctype = hikvision_plate_body(ALLOWED)
     digest = aiohttp.DigestAuthMiddleware("cam", "pw")
-    async with aiohttp.ClientSession(middlewares=(digest,)) as session:
-        async with session.post(f"{base}/hik-in", data=body, headers={"Content-Type": ctype}) as resp:
-            assert resp.status == 200 and b"/lpr/hik-in" in await resp.read()  # the reply names the path
+    async with (
+        aiohttp.ClientSession(middlewares=(digest,)) as session,
+        session.post(f"{base}/hik-in", data=body, headers={"Content-Type": ctype}) as resp,
+    ):
+        assert resp.status == 200 and b"/lpr/hik-in" in await resp.read()  # the reply names the path
     async with site.session.post(f"{base}/zs-lan", data=zhenshi_plate_body(ALLOWED)) as resp:
         assert resp.status == 403 and (await resp.json())["error"] == "source_not_allowed"
     assert [e.type for e in zs.events] == ["lpr.plate_read", "lpr.gate_decision"]
