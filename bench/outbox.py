@@ -1,15 +1,24 @@
-"""Benchmark: outbox group commits. Events/s accepted (committed) by concurrent producers.
+"""Benchmark: outbox group commits and appends over the disk budget.
 
     .venv/bin/python bench/outbox.py [--events 20000] [--producers 1 10 100]
+                                     [--stored 10000 200000 1000000] [--appends 300]
 
-Each producer appends one event at a time and waits for its commit, as a driver does; the
-outbox gathers concurrent appends into one transaction. Compares fsync policies.
+Throughput: each producer appends one event at a time and waits for its commit, as a driver
+does; the outbox gathers concurrent appends into one transaction. Compares fsync policies.
+
+Over budget: the table already holds `stored` lane-1 events (plate reads), `max_events`
+equals that, and one producer appends status events one at a time, so every commit runs
+budget enforcement. Two cases: all of it undelivered (a broker outage: the oldest are
+dropped) and all of it delivered history (history is freed). Prints append latency p50/p99;
+it should not grow with the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -50,16 +59,60 @@ async def run(n: int, producers: int, synchronous: str) -> float:
             return per * producers / (time.perf_counter() - t0)
 
 
+def fill(path: Path, stored: int, *, delivered: bool) -> None:
+    """`stored` plate-read rows, written in one transaction (the body is filler)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    body = '{"payload":{"plate":"' + "x" * 200 + '"}}'
+    now = time.time_ns()
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO events (id, lane, time_ns, received_ns, device, kind, type, class, body)"
+        " VALUES (?,1,?,?,'cam-1','lpr','lpr.plate_read','event',?)",
+        ((f"id-{i}", now, now, body) for i in range(stored)),
+    )
+    if delivered:
+        db.execute("INSERT INTO cursors (sink, lane, seq) VALUES ('mqtt', 1, ?)", (stored,))
+    db.execute("COMMIT")
+    db.close()
+
+
+async def over_budget(stored: int, appends: int, *, delivered: bool) -> tuple[float, float]:
+    """Append latency (ms p50, p99) with `stored` events at the budget."""
+    events = [event(i) for i in range(appends)]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "o.db"
+        async with Outbox(path, sinks=["mqtt"]):
+            pass  # create the schema
+        fill(path, stored, delivered=delivered)
+        async with Outbox(path, sinks=["mqtt"], max_events=stored) as ob:
+            lat = []
+            for e in events:
+                t0 = time.perf_counter()
+                await ob.append([e])
+                lat.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(lat, n=100)
+    return q[49], q[98]
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 10, 100])
+    ap.add_argument("--stored", type=int, nargs="*", default=[10_000, 200_000, 1_000_000])
+    ap.add_argument("--appends", type=int, default=300)
     args = ap.parse_args()
     print(f"{'producers':>9} {'synchronous':>11} {'events/s':>10}")
     for producers in args.producers:
         for sync in ("full", "normal"):
             rate = await run(args.events, producers, sync)
             print(f"{producers:>9} {sync:>11} {rate:>10.0f}", flush=True)
+    if args.stored:
+        print(f"\n{'stored (at budget)':>18} {'stored are':>11} {'append p50 ms':>13} {'p99 ms':>8}")
+    for stored in args.stored:
+        for delivered in (False, True):
+            p50, p99 = await over_budget(stored, args.appends, delivered=delivered)
+            state = "delivered" if delivered else "undelivered"
+            print(f"{stored:>18} {state:>11} {p50:>13.2f} {p99:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

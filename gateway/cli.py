@@ -1,4 +1,4 @@
-"""`courtyard` command line: run, validate, drivers, schema, simulate, events, dead-letters, demo."""
+"""`courtyard` command line: run, replay, validate, drivers, schema, simulate, events, dead-letters, demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, OutboxError
 
 
 def _setup_logging(level: str) -> None:
@@ -37,19 +37,25 @@ def _load(path: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate a config file; print every problem with file, line and path, and every refused plugin."""
-    from gateway.registry import rejected
+    """Validate a config file; print every problem with file, line and path, and name unusable plugins."""
+    from gateway import registry
+    from gateway.config import check_config
 
-    refused = rejected()
-    for name, why in refused.items():
-        print(f"driver plugin {name} refused: {why}", file=sys.stderr)
     try:
-        cfg = _load(args.config)
+        report = check_config(args.config)
     except ConfigError as exc:
         return _print_problems(exc)
-    if refused:
-        return 1
-    print(f"{args.config}: OK ({len(cfg.devices)} devices, site {cfg.site})")
+    for problem in report.warnings:
+        print(f"warning: {problem}", file=sys.stderr)
+    used = {d.driver for d in report.config.devices}
+    for name, why in registry.problems().items():
+        if name not in used:  # used ones are errors in `report`, at their device's line
+            print(f"warning: driver plugin {name} is unusable: {why}", file=sys.stderr)
+    if report.errors:
+        return _print_problems(ConfigError(report.errors))
+    cfg = report.config
+    n = len(cfg.devices)
+    print(f"{args.config}: OK ({n} device{'' if n == 1 else 's'}, site {cfg.site})")
     return 0
 
 
@@ -83,6 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     recorder = JsonlRecorder(Path(args.record), recording_header(cfg, None)) if args.record else None
     try:
         asyncio.run(run_until_signal(Gateway(cfg, recorder=recorder)))
+    except OutboxError as exc:  # e.g. another gateway holds the outbox: one line, no traceback
+        print(f"courtyard run: {exc}", file=sys.stderr)
+        return 1
     finally:
         if recorder is not None:
             recorder.close()
@@ -119,10 +128,10 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    from gateway.registry import rejected
+    from gateway.registry import problems
 
-    for name, why in rejected().items():
-        print(f"refused plugin {name}: {why}", file=sys.stderr)
+    for name, why in problems().items():
+        print(f"unusable driver {name}: {why}", file=sys.stderr)
     return 0
 
 
@@ -183,17 +192,18 @@ def cmd_events(args: argparse.Namespace) -> int:
         for r in rows:
             out.write(r.body + "\n")
         return 0
-    # Plain, greppable lines; --json gives the exact published bodies.
+    # Plain, greppable lines in local time with its UTC offset; --json gives the exact published bodies.
     for r in rows:
         ev = json.loads(r.body)
-        when = datetime.fromtimestamp(r.received_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        stamp = datetime.fromtimestamp(r.received_ns / 1e9, UTC).astimezone()
+        when = f"{stamp:%Y-%m-%d %H:%M:%S}.{stamp.microsecond // 1000:03d}{stamp:%z}"
         payload = {k: v for k, v in ev["payload"].items() if v is not None and k != "kind"}
         summary = " ".join(f"{k}={v}" for k, v in list(payload.items())[:6])
         q = ev["quality"]
         quality = q["status"] + (f" ({', '.join(q['reasons'])})" if q["reasons"] else "")
         state = "" if ev["state"] == "momentary" else ev["state"]
         print(f"{when}  {r.device:<14} {r.cls:<12} {r.type:<34} {ev['severity']:<8} {state:<8} {quality:<8} {summary}")
-    print(f"{len(rows)} events", file=sys.stderr)
+    print(f"{len(rows)} event{'' if len(rows) == 1 else 's'}", file=sys.stderr)
     return 0
 
 
@@ -212,12 +222,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
               f"seq={r['first_seq']}..{r['last_seq']}\n  reason: {r['reason']}")
         if args.verbose:
             print("  " + str(r["body"]).replace("\n", "\n  "))
-    print(f"{len(rows)} dead-lettered batches", file=sys.stderr)
+    print(f"{len(rows)} dead-lettered batch{'' if len(rows) == 1 else 'es'}", file=sys.stderr)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the embedded demo: simulators plus gateway, nothing to install."""
+    """Run the embedded demo: simulators plus gateway, nothing to configure."""
     from gateway.demo import run_demo
 
     return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data),
@@ -290,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("-v", "--verbose", action="store_true", help="print the rejected lines")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to install")
+    s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to configure")
     s.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
-    s.add_argument("--headless", action="store_true", help="plain log instead of the live view")
+    s.add_argument("--headless", action="store_true",
+                   help="plain log instead of the live view (automatic when stdout is not a terminal)")
     s.add_argument("--data", default="./courtyard-data/demo", help="where the demo keeps its history")
     s.add_argument("--speed", type=float, help="scenario speed factor (default: the community file's)")
     s.set_defaults(func=cmd_demo)

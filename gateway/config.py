@@ -8,19 +8,16 @@ so each device entry is validated by its own driver's model.
 
 from __future__ import annotations
 
-import os
-import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+from gateway.yamlfile import Lines, format_path, line_of, load_yaml
 
 
 class _Strict(BaseModel):
@@ -31,11 +28,14 @@ class OutboxConfig(_Strict):
     """The durable outbox and local history (SQLite, WAL)."""
 
     path: Path = Path("./courtyard-data/outbox.db")
-    max_events: int = Field(1_000_000, ge=100, description="Disk budget in events (history plus backlog)")
+    max_events: int = Field(
+        1_000_000, ge=100, description="Disk budget in events: bounds history plus backlog, except undelivered"
+        " alarms, faults, connectivity and commands (kept over budget, counted)")
     overflow: Literal["drop_oldest_status", "block"] = Field(
         "drop_oldest_status",
-        description="At the budget: drop the oldest undelivered status events (counted), or block producers."
-        " Alarms, faults and connectivity events are never dropped.",
+        description="Past the budget, after delivered history: drop the oldest undelivered lane-1 events of any"
+        " class (counted), or make lane-1 producers wait (pushes get 503 + Retry-After). Alarms, faults,"
+        " connectivity and commands are never dropped and never wait.",
     )
     history_days: float = Field(7.0, gt=0, description="Delivered events are kept this long as local history")
     synchronous: Literal["full", "normal"] = Field(
@@ -94,6 +94,17 @@ class InfluxConfig(_Strict):
     backoff_max_s: float = Field(30.0, gt=0)
 
 
+class AlarmsConfig(_Strict):
+    """How alarms left open by a previous run are carried across a restart."""
+
+    restart_grace_s: float = Field(
+        60.0, ge=0,
+        description="After a start, drivers have this long to raise again an alarm the previous run left open:"
+        " it then keeps its alarm_id and is not re-published; the others are cleared (gateway_restarted)."
+        " Keep it above the longest raise window (elevator outside_door_zone_s: 45 s); 0 clears at once.",
+    )
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -102,6 +113,7 @@ class GatewayConfigBase(_Strict):
     outbox: OutboxConfig = OutboxConfig()
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 
@@ -131,82 +143,7 @@ def config_json_schema() -> dict[str, Any]:
     return schema
 
 
-# --- YAML with line numbers and environment interpolation -----------------------------------
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key and sequence item."""
-
-
-def _interpolate(text: str) -> str:
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None and ":-" in m.group(0)):
-            if default is None:
-                raise ValueError(f"environment variable {name} is not set and has no default")
-            return default
-        return value
-
-    return _ENV.sub(sub, text)
-
-
-def _load_with_lines(
-    text: str, source: str
-) -> tuple[Any, dict[tuple[Any, ...], int], list[ConfigProblem]]:
-    lines: dict[tuple[Any, ...], int] = {}
-    problems: list[ConfigProblem] = []
-    try:
-        root = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([ConfigProblem(source, line, "", f"YAML syntax: {getattr(exc, 'problem', exc)}")]) from exc
-
-    flattener = _LineLoader(text)
-
-    def build(node: yaml.Node | None, path: tuple[Any, ...]) -> Any:
-        if node is None:
-            return None
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            flattener.flatten_mapping(node)  # resolve `<<: *anchor` merge keys in place
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = build(key_node, (*path, "<key>"))
-                lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = build(value_node, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
-        if node.tag == "tag:yaml.org,2002:str" and "${" in node.value:
-            try:
-                node = yaml.ScalarNode(node.tag, _interpolate(node.value), node.start_mark, node.end_mark, node.style)
-            except ValueError as exc:
-                problems.append(ConfigProblem(source, node.start_mark.line + 1, _fmt_path(path), str(exc)))
-                return None
-            # The result stays a string: the field's own type converts it ("5020" for a port),
-            # so a password of 123456, "on" or "null" is never re-typed by YAML.
-        return _LineLoader(text).construct_object(node, deep=True)
-
-    try:
-        data = build(root, ())
-    except yaml.YAMLError as exc:  # e.g. merge keys or tags SafeLoader will not construct
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([ConfigProblem(source, line, "", f"YAML: {getattr(exc, 'problem', None) or exc}")]) from exc
-    return data, lines, problems
-
-
-def _fmt_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+# --- YAML with line numbers and environment interpolation (gateway.yamlfile) ---------------------
 
 
 def _problems(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], int], data: Any) -> list[ConfigProblem]:
@@ -218,15 +155,17 @@ def _problems(exc: ValidationError, source: str, lines: dict[tuple[Any, ...], in
             entry = data["devices"][loc[1]] if isinstance(data, dict) else None
             if isinstance(entry, dict) and entry.get("driver") == loc[2]:
                 del loc[2]
+        msg = err["msg"]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("driver")
+            if err["type"] == "union_tag_invalid":
+                from gateway import registry
+
+                rejected = registry.problems().get(str(err.get("ctx", {}).get("tag")))
+                if rejected:
+                    msg = f"{msg}; that driver was refused: {rejected}"
         path = tuple(loc)
-        line = None
-        for cut in range(len(path), -1, -1):
-            if path[:cut] in lines:
-                line = lines[path[:cut]]
-                break
-        problems.append(ConfigProblem(source, line, _fmt_path(path), err["msg"]))
+        problems.append(ConfigProblem(source, line_of(lines, path), format_path(path), msg))
     return problems
 
 
@@ -240,9 +179,8 @@ def parse_config(
         raise ConfigError(_problems(exc, source, lines or {}, data)) from None
 
 
-def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBase:
-    """Parse and validate YAML text."""
-    data, lines, env_problems = _load_with_lines(text, source)
+def _load_text(text: str, source: str) -> tuple[GatewayConfigBase, Lines]:
+    data, lines, env_problems = load_yaml(text, source, env=True)
     if not isinstance(data, dict):
         raise ConfigError([*env_problems, ConfigProblem(source, 1, "", "the file must be a mapping of settings")])
     # Top-level `x-...` keys are free for YAML anchors (`x-lift: &lift {...}`, then `<<: *lift`).
@@ -254,14 +192,58 @@ def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBas
         raise ConfigError(env_problems + [p for p in exc.problems if p.path not in seen]) from None
     if env_problems:
         raise ConfigError(env_problems)
-    return config
+    return config, lines
+
+
+def load_config_text(text: str, *, source: str = "<config>") -> GatewayConfigBase:
+    """Parse and validate YAML text."""
+    return _load_text(text, source)[0]
+
+
+def _read(path: str | Path) -> tuple[str, str]:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8"), str(p)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), None, "", f"cannot read: {exc.strerror or exc}")]) from exc
 
 
 def load_config(path: str | Path) -> GatewayConfigBase:
     """Load, interpolate and validate a configuration file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(str(p), None, "", f"cannot read: {exc.strerror or exc}")]) from exc
-    return load_config_text(text, source=str(p))
+    text, source = _read(path)
+    return load_config_text(text, source=source)
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """What `courtyard validate` says about a file that loads."""
+
+    config: GatewayConfigBase
+    #: Devices that cannot run (e.g. their driver plugin is unusable): `run` skips them.
+    errors: list[ConfigProblem]
+    #: Legal, but probably not meant (e.g. an elevator map without `occupied`).
+    warnings: list[ConfigProblem]
+
+
+def check_config(path: str | Path) -> ConfigReport:
+    """Load a config (raising `ConfigError` like `load_config`), then check what loading cannot.
+
+    Each device model may offer `config_warnings() -> [(field, message)]`.
+    """
+    from gateway import registry
+
+    text, source = _read(path)
+    config, lines = _load_text(text, source)
+    unusable = registry.problems()
+    errors, warnings = [], []
+    for i, dev in enumerate(config.devices):
+        if dev.enabled and dev.driver in unusable:
+            loc = ("devices", i, "driver")
+            errors.append(ConfigProblem(source, line_of(lines, loc), format_path(loc),
+                                        f"driver {dev.driver!r} is unusable ({unusable[dev.driver]}); "
+                                        "this device will be skipped"))
+        check = getattr(dev, "config_warnings", None)
+        for field, message in check() if callable(check) else ():
+            loc = ("devices", i, field)
+            warnings.append(ConfigProblem(source, line_of(lines, loc), format_path(loc), message))
+    return ConfigReport(config, errors, warnings)

@@ -129,19 +129,22 @@ class DeviceContext(Protocol):
         """Name the decoder `ingest` feeds (drivers do it by assigning `self.decoder`)."""
         ...
 
-    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None) -> Ingested:
+    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None,
+                     wait_s: float | None = None) -> Ingested:
         """Record one raw input, decode it at its receipt time, commit the drafts; durable on return.
 
-        Raises what the commit raised (e.g. `OutboxFull`), after telling the decoder to forget.
+        Raises what the commit raised, after telling the decoder to forget (except `OutboxFull`:
+        under `overflow: block`, lane-1 events wait at most `wait_s` for room, then are refused,
+        and no alarm is ever among them, so the decoder keeps its state).
         """
         ...
 
-    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *,
-                          before_commit: BeforeCommit | None = None) -> list[Ingested]:
+    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *, before_commit: BeforeCommit | None = None,
+                          wait_s: float | None = None) -> list[Ingested]:
         """`ingest` for a burst (e.g. BLE notifications): each input at its own receipt time, one commit."""
         ...
 
-    async def emit(self, drafts: Sequence[EventDraft]) -> None:
+    async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
         """Stamp and commit drafts that come from no raw input; prefer `ingest`."""
         ...
 

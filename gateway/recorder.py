@@ -15,8 +15,10 @@ class JsonlRecorder:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # 0600: the header holds the secrets needed to rebuild drivers (hash keys, tokens).
+        # 0600, also when the file already existed with a wider mode (open() keeps it): raw
+        # inputs hold plates and frames, and the header the credential hash key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
         self.lines = 0
         self._write(header)

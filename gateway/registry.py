@@ -2,9 +2,16 @@
 
 Everything kind-specific the gateway needs is built from here, not listed by hand: the
 config model (`gateway.config.config_model`), the device kinds and the event envelope with
-its payload union (`event_model`), the JSON Schemas, `courtyard simulate`'s simulators and
-the scenario adapters. A plugin that declares a new kind and its payload model therefore
-extends all of them; a plugin spec the gateway cannot use is refused, by name (`rejected`).
+its payload union (`event_model`), the JSON Schemas, `courtyard simulate`'s simulators, the
+scenario adapters and the transports' named backends. A plugin that declares a new kind and
+its payload model therefore extends all of them.
+
+A driver spec that cannot work (`unusable_reason`: a kind without a payload model, a payload
+or kind another driver owns, an unknown shape, a config model that is not a `DeviceConfig`)
+never stops the gateway: it is logged and remembered in `problems()`, `courtyard validate`
+names it (an error for the devices that use it), and `Gateway.start` skips those devices
+(counted) while the others run. A spec whose config model is unusable cannot even parse its
+devices, so it is left out of `drivers()`.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from schemas.event import Event, build_event_model, payload_kind
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "courtyard.drivers"
+BACKEND_ENTRY_POINT_GROUP = "courtyard.backends"
 DISABLE_AUTOLOAD_ENV = "COURTYARD_DISABLE_PLUGIN_AUTOLOAD"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-_rejected: dict[str, str] = {}
+_problems: dict[str, str] = {}
 
 
 def _load(ref: str) -> DriverSpec:
@@ -43,99 +51,145 @@ def _load(ref: str) -> DriverSpec:
 
 
 def check_spec(spec: DriverSpec, known: dict[str, DriverSpec]) -> list[str]:
-    """Why the gateway could not use `spec` next to the `known` ones (empty: it can)."""
+    """Every reason the gateway could not use `spec` next to the `known` ones (empty: it can)."""
     problems = []
-    if not _NAME.match(spec.name):
+    if not _NAME.match(str(spec.name)):
         problems.append(f"name {spec.name!r} is not lowercase letters, digits and _")
-    if not _NAME.match(spec.kind):
-        problems.append(f"kind {spec.kind!r} is not lowercase letters, digits and _")
+    if not _NAME.match(str(spec.kind)):
+        problems.append(f"device kind {spec.kind!r} is not lowercase letters, digits and _")
     if spec.shape not in ("polling", "push"):
         problems.append(f"shape {spec.shape!r} is neither polling nor push")
     if not (isinstance(spec.config, type) and issubclass(spec.config, DeviceConfig)):
-        problems.append("config is not a DeviceConfig subclass")
+        problems.append(f"config {spec.config!r} is not a DeviceConfig model")
     else:
         field = spec.config.model_fields.get("driver")
         if field is None or get_args(field.annotation) != (spec.name,):
             problems.append(f"config {spec.config.__name__}.driver is not Literal[{spec.name!r}]")
-    for label, ref in (("factory", spec.factory), ("decoder", spec.decoder),
-                       ("scenario_adapter", spec.scenario_adapter)):
-        if isinstance(ref, str) and not _REF.match(ref):
+    if not (callable(spec.factory) or (isinstance(spec.factory, str) and _REF.match(spec.factory))):
+        problems.append(f"factory {spec.factory!r} is neither callable nor 'module:Class'")
+    for label, ref in (("decoder", spec.decoder), ("scenario_adapter", spec.scenario_adapter)):
+        if ref is not None and not _REF.match(ref):
             problems.append(f"{label} {ref!r} is not 'module:Name'")
     if spec.simulator is not None and not spec.simulator_module:
         problems.append(f"simulator {spec.simulator!r} names no simulator_module")
+    if spec.simulator is not None and any(o.simulator == spec.simulator for o in known.values() if o is not spec):
+        problems.append(f"simulator name {spec.simulator!r} is taken")
     if not (isinstance(spec.payload, type) and issubclass(spec.payload, BaseModel)):
-        problems.append("payload is not a pydantic model")
+        problems.append(f"device kind {spec.kind!r} has no payload model (DriverSpec.payload)")
         return problems
     tag = payload_kind(spec.payload)
     if tag is None:
         problems.append(f"payload {spec.payload.__name__} has no `kind: Literal[...]` field with that default")
-    for other in known.values():
-        if other.kind == spec.kind and other.payload is not spec.payload:
-            problems.append(f"kind {spec.kind!r} is {other.name}'s, with payload "
-                            f"{getattr(other.payload, '__name__', None)}, not {spec.payload.__name__}")
-        elif other.payload is not spec.payload and other.payload is not None and payload_kind(other.payload) == tag:
-            problems.append(f"payload kind {tag!r} is taken by {other.name}'s {other.payload.__name__}")
-    if tag == "connectivity":
+    elif tag == "connectivity":
         problems.append("payload kind 'connectivity' is the gateway's own")
-    if spec.simulator is not None and any(o.simulator == spec.simulator for o in known.values()):
-        problems.append(f"simulator name {spec.simulator!r} is taken")
+    for other in known.values():
+        if other is spec or other.payload is None:
+            continue
+        if other.kind == spec.kind and other.payload is not spec.payload:
+            problems.append(f"device kind {spec.kind!r} is {other.name}'s, with payload "
+                            f"{other.payload.__name__}, not {spec.payload.__name__}")
+        elif other.payload is not spec.payload and payload_kind(other.payload) == tag:
+            problems.append(f"payload kind {tag!r} is taken by {other.name}'s {other.payload.__name__}")
     return list(dict.fromkeys(problems))
+
+
+def unusable_reason(spec: DriverSpec, known: dict[str, DriverSpec] | None = None) -> str | None:
+    """Why devices of this driver cannot run, or None."""
+    problems = check_spec(spec, known if known is not None else drivers())
+    return "; ".join(problems) if problems else None
+
+
+def _admit(found: dict[str, DriverSpec], spec: DriverSpec, origin: str) -> None:
+    reason = unusable_reason(spec, found)
+    if reason is not None:
+        _problems[spec.name] = f"{origin}: {reason}"
+        log.error("driver %s (%s) is unusable: %s; its devices will be skipped", spec.name, origin, reason)
+        if not (isinstance(spec.config, type) and issubclass(spec.config, DeviceConfig)):
+            return  # its devices cannot even be parsed
+    found[spec.name] = spec
+
+
+def register(spec: DriverSpec, origin: str) -> None:
+    """Add a driver at run time (tests, embedding); an unusable one is recorded, never raised."""
+    _admit(drivers(), spec, origin)
+    _model_changed()
+
+
+def unregister(name: str) -> None:
+    """Forget a driver registered with `register` (tests)."""
+    drivers().pop(name, None)
+    _problems.pop(name, None)
+    _model_changed()
+
+
+def _model_changed() -> None:
+    from gateway.config import config_model
+
+    config_model.cache_clear()
+    for built in (device_kinds, event_model, backends):
+        built.cache_clear()
+
+
+def problems() -> dict[str, str]:
+    """Unusable drivers (and plugins that failed to load), by name: `origin: reason`."""
+    drivers()
+    return dict(_problems)
 
 
 @cache
 def drivers() -> dict[str, DriverSpec]:
-    """All usable drivers by name; built-ins win over a plugin of the same name."""
+    """All known drivers by name (unusable ones too, when their devices can be parsed: see `problems`).
+
+    Built-ins win over a plugin of the same name.
+    """
     found: dict[str, DriverSpec] = {}
-    _rejected.clear()
     for ref in BUILTIN:
         spec = _load(ref)
         found[spec.name] = spec
     if not os.environ.get(DISABLE_AUTOLOAD_ENV):
         for ep in entry_points(group=ENTRY_POINT_GROUP):
+            origin = f"plugin {ep.name} ({ep.value})"
             try:
                 spec = ep.load()
             except Exception as exc:  # a broken plugin must not take the gateway down
                 log.exception("driver plugin %s failed to load", ep.name)
-                _rejected[ep.name] = f"{ep.value} failed to load: {type(exc).__name__}: {exc}"
+                _problems[ep.name] = f"{origin}: failed to load: {type(exc).__name__}: {exc}"
                 continue
             if not isinstance(spec, DriverSpec):
                 log.error("driver plugin %s is not a DriverSpec", ep.name)
-                _rejected[ep.name] = f"{ep.value} is not a DriverSpec"
+                _problems[ep.name] = f"{origin}: not a DriverSpec"
             elif spec.name in found:
                 log.warning("driver plugin %s ignored: name %r already registered", ep.value, spec.name)
-            elif problems := check_spec(spec, found):
-                log.error("driver plugin %s (%s) refused: %s", spec.name, ep.value, "; ".join(problems))
-                _rejected[spec.name] = f"{ep.value}: {'; '.join(problems)}"
             else:
-                found[spec.name] = spec
+                _admit(found, spec, origin)
     return found
 
 
-def rejected() -> dict[str, str]:
-    """Plugin drivers found but refused, with why (for `courtyard validate` and `drivers`)."""
-    drivers()
-    return dict(_rejected)
+def usable() -> dict[str, DriverSpec]:
+    """The drivers whose devices can run (`drivers()` minus `problems()`)."""
+    bad = problems()
+    return {name: spec for name, spec in drivers().items() if name not in bad}
 
 
 def get(name: str) -> DriverSpec:
-    """The driver called `name`; KeyError lists the known ones (and why a refused one was refused)."""
+    """The driver called `name`; KeyError lists the known ones."""
     known = drivers()
     if name not in known:
-        why = f" (refused: {_rejected[name]})" if name in _rejected else ""
+        why = f" ({_problems[name]})" if name in _problems else ""
         raise KeyError(f"unknown driver {name!r}{why}; known: {', '.join(sorted(known))}")
     return known[name]
 
 
 @cache
 def device_kinds() -> tuple[str, ...]:
-    """Every device kind a registered driver serves."""
-    return tuple(dict.fromkeys(s.kind for s in drivers().values()))
+    """Every device kind a usable driver serves."""
+    return tuple(dict.fromkeys(s.kind for s in usable().values()))
 
 
 @cache
 def event_model() -> type[Event]:
     """The event envelope for the registered kinds and payloads (`schemas.event.Event` for the built-ins)."""
-    payloads = tuple(dict.fromkeys(s.payload for s in drivers().values() if s.payload is not None))
+    payloads = tuple(dict.fromkeys(s.payload for s in usable().values() if s.payload is not None))
     return build_event_model(device_kinds(), payloads)
 
 
@@ -143,9 +197,6 @@ def device_ref_model() -> type[DeviceRef]:
     """The envelope's `device` block model (its `kind` admits every registered kind)."""
     model: Any = event_model().model_fields["device"].annotation
     return model  # type: ignore[no-any-return]
-
-
-BACKEND_ENTRY_POINT_GROUP = "courtyard.backends"
 
 
 @cache
@@ -177,13 +228,13 @@ def backend(driver: str, name: str) -> Any:
 
 def simulators() -> dict[str, str]:
     """`courtyard simulate` names -> simulator modules."""
-    return {s.simulator: s.simulator_module for s in drivers().values() if s.simulator and s.simulator_module}
+    return {s.simulator: s.simulator_module for s in usable().values() if s.simulator and s.simulator_module}
 
 
 def scenario_adapters() -> dict[str, str]:
     """Device kind -> "module:KindAdapter" (the first driver of a kind that names one)."""
     adapters: dict[str, str] = {}
-    for s in drivers().values():
+    for s in usable().values():
         if s.scenario_adapter:
             adapters.setdefault(s.kind, s.scenario_adapter)
     return adapters

@@ -1,8 +1,10 @@
 """`courtyard replay`: feed a recording through the same decoders and normalizers.
 
-A recording (`courtyard run --record FILE`) is JSON lines. The header line carries the
-gateway configuration needed to rebuild every driver (including hash keys: treat a
-recording as sensitive), then one line per raw input:
+A recording (`courtyard run --record FILE`) is JSON lines. The header line carries what
+is needed to rebuild every driver: the site, the gateway id and the device list, with
+every secret replaced by `<redacted>` except the ones a decoder needs to reproduce its
+events (`REPLAY_SECRETS`: the access gate's `credential_key`, which keys credential
+hashes). Sink settings (MQTT, InfluxDB, outbox) are left out. Then one line per raw input:
 `{"t": <receipt time>, "device": <id>, "channel": <name>, "data": <raw>}`.
 Each line goes through the same path as live input, `DeviceRuntime.ingest`, with the
 recording's clock: the device's decoder (`DriverSpec.decoder`; no transport is built when
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,23 +39,34 @@ log = logging.getLogger(__name__)
 RECORDING_VERSION = 1
 
 
-def reveal(value: Any) -> Any:
-    """A config dump with secrets in clear (a recording must be able to rebuild hash keys)."""
+#: Secret fields a replay needs in clear: without the key, credential hashes would differ.
+REPLAY_SECRETS = frozenset({"credential_key"})
+REDACTED = "<redacted>"  # long enough for the `min_length` of token and HMAC secret fields
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """A config dump fit for a recording: secrets redacted, URL credentials stripped.
+
+    Only the fields named in `REPLAY_SECRETS` stay in clear, because replay needs them.
+    """
     if isinstance(value, SecretStr):
-        return value.get_secret_value()
+        return value.get_secret_value() if name in REPLAY_SECRETS else REDACTED
     if isinstance(value, dict):
-        return {k: reveal(v) for k, v in value.items()}
+        return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [reveal(v) for v in value]
+        return [redact(v, name) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(r"\g<scheme>", value)
     return value
 
 
 def recording_header(config: GatewayConfigBase, scenario: str | None) -> dict[str, Any]:
-    """The first line of a recording."""
-    return {"courtyard_recording": RECORDING_VERSION, "scenario": scenario,
-            "config": reveal(config.model_dump(mode="python", exclude_none=False))}
+    """The first line of a recording: what replay needs to rebuild the drivers, and no more."""
+    dump = config.model_dump(mode="python", exclude_none=False, include={"site", "gateway_id", "devices"})
+    return {"courtyard_recording": RECORDING_VERSION, "scenario": scenario, "config": redact(dump)}
 
 
 class _Clock:
@@ -117,7 +131,7 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
                                    simulated=dev.simulated, scenario=header.get("scenario"))
             out: list[Event] = []
 
-            async def collect(events: Sequence[Event], out: list[Event] = out) -> None:
+            async def collect(events: Sequence[Event], out: list[Event] = out, **_: Any) -> None:
                 out.extend(events)
 
             runtime = DeviceRuntime(dev, factory, collect, counters=counters.child(f"device.{dev.id}."),

@@ -13,16 +13,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway import registry
+from gateway.alarms import RestartConfirmation, restart_clear
 from gateway.backoff import backoff_delays
 from gateway.config import GatewayConfigBase
 from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested, Recorder
-from gateway.errors import OutboxError
+from gateway.errors import OutboxError, OutboxFull
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
 from gateway.supervisor import supervise
-from schemas.common import ConnectivityPayload, DeviceRef, Quality
+from schemas.common import ConnectivityPayload, DeviceRef
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,15 @@ def connectivity_draft(online: bool, *, reason: str | None, misses: int, alarm_i
     )
 
 
+STOPPED_REASON = "gateway_stopped"
+
+
+def stopped_draft() -> EventDraft:
+    """A device's availability once the gateway stopped cleanly: offline, momentary (no alarm)."""
+    return EventDraft(type="device.offline", cls="connectivity", severity="info", state="momentary",
+                      payload=ConnectivityPayload(online=False, misses=0, reason=STOPPED_REASON))
+
+
 def device_ref(config: DeviceConfig, kind: str) -> DeviceRef:
     """The envelope's device block for a configured device."""
     return registry.device_ref_model()(
@@ -107,7 +117,7 @@ class DeviceRuntime:
         self,
         config: DeviceConfig,
         factory: EventFactory,
-        sink: Callable[[Sequence[Event]], Awaitable[None]],
+        sink: Callable[..., Awaitable[None]],  # Outbox.append(events, *, wait_s=None)
         *,
         counters: Counters,
         shared: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
@@ -129,6 +139,7 @@ class DeviceRuntime:
         self.misses = 0
         self.link_up_since_start = False
         self._delays = backoff_delays(config.backoff)
+        self._emit_problem: str | None = None  # why the last poll's events were refused
 
     # DeviceContext -----------------------------------------------------------------------
 
@@ -140,17 +151,20 @@ class DeviceRuntime:
         """The decoder `ingest` feeds."""
         self.decoder = decoder
 
-    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None) -> Ingested:
+    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None,
+                     wait_s: float | None = None) -> Ingested:
         """Record, decode at receipt time, stamp, commit; on a failed commit the decoder forgets.
 
         A decoder crash is a bug: counted and logged, the input decodes to nothing. What the
-        commit (or `before_commit`) raises is raised again, after `forget()`.
+        commit (or `before_commit`) raises is raised again, after `forget()`; except
+        `OutboxFull` (only lane-1 events, never alarms, wait `wait_s` for room and are refused
+        under `overflow: block`): alarm derivation is intact and goes on, so nothing is forgotten.
         """
-        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit)
+        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit, wait_s=wait_s)
         return done
 
-    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *,
-                          before_commit: BeforeCommit | None = None) -> list[Ingested]:
+    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *, before_commit: BeforeCommit | None = None,
+                          wait_s: float | None = None) -> list[Ingested]:
         """`ingest` for a burst: each input recorded and decoded at its own receipt time, one commit."""
         done: list[Ingested] = []
         events: list[Event] = []
@@ -167,8 +181,10 @@ class DeviceRuntime:
             if before_commit is not None:
                 await before_commit(done)
             if events:
-                await self._sink(events)
+                await self._sink(events, wait_s=wait_s)
                 self.counters.inc("events", len(events))
+        except OutboxFull:
+            raise
         except BaseException:
             if self.decoder is not None and any(channel != LINK_CHANNEL for channel, _ in inputs):
                 self.decoder.forget()
@@ -199,11 +215,16 @@ class DeviceRuntime:
                 self.log.error("driver produced an invalid %s event: %s", draft.type, exc)
         return events
 
-    async def emit(self, drafts: Sequence[EventDraft], *, received: datetime | None = None) -> None:
-        """Stamp and commit drafts that come from no recorded input (prefer `ingest`)."""
+    async def emit(
+        self, drafts: Sequence[EventDraft], *, received: datetime | None = None, wait_s: float | None = None
+    ) -> None:
+        """Stamp and commit drafts that come from no recorded input (prefer `ingest`).
+
+        `wait_s` bounds the wait for room under `overflow: block` (then `OutboxFull`).
+        """
         events = self._stamp(drafts, received or self.now())
         if events:
-            await self._sink(events)
+            await self._sink(events, wait_s=wait_s)
             self.counters.inc("events", len(events))
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
@@ -242,18 +263,29 @@ class DeviceRuntime:
         if self.online is not True:
             await self.set_online(True)
 
-    async def poll_answered(self, raw: Any) -> None:
+    async def poll_answered(self, raw: Any, *, interval: float | None = None) -> None:
         """A poll succeeded: report online, then ingest its raw data on channel `poll`.
 
-        A commit that fails is counted and logged: the decoder has forgotten, so the
-        conditions behind these events are reported again from the next poll on.
+        A commit that fails is counted and logged, once per episode: the decoder has
+        forgotten (unless the outbox was only full), so the conditions behind these events
+        are reported again from the next poll on.
         """
         await self.answered()  # first: `device.online` precedes what the poll decodes, live and replayed
         try:
-            await self.ingest(POLL_CHANNEL, raw)
-        except OutboxError:
-            self.counters.inc("emit_failures")
-            self.log.exception("events of this poll were not accepted")
+            # Under `overflow: block`, waiting at most one interval keeps polling, and so
+            # alarm derivation, going: lane-0 events never wait for room.
+            await self.ingest(POLL_CHANNEL, raw, wait_s=interval)
+        except OutboxError as exc:
+            if self._emit_problem is None:  # once per episode, not a traceback per poll
+                self.log.warning("events of this poll were not accepted: %s", exc)
+            self._emit_problem = str(exc)
+            # OutboxFull refuses only lane-1 events: the decoder keeps its state (alarm derivation
+            # goes on). Any other failure: the decoder has forgotten, and reports again.
+            self.counters.inc("emit_refused_full" if isinstance(exc, OutboxFull) else "emit_failures")
+        else:
+            if self._emit_problem is not None:
+                self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
+            self._emit_problem = None
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""
@@ -274,6 +306,7 @@ class Gateway:
         recorder: Recorder | None = None,
         scenario: str | None = None,
         sinks: Sequence[Sink] | None = None,
+        reconcile: bool = True,
     ) -> None:
         from gateway.sinks import build_sinks
 
@@ -292,6 +325,10 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._shared: dict[str, Any] = {}
         self._shared_lock = asyncio.Lock()
+        self._confirm: RestartConfirmation | None = None
+        #: Bring the broker's retained topics in line with this config (off when the gateway
+        #: runs none of its devices, as `courtyard replay --config` does).
+        self.reconcile = reconcile
 
     async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         async with self._shared_lock:
@@ -302,56 +339,115 @@ class Gateway:
     async def start(self) -> None:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
-        await self._close_stale_alarms()
+        await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        self._bind_sinks()
         for sink in self.sinks:
             self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
         for dev in self.config.devices:
             if not dev.enabled:
                 continue
-            spec = registry.get(dev.driver)
-            factory = EventFactory(
-                site=self.config.site, gateway=self.config.gateway_id, device=device_ref(dev, spec.kind),
-                simulated=dev.simulated, scenario=self.scenario,
-            )
-            ctx = DeviceRuntime(
-                dev, factory, self.outbox.append, counters=self.counters.child(f"device.{dev.id}."),
-                shared=self._get_shared, recorder=self.recorder,
-            )
-            try:
+            try:  # one misconfigured device or unusable driver plugin must not keep the others from running
+                spec = registry.get(dev.driver)
+                if (reason := registry.problems().get(dev.driver)) is not None:
+                    raise RuntimeError(f"driver {dev.driver} is unusable: {reason}")
+                factory = EventFactory(
+                    site=self.config.site, gateway=self.config.gateway_id, device=device_ref(dev, spec.kind),
+                    simulated=dev.simulated, scenario=self.scenario,
+                )
+                ctx = DeviceRuntime(
+                    dev, factory, self._admit, counters=self.counters.child(f"device.{dev.id}."),
+                    shared=self._get_shared, recorder=self.recorder,
+                )
                 driver = spec.build(dev, ctx)
-            except Exception:  # one misconfigured device must not keep the others from running
+            except Exception:
                 self.counters.inc("device_build_failures")
                 log.exception("device %s could not be started; the others run", dev.id)
                 continue
             self.devices[dev.id] = ctx
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
-        log.info("gateway %s started: %d devices, sinks: %s", self.config.gateway_id, len(self.devices),
+        await self._start_grace()
+        log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
+                 "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
 
     async def _close_stale_alarms(self) -> None:
-        """Clear every alarm the previous run raised and never cleared.
+        """Take over the alarms the previous run raised and never cleared.
 
         Alarm state lives in the drivers, so a restart forgets it: without this, the platform
-        would keep those alarms (and their retained topics) active forever. Each is cleared
-        with its own `alarm_id` and quality `suspect` (reason `gateway_restarted`); a condition
-        that still holds is raised again, with a new id, by its driver.
+        would keep those alarms (and their retained topics) active forever. Only alarms of
+        devices in this config are touched (an outbox may hold other configs' devices). With
+        `alarms.restart_grace_s` > 0 they wait for their drivers to confirm them (see
+        `RestartConfirmation`); unconfirmed ones, and all of them when the grace is 0, are
+        cleared with their own `alarm_id` and quality `suspect` (reason `gateway_restarted`).
         """
-        now = utcnow()
-        clears = []
         model = registry.event_model()
+        mine = {d.id for d in self.config.devices}
+        previous = []
         for body in await self.outbox.open_alarms():
             try:
                 raised = model.model_validate_json(body)
             except ValidationError:
                 continue
-            clears.append(raised.model_copy(update={
-                "id": uuid7(), "time": now, "received": now, "state": "cleared",
-                "quality": Quality(status="suspect", reasons=("gateway_restarted",)),
-            }))
-        if clears:
-            log.warning("clearing %d alarm(s) left open by the previous run", len(clears))
-            self.counters.inc("stale_alarms_cleared", len(clears))
-            await self.outbox.append(clears)
+            if raised.device.id in mine:
+                previous.append(raised)
+        if self.config.alarms.restart_grace_s > 0:
+            self._confirm = RestartConfirmation(previous)
+        else:
+            await self._clear_unconfirmed(previous)
+
+    def _bind_sinks(self) -> None:
+        kinds: dict[str, str] = {}
+        for dev in self.config.devices:
+            try:
+                kinds[dev.id] = registry.get(dev.driver).kind
+            except Exception:  # an unknown driver is reported where the device is built
+                continue
+        for sink in self.sinks:
+            sink.bind(kinds, reconcile=self.reconcile)
+
+    async def _start_grace(self) -> None:
+        """Once devices are built: clear at once what no driver can confirm, time the rest."""
+        confirm = self._confirm
+        if confirm is None:
+            return
+        idle = {d.id for d in self.config.devices} - set(self.devices)  # disabled, or failed to build
+        await self._clear_unconfirmed(confirm.take_devices(idle))
+        if confirm.pending():
+            log.info("%d alarm(s) left open by the previous run wait %.0f s for their drivers to confirm them",
+                     len(confirm.pending()), self.config.alarms.restart_grace_s)
+            self._spawn(self._end_grace(confirm), "alarms-grace")
+        else:
+            confirm.open = False
+
+    async def _end_grace(self, confirm: RestartConfirmation) -> None:
+        await asyncio.sleep(self.config.alarms.restart_grace_s)
+        await self._clear_unconfirmed(confirm.expire())
+
+    async def _clear_unconfirmed(self, alarms: Sequence[Event]) -> None:
+        if not alarms:
+            return
+        now = utcnow()
+        log.warning("clearing %d alarm(s) left open by the previous run", len(alarms))
+        self.counters.inc("stale_alarms_cleared", len(alarms))
+        await self.outbox.append([restart_clear(ev, now) for ev in alarms])
+
+    async def _admit(self, events: Sequence[Event], **append: Any) -> None:
+        """Every driver event passes here on its way to `outbox.append` (restart confirmation)."""
+        confirm = self._confirm
+        if confirm is not None:
+            before = confirm.confirmed
+            events = confirm.admit(events)
+            self.counters.inc("stale_alarms_confirmed", confirm.confirmed - before)
+        await self.outbox.append(events, **append)
+
+    def _stopped_availability(self) -> list[Event]:
+        """Each device's availability for a clean stop: `device.offline`, reason `gateway_stopped`.
+
+        Handed to the sinks (MQTT retains it), not committed: nothing happened to the devices,
+        the gateway only stopped watching them; the history keeps what they last reported.
+        """
+        now = utcnow()
+        return [ctx.factory.build(stopped_draft(), now) for ctx in self.devices.values()]
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -390,7 +486,9 @@ class Gateway:
                     log.exception("closing shared %s failed", key)
         if self.sinks:
             await self.drain(flush_timeout)
+        stopped = self._stopped_availability()
         for sink in self.sinks:
+            sink.devices_stopped(stopped)
             await sink.stop()
         sink_tasks = [t for t in self._tasks if not t.get_name().startswith("device-")]
         for t in sink_tasks:
@@ -398,8 +496,9 @@ class Gateway:
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
         await self.outbox.close()
-        log.info("gateway stopped; counters: %s", {k: v for k, v in self.counters.snapshot().items()
-                                                   if not k.startswith("device.")})
+        totals = sorted((k, v) for k, v in self.counters.snapshot().items() if not k.startswith("device."))
+        width = max((len(k) for k, _ in totals), default=0)
+        log.info("gateway stopped; counters:%s", "".join(f"\n  {k:<{width}}  {v}" for k, v in totals) or " none")
 
     async def __aenter__(self) -> Gateway:
         await self.start()

@@ -129,7 +129,7 @@ def _in_process_only(device_cfg: dict[str, Any], runner: ScenarioRunner) -> bool
 
 async def replay_to(path: Path, *, speed: float, config: GatewayConfigBase | None, quiet: bool) -> int:
     """`courtyard replay`: print the replayed events; with a config, also commit and deliver them."""
-    gw = Gateway(config.model_copy(update={"devices": []})) if config is not None else None
+    gw = Gateway(config.model_copy(update={"devices": []}), reconcile=False) if config is not None else None
     n = 0
     out = sys.stdout
     if gw is not None:

@@ -1,7 +1,8 @@
 """Per-device supervision: one task per device connection, back-off, connectivity events.
 
 A device that hangs or dies only ever costs its own task: polls run on the device's own
-schedule, timeouts are the driver's, reconnects wait a capped, jittered exponential delay,
+schedule, timeouts are the driver's, reconnects wait a capped, jittered exponential delay
+that starts afresh only once the device has answered a read (connecting is not enough),
 and after `offline_after` consecutive misses a `device.offline` event is emitted
 (`device.online` when it answers again).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from gateway.backoff import backoff_delays
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["backoff_delays", "supervise"]  # backoff_delays: re-exported for old imports
 
 log = logging.getLogger(__name__)
+
+#: How back-off waits are slept (tests substitute a recorder); poll ticks use asyncio.sleep.
+backoff_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
@@ -39,7 +44,7 @@ async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> N
             ctx.counters.inc("supervisor_restarts")
             if isinstance(driver, PollingDriver):
                 await _close_quietly(driver)
-            await asyncio.sleep(ctx.next_backoff())
+            await backoff_sleep(ctx.next_backoff())
 
 
 async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
@@ -53,9 +58,11 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
         except Exception as exc:
             await ctx.miss(f"connect failed: {exc or type(exc).__name__}")
             await _close_quietly(driver)
-            await asyncio.sleep(next(delays))
+            await backoff_sleep(next(delays))
             continue
-        delays = backoff_delays(ctx.config.backoff)
+        # Back-off starts afresh only after a good read, not on connect: a device that accepts
+        # TCP and never answers must be retried ever more slowly, not twice a second.
+        answered = False
         next_at = loop.time()
         while True:
             try:
@@ -73,11 +80,14 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 ctx.counters.inc("link_errors")
                 await ctx.miss(f"link lost: {exc or type(exc).__name__}")
                 await _close_quietly(driver)
-                await asyncio.sleep(next(delays))
+                await backoff_sleep(next(delays))
                 break
             else:
+                if not answered:
+                    answered = True
+                    delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
-                await ctx.poll_answered(raw)
+                await ctx.poll_answered(raw, interval=driver.interval)
             next_at += driver.interval
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst
@@ -104,7 +114,7 @@ async def _supervise_push(driver: PushDriver, ctx: DeviceRuntime) -> None:
         if ctx.link_up_since_start:  # it was working: start back-off afresh
             ctx.reset_backoff()
         await ctx.miss(reason)
-        await asyncio.sleep(ctx.next_backoff())
+        await backoff_sleep(ctx.next_backoff())
 
 
 async def _close_quietly(driver: PollingDriver) -> None:

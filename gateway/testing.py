@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.driver import BeforeCommit, Decoder, EventDraft, Ingested
+from gateway.errors import OutboxFull
 
 
 class IngestingContext:
@@ -31,14 +32,15 @@ class IngestingContext:
         """The decoder `ingest` feeds."""
         self.decoder = decoder
 
-    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None) -> Ingested:
+    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None,
+                     wait_s: float | None = None) -> Ingested:
         """Like `DeviceRuntime.ingest`, with `emit` as the commit."""
-        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit)
+        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit, wait_s=wait_s)
         return done
 
-    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *,
-                          before_commit: BeforeCommit | None = None) -> list[Ingested]:
-        """Like `DeviceRuntime.ingest_many`: decode each input at its receipt time, one `emit`."""
+    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *, before_commit: BeforeCommit | None = None,
+                          wait_s: float | None = None) -> list[Ingested]:
+        """Like `DeviceRuntime.ingest_many`: decode each input at its receipt time, one `emit` (no `wait_s`)."""
         assert self.decoder is not None, "no decoder bound"
         record = getattr(self, "record", None)
         done = []
@@ -55,6 +57,8 @@ class IngestingContext:
                 await before_commit(done)
             if drafts:
                 await self.emit(drafts)
+        except OutboxFull:  # only lane-1 events are refused for room: the decoder keeps its state
+            raise
         except BaseException:
             self.decoder.forget()
             raise

@@ -1,4 +1,4 @@
-"""Access-control payload: gates, turnstiles and door controllers (DOMAIN.md section 2b)."""
+"""Access-control payload: gates, turnstiles and door controllers (docs/domain.md, "Access gates")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
-from schemas.common import Frozen
+from schemas.common import Frozen, Int64
 
 CredentialType = Literal["none", "card", "pin", "face", "fingerprint", "qr", "ble", "remote"]
 PassDirection = Literal["in", "out", "unknown"]
@@ -43,7 +43,7 @@ class AccessPayload(Frozen):
     mode: DoorMode | None = None
     door_open: bool | None = None
     locked: bool | None = None
-    open_doors: tuple[int, ...] | None = Field(None, description="Doors reported open (gate.status)")
+    open_doors: tuple[Int64, ...] | None = Field(None, description="Doors reported open (gate.status)")
     tamper: bool | None = None
     mains_present: bool | None = None
     on_battery: bool | None = None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 SCHEMA_ID = "courtyard.event/1"
 
@@ -13,6 +13,15 @@ EventClass = Literal["status", "event", "alarm", "fault", "connectivity", "comma
 Severity = Literal["critical", "major", "minor", "info"]
 AlarmState = Literal["raised", "cleared", "momentary"]
 QualityStatus = Literal["valid", "suspect", "rejected"]
+
+#: Integers a device sends are bounded to what every consumer can store (InfluxDB, SQLite and
+#: most JSON stacks use signed 64-bit integers). The bound is enforced by the envelope, not by
+#: the payload model: `Event` drops a value outside and marks the event `rejected`, so a driver
+#: building a payload from a hostile number never crashes, and no write is refused downstream.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, WithJsonSchema({"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX})]
+#: A count or index: never negative (refused by the payload model), at most int64 (see `Int64`).
+Count64 = Annotated[int, Field(ge=0), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": INT64_MAX})]
 
 #: Event classes that travel in the priority lane (published ahead of status backlog).
 PRIORITY_CLASSES: frozenset[str] = frozenset({"alarm", "fault", "connectivity", "command"})
@@ -59,5 +68,5 @@ class ConnectivityPayload(Frozen):
 
     kind: Literal["connectivity"] = "connectivity"
     online: bool
-    misses: int = Field(0, ge=0, description="Consecutive failed polls or missed heartbeats")
+    misses: Count64 = Field(0, description="Consecutive failed polls or missed heartbeats")
     reason: str | None = None

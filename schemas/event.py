@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import AwareDatetime, BaseModel, Field, create_model
+from pydantic import AwareDatetime, BaseModel, Field, create_model, model_validator
 
 from schemas.access import AccessPayload
 from schemas.common import (
+    INT64_MAX,
+    INT64_MIN,
     VALID,
     AlarmState,
     ConnectivityPayload,
@@ -16,6 +18,7 @@ from schemas.common import (
     DeviceRef,
     EventClass,
     Frozen,
+    Int64,
     Quality,
     Severity,
 )
@@ -46,7 +49,7 @@ class Event(Frozen):
     state: AlarmState = "momentary"
     alarm_id: str | None = Field(None, description="Ties a raised alarm or fault to its clear")
     raw_code: str | None = Field(None, description="Namespaced source code, e.g. gbt24476:4")
-    seq: int | None = Field(None, description="Device sequence number, when the device has one")
+    seq: Int64 | None = Field(None, description="Device sequence number, when the device has one")
     quality: Quality = VALID
     simulated: bool = False
     scenario: str | None = None
@@ -54,9 +57,53 @@ class Event(Frozen):
 
     model_config = Frozen.model_config | {"populate_by_name": True}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unstorable_integers(cls, data: Any) -> Any:
+        """A device integer outside int64 (`plateid: 2**70`) makes the event `rejected`, value dropped.
+
+        Unbounded, it would make InfluxDB refuse the write (and everything batched with it).
+        Covers `seq` and the payload's fields, one level deep (`raw`, `open_doors`), whether the
+        payload comes as a model (drivers) or a mapping (JSON).
+        """
+        if not isinstance(data, dict):
+            return data
+        reasons: list[str] = []
+        if _unstorable(data.get("seq")):
+            data = {**data, "seq": None}
+            reasons.append("seq_out_of_range")
+        payload = data.get("payload")
+        fields = payload if isinstance(payload, dict) else getattr(payload, "__dict__", None)
+        if isinstance(fields, dict):
+            fixed: dict[str, Any] = {}
+            for key, value in fields.items():
+                if _unstorable(value):
+                    fixed[key] = None
+                    reasons.append(f"{key}_out_of_range")
+                elif isinstance(value, dict) and any(_unstorable(v) for v in value.values()):
+                    reasons += [f"{key}.{k}_out_of_range" for k, v in value.items() if _unstorable(v)]
+                    fixed[key] = {k: v for k, v in value.items() if not _unstorable(v)}
+                elif isinstance(value, list | tuple) and any(_unstorable(v) for v in value):
+                    reasons.append(f"{key}_out_of_range")
+                    fixed[key] = type(value)(v for v in value if not _unstorable(v))
+            if fixed:
+                new = {**payload, **fixed} if isinstance(payload, dict) else payload.model_copy(update=fixed)
+                data = {**data, "payload": new}
+        if reasons:
+            quality = data.get("quality", VALID)
+            if not isinstance(quality, Quality):
+                quality = Quality.model_validate(quality)
+            data = {**data, "quality": Quality(status="rejected", reasons=tuple(dict.fromkeys(
+                (*quality.reasons, *reasons))))}
+        return data
+
     def to_json(self) -> str:
         """Serialize exactly as published (aliases, no nulls dropped)."""
         return self.model_dump_json(by_alias=True)
+
+
+def _unstorable(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX
 
 
 #: What the models above cover: the built-in kinds and payloads.

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import Frozen
+from schemas.common import Count64, Frozen, Int64
 
 PlateColor = Literal["blue", "yellow", "white", "black", "green", "yellow_green", "unknown"]
 PlateClass = Literal["ordinary", "nev_small", "nev_large", "embassy", "none"]
@@ -51,11 +51,10 @@ class LprPayload(Frozen):
     reason: GateReason | None = None
     pass_id: str | None = Field(None, description="Visitor pass that decided the gate, if any")
     gate_state: GateState | None = None
-    io_input: int | None = Field(None, ge=0, description="GPIO input number (lpr.io_trigger)")
-    io_value: int | None = None
-    suppressed: int | None = Field(
+    io_input: Count64 | None = Field(None, description="GPIO input number (lpr.io_trigger)")
+    io_value: Int64 | None = None
+    suppressed: Count64 | None = Field(
         None,
-        ge=0,
         description="Duplicate reads of this plate on this lane suppressed since the last event",
     )
     detail: str | None = Field(None, description="Why a push was rejected, in words")

@@ -1,4 +1,4 @@
-"""PA / broadcast amplifier payload (DOMAIN.md section 4b)."""
+"""PA / broadcast amplifier payload (docs/domain.md, "PA and voice-alarm amplifiers")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.common import Frozen
+from schemas.common import Frozen, Int64
 
 ZoneState = Literal["idle", "background", "paging", "emergency", "fault", "unknown"]
 EmergencySource = Literal["fire_linkage", "manual", "unknown"]
@@ -25,7 +25,7 @@ class PaPayload(Frozen):
     zone_state: ZoneState | None = None
     volume_db: float | None = Field(None, description="Zone volume in dB (0 = full scale)")
     source: str | None = Field(None, description="What the zone plays: music, mic, message:<id>, ...")
-    priority: int | None = Field(None, description="Priority of the active call in the zone")
+    priority: Int64 | None = Field(None, description="Priority of the active call in the zone")
     emergency_source: EmergencySource | None = None
     zones: tuple[str, ...] | None = Field(None, description="Zones an emergency broadcast covers")
     message: str | None = Field(None, description="Emergency message id or text")

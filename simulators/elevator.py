@@ -37,6 +37,10 @@ DOOR_MOVE_S = 2.0
 DOOR_OPEN_S = 3.0
 DOOR_ZONE_M = 0.15
 PASSENGER_LOAD_PCT = 8
+#: Every value the model can put in an enum field; each shipped map must encode all of them.
+DOOR_STATES = ("closed", "opening", "open", "closing")
+DIRECTIONS = ("none", "up", "down")
+SERVICE_MODES = ("normal", "fire_return")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,9 @@ async def test_run_example_until_sigterm_then_history(tmp_path: Path, mosquitto:
             sim.wait(10)
         assert gw.returncode == 0, err
         assert "stopped" in err
+        assert "started: 1 device," in err
+        assert "{'" not in err, "counters are not printed as a Python dict"
+        assert re.search(r"counters:\n(  \S+ +\d+\n)*  outbox\.accepted +\d+\n", err), "one counter a line"
         await col.wait_for(lambda c: any(t.endswith("/gateway/gw-1/status") and b'"offline"' in p
                                          for t, p in c.messages), timeout=5)
         published = {e["id"]: e for e in col.events()}
@@ -64,8 +68,14 @@ async def test_run_example_until_sigterm_then_history(tmp_path: Path, mosquitto:
     filtered = courtyard("events", "--db", str(tmp_path / "outbox.db"), "--json", "--type", "device.*",
                          "--device", "lift-b1-1", "--since", "10m")
     assert [json.loads(x)["type"] for x in filtered.stdout.splitlines()] == ["device.online"]
-    table = courtyard("events", "--db", str(tmp_path / "outbox.db"), "--limit", "2")
+    table = courtyard("events", "--db", str(tmp_path / "outbox.db"), "--limit", "2",
+                      env=os.environ | {"TZ": "Asia/Shanghai"})
     assert table.returncode == 0 and "elevator" in table.stdout
+    # local time with its offset, so a line read elsewhere is unambiguous
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\+0800  ", table.stdout), table.stdout
+    assert table.stderr.strip() == "2 events"
+    one = courtyard("events", "--db", str(tmp_path / "outbox.db"), "--limit", "1")
+    assert one.stderr.strip() == "1 event"
     bad = courtyard("events", "--db", str(tmp_path / "outbox.db"), "--since", "yesterday")
     assert bad.returncode == 1 and "bad duration" in bad.stderr
 
@@ -108,3 +118,9 @@ def test_standalone_simulator_is_a_real_modbus_server() -> None:
         sim.wait(10)
     bad = courtyard("simulate", "elevator", "--fault", "meteor")
     assert bad.returncode != 0 and "unknown fault" in bad.stderr
+
+
+def test_validate_counts_devices_in_words() -> None:
+    one = courtyard("validate", "-c", "examples/broadcast.yaml")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.strip() == "examples/broadcast.yaml: OK (1 device, site demo-community)"

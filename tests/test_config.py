@@ -122,3 +122,133 @@ def test_secrets_from_the_environment_are_never_retyped(monkeypatch: pytest.Monk
     cfg = load_config_text("site: s1\nmqtt:\n  username: gw\n  password: ${TEST_SECRET}\n")
     assert cfg.mqtt.password is not None
     assert cfg.mqtt.password.get_secret_value() == secret
+
+
+# --- hostile and malformed files (issue 9.7) --------------------------------------------------
+
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with libyaml events and with PyYAML's pure-Python parser (the fallback)."""
+    import yaml
+
+    from gateway import yamlfile
+
+    if request.param == "python":
+        monkeypatch.setattr(yamlfile, "_Loader", yaml.SafeLoader)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("libyaml not available")
+    return str(request.param)
+
+
+def laughs(levels: int) -> str:
+    out = ['site: s1\nx-l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n']
+    out += [f"x-l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]\n" for k in range(1, levels + 1)]
+    return "".join(out)
+
+
+def test_billion_laughs_is_refused_with_a_line(parser: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(laughs(9), source="laughs.yaml")
+    problem = info.value.problems[0]
+    assert "too many alias expansions" in problem.message
+    assert problem.line is not None and 2 < problem.line <= 11
+    assert str(problem).startswith(f"laughs.yaml:{problem.line}: x-l")
+
+
+def test_merge_key_bomb_is_refused(parser: str) -> None:
+    text = ["site: s1\nx-m0: &m0 {a: 1, b: 2, c: 3}\n"]
+    for k in range(1, 10):
+        fields = ", ".join(f"k{k}_{j}: *m{k - 1}" for j in range(8))
+        text.append(f"x-m{k}: &m{k} {{<<: *m{k - 1}, {fields}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_text("".join(text), source="merge.yaml")
+    assert "too many alias expansions" in info.value.problems[0].message
+
+
+def test_moderate_aliases_still_load(parser: str) -> None:
+    cfg = load_config_text(laughs(3))  # 9**3 shared strings: well under the bound
+    assert cfg.site == "s1"
+
+
+def test_merge_key_precedence(parser: str) -> None:
+    cfg = load_config_text(
+        "x-a: &a {driver: modbus_elevator, port: 1502, poll_interval_s: 2}\n"
+        "x-b: &b {port: 1600, timeout_s: 0.5, poll_interval_s: 3}\n"
+        "site: s1\n"
+        "devices:\n"
+        "  - {<<: [*a, *b], id: lift-1, poll_interval_s: 5}\n"
+    )
+    dev = cfg.devices[0]
+    # explicit keys win, then the earlier merge source
+    assert (dev.port, dev.timeout_s, dev.poll_interval_s) == (1502, 0.5, 5.0)  # type: ignore[attr-defined]
+
+
+def test_merged_device_errors_point_at_the_device(parser: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(
+            "x-lift: &lift {driver: modbus_elevator, port: 99999}\n"  # 1
+            "site: s1\n"                                               # 2
+            "devices:\n"                                               # 3
+            "  - id: lift-1\n"                                         # 4
+            "    <<: *lift\n",                                         # 5
+            source="m.yaml",
+        )
+    assert [(p.line, p.path) for p in info.value.problems] == [(5, "devices[0].port")]
+
+
+def test_duplicate_keys_name_both_lines(parser: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(
+            "site: s1\n"                        # 1
+            "devices:\n"                        # 2
+            "  - id: lift-1\n"                  # 3
+            "    driver: modbus_elevator\n"     # 4
+            "    port: 1502\n"                  # 5
+            "    port: 1503\n",                 # 6
+            source="dup.yaml",
+        )
+    [problem] = info.value.problems
+    assert (problem.line, problem.path) == (6, "devices[0].port")
+    assert "duplicate key 'port' (first at line 5)" in problem.message
+
+
+@pytest.mark.parametrize("depth", [150, 5000])
+def test_deep_nesting_is_an_error_with_a_line(parser: str, depth: int) -> None:
+    text = "site: s1\ndevices:\n  - " + "[" * depth + "]" * depth + "\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="deep.yaml")
+    problem = info.value.problems[0]
+    assert problem.line == 3
+    assert "nest" in problem.message
+
+
+def test_self_referencing_alias_is_refused(parser: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text("site: s1\nx-a: &a [1, *a]\n", source="loop.yaml")
+    assert info.value.problems[0].line == 2
+
+
+def test_several_documents_are_refused(parser: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text("site: s1\n---\nsite: s2\n", source="two.yaml")
+    assert "single YAML document" in info.value.problems[0].message
+
+
+def test_validate_names_a_missing_variable_with_its_line(tmp_path: Path) -> None:
+    import os
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(
+        "site: s1\n"
+        "mqtt:\n"
+        "  username: gw\n"
+        "  password: ${COURTYARD_TEST_UNSET_SECRET}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COURTYARD_TEST_UNSET_SECRET"}
+    res = subprocess.run([sys.executable, "-m", "gateway", "validate", "-c", str(cfg)],
+                         check=False, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert res.returncode == 1
+    assert (f"{cfg}:4: mqtt.password: environment variable COURTYARD_TEST_UNSET_SECRET is not set"
+            in res.stderr), res.stderr

@@ -23,7 +23,7 @@ from gateway import registry
 from gateway.alarms import AlarmTracker
 from gateway.config import parse_config
 from gateway.driver import EventDraft, PollingDriver
-from gateway.errors import OutboxFull
+from gateway.errors import OutboxError, OutboxFull
 from gateway.metrics import Counters
 from gateway.recorder import JsonlRecorder
 from gateway.replay import recording_header
@@ -58,15 +58,15 @@ class Clock:
 
 
 class Sink:
-    """The commit: keeps events, or raises `OutboxFull` while `full`."""
+    """The commit: keeps events, or raises `failure` while it is set."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self.full = False
+        self.failure: Exception | None = None
 
-    async def __call__(self, events: Sequence[Event]) -> None:
-        if self.full:
-            raise OutboxFull("outbox over budget", retry_after_s=1.0)
+    async def __call__(self, events: Sequence[Event], *, wait_s: float | None = None) -> None:
+        if self.failure is not None:
+            raise self.failure
         self.events.extend(events)
 
 
@@ -110,10 +110,10 @@ async def test_failed_commit_makes_the_decoder_report_the_alarm_again_with_its_i
     rt, sink, clock, _ = elevator_runtime(tmp_path, thresholds={"trapped_s": 10})
     await rt.ingest("poll", poll(TRAPPED))
     clock.t = T0 + timedelta(seconds=11)
-    sink.full = True
-    with pytest.raises(OutboxFull):
+    sink.failure = OutboxError("commit failed: disk I/O error")
+    with pytest.raises(OutboxError):
         await rt.ingest("poll", poll(TRAPPED))  # the raise of `passenger_trapped` is not committed
-    sink.full = False
+    sink.failure = None
     clock.t = T0 + timedelta(seconds=12)
     await rt.ingest("poll", poll(TRAPPED))
     (raised,) = [e for e in sink.events if e.type == "elevator.passenger_trapped"]
@@ -123,6 +123,16 @@ async def test_failed_commit_makes_the_decoder_report_the_alarm_again_with_its_i
     states = [(e.state, e.alarm_id) for e in sink.events if e.type == "elevator.passenger_trapped"]
     assert states == [("raised", raised.alarm_id), ("cleared", raised.alarm_id)]
     assert rt.counters.get("decoder_crashes") == 0
+
+
+async def test_outbox_full_refuses_status_only_so_the_decoder_keeps_its_state(tmp_path: Path) -> None:
+    rt, sink, clock, _ = elevator_runtime(tmp_path)
+    sink.failure = OutboxFull("outbox over budget", retry_after_s=1.0)
+    with pytest.raises(OutboxFull):
+        await rt.ingest("poll", poll(IDLE), wait_s=0.5)
+    sink.failure = None
+    clock.t = T0 + timedelta(seconds=1)
+    assert (await rt.ingest("poll", poll(IDLE))).drafts == []  # not forgotten: unchanged status is not re-sent
 
 
 async def test_a_decoder_crash_is_counted_and_decodes_to_nothing(tmp_path: Path) -> None:
@@ -304,11 +314,14 @@ def test_a_plugin_adds_a_kind_with_its_payload_and_an_unusable_one_is_refused_by
         jsonschema.validate(event, json.loads(EVENT_SCHEMA_PATH.read_text()))  # not in the built-in schema
 
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text(f"site: s\noutbox: {{path: {tmp_path / 'o.db'}}}\nmqtt: {{enabled: false}}\n"
-                   "devices:\n  - {id: smoke-1, driver: modbus_smoke}\n")
+    head = f"site: s\noutbox: {{path: {tmp_path / 'o.db'}}}\nmqtt: {{enabled: false}}\ndevices:\n"
+    cfg.write_text(head + "  - {id: smoke-1, driver: modbus_smoke}\n")
     checked = courtyard(env, "validate", "-c", str(cfg))
-    assert checked.returncode == 1 and "driver plugin bad_smoke refused" in checked.stderr
-    assert "modbus_smoke" not in checked.stderr  # the usable plugin's device validates
+    assert checked.returncode == 0, checked.stderr  # the usable plugin's device validates
+    assert "warning: driver plugin bad_smoke is unusable" in checked.stderr  # named, though no device uses it
+    cfg.write_text(head + "  - {id: smoke-1, driver: modbus_smoke}\n  - {id: bad-1, driver: bad_smoke}\n")
+    checked = courtyard(env, "validate", "-c", str(cfg))
+    assert checked.returncode == 1 and "devices[1].driver: driver 'bad_smoke' is unusable" in checked.stderr
 
 
 # --- simulators out of drivers ------------------------------------------------------------------

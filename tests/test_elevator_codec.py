@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +171,109 @@ def test_malformed_recordings_are_refused_cleanly(raw: Any) -> None:
     except ValueError:
         return
     assert all(isinstance(a, int) and 0 <= w <= 0xFFFF for a, w in words.items())
+
+
+# --- every shipped map speaks every simulator state (issue 10.15) -----------------------------
+
+
+def _round_trips(name: str, values: dict[str, Any]) -> None:
+    regmap = load_map(name)
+    decoded, _, problems = regmap.decode(regmap.encode(values))
+    assert problems == [], (name, values)
+    for field_name, value in values.items():
+        if field_name not in regmap.fields:
+            continue  # the map does not carry it (e.g. no event code in the vendor block)
+        if field_name == "speed_mps":
+            assert decoded[field_name] == pytest.approx(value, abs=regmap.fields["speed_mps"].scale)
+        else:
+            assert decoded[field_name] == value, (name, field_name)
+
+
+@pytest.mark.parametrize("name", shipped_maps())
+def test_every_map_encodes_every_simulator_enum_value(name: str) -> None:
+    from simulators.elevator import DIRECTIONS, DOOR_STATES, SERVICE_MODES
+
+    for door in DOOR_STATES:
+        for direction in DIRECTIONS:
+            for mode in SERVICE_MODES:
+                for flag in (False, True):
+                    _round_trips(name, {**IDLE, "door_state": door, "direction": direction, "service_mode": mode,
+                                        "car_running": flag, "door_zone": not flag, "occupied": flag})
+
+
+@pytest.mark.parametrize("name", shipped_maps())
+def test_every_map_round_trips_simulated_runs(name: str) -> None:
+    from simulators.elevator import DOOR_STATES, ElevatorModel
+
+    seen: set[str] = set()
+    for faults in ({}, {"fire_mode": True}, {"trapped": True}, {"overspeed": True}, {"door_open_running": True},
+                   {"alarm_button": True, "fault_code": 4}):
+        model = ElevatorModel(seed=7, call_rate_per_s=0.5, faults=dict(faults))
+        if "fire_mode" in faults:
+            model.service_mode = "fire_return"
+        for _ in range(3000):  # 300 simulated seconds
+            model.step(0.1)
+            values = model.values()
+            seen.add(values["door_state"])
+            _round_trips(name, values)
+    assert seen == set(DOOR_STATES)
+
+
+def test_encoding_a_value_the_map_lacks_is_an_error() -> None:
+    regmap = load_map("monarch_vendor")
+    with pytest.raises(ValueError, match="service_mode='earthquake' has no code"):
+        regmap.encode({**IDLE, "service_mode": "earthquake"})
+    with pytest.raises(ValueError, match="does not fit"):
+        load_map("gbt24476").encode({**IDLE, "load_pct": 70000})
+
+
+# --- map authoring: errors point at the map file's line (issue 10.20) --------------------------
+
+BAD_MAP = (
+    "name: bad\n"                                        # 1
+    "namespace: bad\n"                                   # 2
+    "blocks: [{address: 0, count: 4}]\n"                 # 3
+    "fields:\n"                                          # 4
+    "  floor: {address: 0, signed: true}\n"              # 5
+    "  door_state: {address: 1, mask: 0}\n"              # 6
+    "fault_codes:\n"                                     # 7
+    "  4: {severity: major}\n"                           # 8
+)
+
+
+def test_map_errors_carry_the_map_files_lines(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_MAP)
+    with pytest.raises(ConfigError) as info:
+        load_map(str(path))
+    found = {(p.line, p.path) for p in info.value.problems}
+    assert (6, "fields.door_state.mask") in found
+    assert (8, "fault_codes[4].type") in found
+    assert all(p.file == str(path) for p in info.value.problems)
+
+
+def test_config_names_the_map_line_behind_a_device_error(tmp_path: Path) -> None:
+    from gateway.config import load_config_text
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_MAP.replace("mask: 0", "mask: 1").split("fault_codes")[0]
+                    + "  occupied: {address: 9, enum: {0: false, 1: true}}\n")  # outside every block
+    with pytest.raises(ConfigError) as info:
+        load_config_text(f"site: s1\ndevices:\n  - id: lift-1\n    driver: modbus_elevator\n    map: {path}\n",
+                         source="site.yaml")
+    [problem] = info.value.problems
+    assert (problem.line, problem.path) == (5, "devices[0].map")
+    assert f"{path}:1: <root>: Value error, addresses [9] are not inside any block" in problem.message
+
+
+def test_duplicate_key_in_a_map_names_both_lines(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(BAD_MAP.replace("mask: 0", "mask: 1").split("fault_codes")[0] + "  floor: {address: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_map(str(path))
+    assert str(info.value.problems[0]) == f"{path}:7: fields.floor: duplicate key 'floor' (first at line 5)"

@@ -73,7 +73,7 @@ async def test_budget_drops_oldest_status_never_alarms(tmp_path: Path) -> None:
         rows = await ob.fetch("mqtt", 1000)
         bodies = "".join(r.body for r in rows)
         assert all(a.id in bodies for a in alarms), "an alarm was dropped"
-        assert ob.counters.get("outbox.dropped_status") > 0
+        assert ob.counters.get("outbox.dropped_lane1") > 0
         assert ob.count <= 101
         # the newest status events are the ones kept
         status_floors = [int(r.body.split('"floor":')[1].split(",")[0]) for r in rows if r.lane == 1]
@@ -86,7 +86,7 @@ async def test_budget_frees_delivered_history_first(tmp_path: Path) -> None:
         await ob.append([make_event(i) for i in range(90)])
         await ob.ack("mqtt", await ob.fetch("mqtt", 90))
         await ob.append([make_event(i) for i in range(90, 150)])
-        assert ob.counters.get("outbox.dropped_status") == 0
+        assert ob.counters.get("outbox.dropped_lane1") == 0
         assert len(await ob.fetch("mqtt", 1000)) == 60
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -146,7 +148,7 @@ async def test_retained_topics_for_late_subscribers(tmp_path: Path, mosquitto: M
                     async for msg in client.messages:
                         got[str(msg.topic)] = msg.payload  # type: ignore[assignment]
         base = "courtyard/retained-site/elevator/lift-1"
-        assert json.loads(got[f"{base}/state"])["type"] == "elevator.status"
+        assert json.loads(got[f"{base}/state"])["parts"]["device"]["type"] == "elevator.status"
         assert json.loads(got[f"{base}/availability"])["type"] == "device.online"
         alarms = [json.loads(v) for t, v in got.items() if t.startswith(f"{base}/alarm/")]
         assert [a["type"] for a in alarms] == ["elevator.passenger_trapped"]
@@ -170,3 +172,90 @@ async def test_retained_topics_for_late_subscribers(tmp_path: Path, mosquitto: M
             async for msg in client.messages:
                 assert json.loads(msg.payload)["status"] == "offline"  # type: ignore[arg-type]
                 break
+
+
+# --- partial writes: only the refused line is dead-lettered (issue 9.12) ----------------------
+
+
+def _status_events(n: int, odd_one: int) -> list[Any]:
+    """`n` elevator status events 1 ms apart; event `odd_one` alone carries `door_state`."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.ids import uuid7
+    from schemas.common import DeviceRef
+    from schemas.elevator import ElevatorPayload
+    from schemas.event import Event
+
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    out = []
+    for i in range(n):
+        t = t0 + timedelta(milliseconds=i)
+        out.append(Event.model_validate({
+            "id": uuid7(), "time": t, "received": t, "site": "pw", "gateway": "gw",
+            "device": DeviceRef(id="lift-pw", kind="elevator", driver="modbus_elevator"),
+            "class": "status", "type": "elevator.status",
+            "payload": ElevatorPayload(floor=i, door_state="open" if i == odd_one else None),
+        }))
+    return out
+
+
+async def _deliver_all(tmp_path: Path, cfg: InfluxConfig, events: list[Any]) -> Any:
+    from gateway.metrics import Counters
+    from gateway.outbox import Outbox
+
+    counters = Counters()
+    sink = InfluxSink(cfg, counters=counters)
+    async with Outbox(tmp_path / "o.db", sinks=["influx"], counters=counters) as ob:
+        await ob.append(events)
+        task = asyncio.create_task(sink.run(ob))
+        try:
+            await eventually(lambda: counters.get("influx.written") + counters.get("influx.dead_lettered")
+                             >= len(events), timeout=20)
+            assert (await ob.backlog())["influx"] == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sink.stop()
+    return counters
+
+
+async def test_partial_write_dead_letters_only_the_refused_line(tmp_path: Path, influx_v1: InfluxV1) -> None:
+    import urllib.request
+
+    db = "partial_write"
+    influx_v1.query_sync(f"CREATE DATABASE {db}")
+    # door_state exists as a float: the one event that carries it (as a string) conflicts.
+    urllib.request.urlopen(urllib.request.Request(
+        f"{influx_v1.url}/write?db={db}", data=b"elevator,site=other door_state=1.5", method="POST"), timeout=5)
+    events = _status_events(40, odd_one=23)
+    cfg = InfluxConfig(url=influx_v1.url, api="v1", database=db, batch=40)
+    counters = await _deliver_all(tmp_path, cfg, events)
+    assert counters.get("influx.written") == 39
+    rows = await asyncio.to_thread(
+        lambda: influx_v1.query_sync(f"SELECT floor, event_id FROM {db}..elevator WHERE site = 'pw'"))
+    assert sorted(r["floor"] for r in rows) == [i for i in range(40) if i != 23]
+    [letter] = dead_letters(tmp_path / "o.db")
+    assert letter["status"] == 400 and "conflict" in str(letter["reason"])
+    assert letter["count"] == 1 and events[23].id in str(letter["body"])
+
+
+async def test_victoria_metrics_takes_the_rest_of_a_batch_with_a_bad_line(tmp_path: Path, victoria: Any) -> None:
+    """VictoriaMetrics (v2 API) answers 204 and drops the lines it cannot store: the rest arrives."""
+    events = _status_events(40, odd_one=23)
+    cfg = InfluxConfig(url=victoria.url, api="v2", database="courtyard", batch=40)
+    counters = await _deliver_all(tmp_path, cfg, events)
+    assert counters.get("influx.written") == 40
+
+    async def floors() -> list[float]:
+        series = await victoria.export('{__name__="elevator_floor", site="pw"}')
+        return sorted(v for s in series for v in s["values"])
+
+    got: list[float] = []
+    for _ in range(100):  # VictoriaMetrics makes fresh samples searchable within a few seconds
+        got = await floors()
+        if len(got) >= 40:
+            break
+        await asyncio.sleep(0.2)
+    assert got == list(range(40))
+    assert dead_letters(tmp_path / "o.db") == []

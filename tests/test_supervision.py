@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from pathlib import Path
+
+import pytest
 
 from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import parse_config
@@ -94,7 +97,7 @@ async def test_alarms_left_open_by_a_previous_run_are_cleared_on_start(tmp_path:
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=1.0)})
     dev = lift("lift-1", port) | {"thresholds": {"trapped_s": 0.5}}
-    cfg = parse_config(base_config(tmp_path, devices=[dev]))
+    cfg = parse_config(base_config(tmp_path, devices=[dev], alarms={"restart_grace_s": 0}))  # clear at once
     async with sim:
         async with Gateway(cfg):
             await sim.inject("trapped")
@@ -112,3 +115,66 @@ async def test_alarms_left_open_by_a_previous_run_are_cleared_on_start(tmp_path:
     assert trapped[1]["quality"] == {"status": "suspect", "reasons": ["gateway_restarted"]}
     async with Gateway(cfg) as gw:  # nothing left open: nothing cleared again
         assert gw.counters.get("stale_alarms_cleared") == 0
+
+
+async def test_backoff_grows_when_a_device_accepts_but_never_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connecting is not an answer: back-off resets only after a good read (issue 9.17)."""
+    from gateway import supervisor
+
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):  # swallow every request, answer none
+                pass
+        writer.close()
+
+    waits: list[float] = []
+
+    async def recording_sleep(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(delay)
+
+    monkeypatch.setattr(supervisor, "backoff_sleep", recording_sleep)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dev = {**lift("lift-silent", port), "timeout_s": 0.2,
+           "backoff": {"initial_s": 0.2, "max_s": 5.0, "factor": 2.0, "jitter": 0.0}}
+    cfg = parse_config(base_config(tmp_path, devices=[dev]))
+    async with server, Gateway(cfg) as gw:
+        await eventually(lambda: len(waits) >= 4, timeout=15)
+        assert gw.counters.get("device.lift-silent.polls") == 0
+    assert waits[:4] == pytest.approx([0.2, 0.4, 0.8, 1.6])
+    assert 4 <= connections <= len(waits) + 1  # one connection per attempt, no hidden retries
+
+
+async def test_backoff_starts_afresh_after_a_good_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import supervisor
+
+    waits: list[float] = []
+
+    async def recording_sleep(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(delay)
+
+    monkeypatch.setattr(supervisor, "backoff_sleep", recording_sleep)
+    port = free_port()
+    sim = ElevatorSimulator(port=port)
+    dev = {**lift("lift-1", port), "backoff": {"initial_s": 0.2, "max_s": 5.0, "factor": 2.0, "jitter": 0.0}}
+    cfg = parse_config(base_config(tmp_path, devices=[dev]))
+    async with sim, Gateway(cfg) as gw:
+        await eventually(lambda: gw.counters.get("device.lift-1.polls") > 2, timeout=5)
+        await sim.inject("no_reply")
+        await eventually(lambda: len(waits) >= 2, timeout=10)
+        await sim.clear("no_reply")
+        polls = gw.counters.get("device.lift-1.polls")
+        await eventually(lambda: gw.counters.get("device.lift-1.polls") > polls + 2, timeout=10)
+        await sim.inject("no_reply")
+        before = len(waits)
+        await eventually(lambda: len(waits) > before, timeout=10)
+    assert waits[0] == pytest.approx(0.2) and waits[1] == pytest.approx(0.4)
+    assert waits[before] == pytest.approx(0.2)  # answered in between: from the start again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -19,10 +20,14 @@ from drivers.http_plate_reader.decoder import STUCK, Decoded, Outcome, PlateDeco
 from drivers.http_plate_reader.listener import Policy, PushReply, PushRequest, error_body, open_listener
 from drivers.http_plate_reader.media import MediaStore
 from gateway.driver import DeviceContext, EventDraft, Ingested, PushDriver
-from gateway.errors import DeviceUnavailable
+from gateway.errors import DeviceUnavailable, OutboxFull
 from schemas.lpr import LprPayload
 
 __all__ = ["HttpPlateReader", "Outcome"]
+
+#: Longest a push waits for outbox room (`overflow: block`) before 503 + Retry-After: below
+#: the cameras' own request timeouts (typically 3 to 10 s), so they get an answer and retry.
+PUSH_COMMIT_WAIT_S = 2.0
 
 
 class _MediaFailed(Exception):
@@ -37,7 +42,10 @@ class HttpPlateReader(PushDriver):
         self.cfg = config
         self.plates = PlateDecoder(config, ctx)
         self.decoder = self.plates
-        self.policy = Policy(config.auth, config.max_body_bytes, config.rate_limit_per_s, config.rate_burst)
+        self.policy = Policy(
+            config.auth, config.max_body_bytes, config.rate_limit_per_s, config.rate_burst,
+            tuple(config.allow_sources), config.rate_limit_total_per_s, config.rate_total_burst, config.listener,
+        )
         self.media: MediaStore | None = None  # the shared, writing store; set by run()
         self._last_seen: float | None = None
         self._online: bool | None = None
@@ -53,7 +61,7 @@ class HttpPlateReader(PushDriver):
         cfg = self.cfg
         key = f"http_plate_reader:{cfg.listen_host}:{cfg.listen_port}"
         try:
-            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port))
+            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
         except OSError as exc:
             raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         try:
@@ -129,7 +137,7 @@ class HttpPlateReader(PushDriver):
             await self._store_images(drafts.outcome)
 
         try:
-            await self.ctx.ingest("push", raw, before_commit=store_images)
+            await self.ctx.ingest("push", raw, before_commit=store_images, wait_s=PUSH_COMMIT_WAIT_S)
         except _MediaFailed as exc:
             self.plates.not_committed(decoded[0], exc)
             return PushReply(507, error_body("media_failed", "image could not be stored"))
@@ -137,7 +145,14 @@ class HttpPlateReader(PushDriver):
             if decoded:
                 self.plates.not_committed(decoded[0], exc)
             raise
-        except Exception as exc:  # e.g. OutboxFull: the camera must retry, so it gets a 503
+        except OutboxFull as exc:  # nothing committed, barrier not opened: the camera retries later
+            if not decoded:
+                raise
+            self.plates.not_committed(decoded[0], exc)
+            self.ctx.counters.inc("lpr.outbox_full")
+            return PushReply(503, error_body("outbox_full", str(exc)),
+                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        except Exception as exc:  # e.g. a disk error: the camera must retry, so it gets a 503
             if not decoded:  # failed before the commit: a bug, the listener answers 500
                 raise
             self.plates.not_committed(decoded[0], exc)

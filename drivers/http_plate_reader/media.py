@@ -13,6 +13,8 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from gateway.files import FILE_MODE, make_private_dirs, write_private
+
 
 def image_name(device: str, data: bytes, suffix: str = ".jpg") -> str:
     """Relative file name for an image: `<device>/<sha256 prefix><suffix>`."""
@@ -44,11 +46,13 @@ class MediaStore:
 
     def scan(self) -> None:
         """Index what is already on disk (after a restart), oldest first, and enforce the budget."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.root)  # plate pictures: 0700 folders, 0600 files
         found: list[tuple[float, str, int]] = []
         for path in self.root.rglob("*"):
             if path.is_file():
                 stat = path.stat()
+                if stat.st_mode & 0o777 != FILE_MODE:
+                    path.chmod(FILE_MODE)
                 found.append((stat.st_mtime, path.relative_to(self.root).as_posix(), stat.st_size))
         for _, name, size in sorted(found):
             self._files[name] = size
@@ -64,9 +68,9 @@ class MediaStore:
 
     def _write(self, name: str, data: bytes) -> None:
         path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
+        write_private(tmp, data)
         os.replace(tmp, path)
 
     async def store(self, name: str, data: bytes) -> str:

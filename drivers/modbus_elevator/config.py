@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.modbus_elevator.regmap import load_map
 from gateway.driver import DeviceConfig
+from gateway.errors import ConfigError
 
 
 class Thresholds(BaseModel):
-    """Windows for alarms the gateway derives from status (DOMAIN.md 1d; per-site tunable)."""
+    """Windows for alarms the gateway derives from status (docs/domain.md, "Elevators"; per-site tunable)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -49,9 +50,17 @@ class ModbusElevatorConfig(DeviceConfig):
             load_map(value)
         except FileNotFoundError:
             raise ValueError(f"register map {value!r} not found (shipped: gbt24476, monarch_vendor)") from None
-        except ValidationError as exc:
-            raise ValueError(f"register map {value!r} is invalid: {exc}") from None
+        except ConfigError as exc:  # the map's own file:line: path: message, first problem first
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            raise ValueError(f"register map {value!r} is invalid: {exc.problems[0]}{more}") from None
         return value
+
+    def config_warnings(self) -> list[tuple[str, str]]:
+        """(field, message) pairs `courtyard validate` prints: legal, but probably not meant."""
+        if "occupied" not in load_map(self.map).fields:
+            return [("map", f"register map {self.map!r} has no `occupied` field: "
+                            "trapped-passenger detection is off for this elevator")]
+        return []
 
     @model_validator(mode="after")
     def _floors(self) -> ModbusElevatorConfig:

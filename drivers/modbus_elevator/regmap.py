@@ -12,9 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.yamlfile import load_model
 from schemas.common import EventClass, Severity
 
 MAPS_DIR = Path(__file__).parent / "maps"
@@ -153,19 +153,29 @@ class RegisterMap(_M):
     # --- encode (simulators) ---------------------------------------------------------------
 
     def encode(self, values: dict[str, Any], bits: set[str] = frozenset()) -> dict[int, int]:  # type: ignore[assignment]
-        """Registers for `values` (field name -> decoded value) and set alarm `bits` (entry types)."""
+        """Registers for `values` (field name -> decoded value) and set alarm `bits` (entry types).
+
+        A value the map cannot represent (not in the field's enum, or too wide for its bits)
+        raises `ValueError`: a simulator that silently wrote 0 instead would make the driver
+        reject samples the device never sent. Fields the map lacks and alarm bits it has no
+        bit for are skipped (the device cannot say them).
+        """
         words: dict[int, int] = {a: 0 for b in self.blocks for a in range(b.address, b.address + b.count)}
         for name, spec in self.fields.items():
             if name not in values or values[name] is None:
                 continue
             value = values[name]
             if spec.enum is not None:
-                reverse = {v: k for k, v in spec.enum.items()}
-                if value not in reverse:
-                    continue
-                r = reverse[value]
+                codes = [k for k, v in spec.enum.items() if v == value and type(v) is type(value)]
+                if not codes:
+                    raise ValueError(f"map {self.name}: {name}={value!r} has no code (enum: {spec.enum})")
+                r = codes[0]
             else:
                 r = round(value / spec.scale) * spec.divisor
+            width = (spec.mask >> spec.shift).bit_length()
+            low, high = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if spec.signed else (0, (1 << width) - 1)
+            if not low <= r <= high:
+                raise ValueError(f"map {self.name}: {name}={value!r} (raw {r}) does not fit {width} bits")
             words[spec.address] = spec.insert(words[spec.address], int(r))
         for table in self.alarm_bits:
             for bit, entry in table.bits.items():
@@ -176,13 +186,14 @@ class RegisterMap(_M):
 
 @cache
 def load_map(name_or_path: str) -> RegisterMap:
-    """A shipped map by name (`gbt24476`, `monarch_vendor`) or a YAML file path."""
+    """A shipped map by name (`gbt24476`, `monarch_vendor`) or a YAML file path.
+
+    Raises `FileNotFoundError`, or `ConfigError` whose problems carry the map file's lines.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = MAPS_DIR / f"{name_or_path}.yaml"
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return RegisterMap.model_validate(data)
+    return load_model(RegisterMap, path)  # ConfigError: "map.yaml:12: fields.floor.mask: ..."
 
 
 def shipped_maps() -> list[str]:

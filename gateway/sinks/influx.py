@@ -6,8 +6,9 @@ timestamp = event time in ns (plus a stable per-id offset below the time's own p
 see `_resolution_ns`), so a redelivered event overwrites itself and distinct events do not.
 
 Server answers: 2xx acks the batch; 429/503 wait `Retry-After` (or back-off) and retry;
-413 halves the batch; 400/422 (and 413 for a single event) go to the dead-letter table with
-the server's reason and are skipped; anything else (401/403/404: credentials or database
+413, 400 and 422 halve the batch until the refused lines stand alone; a single refused line
+(400/422, or 413 for one event) goes to the dead-letter table with the server's reason and is
+skipped, so one bad point never costs the rest of its batch; anything else (401/403/404: credentials or database
 wrong, 5xx, connection refused, timeout) is an outage: retried with capped back-off.
 """
 
@@ -201,23 +202,39 @@ class InfluxSink(Sink):
 
     async def _deliver(self, outbox: Outbox, rows: Sequence[Stored]) -> WriteOutcome:
         """Write `rows`; ack what the server took or refused for good. Not ok: retry them later."""
-        body = "\n".join(to_line(r) for r in rows)
+        refused: list[WriteOutcome] = []
+        outcome = await self._deliver_part(outbox, rows, refused)
+        if refused:  # one line per batch, however many lines were refused
+            log.error("InfluxDB refused %d of %d events (%s): %s; kept as dead letters",
+                      len(refused), len(rows), refused[0].status, refused[0].reason)
+        return outcome
+
+    async def _deliver_part(self, outbox: Outbox, rows: Sequence[Stored], refused: list[WriteOutcome]) -> WriteOutcome:
+        """Write `rows`, bisecting a refused batch so that only the refused lines are dead-lettered.
+
+        InfluxDB 1.x answers a batch with one bad line (type conflict, integer out of range,
+        point beyond retention) with 400 "partial write" and drops just that line; servers
+        that refuse the whole request do the same for the batch. Either way the halves are
+        sent again (a point already written is overwritten by itself: same series, same
+        timestamp) until each refused line stands alone.
+        """
+        lines = [to_line(r) for r in rows]
         try:
-            outcome = await self.write(body)
+            outcome = await self.write("\n".join(lines))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
         if outcome.ok:
             await outbox.ack(self.name, rows)
             self.counters.inc("written", len(rows))
             return outcome
-        if outcome.status == 413 and len(rows) > 1:  # too large: halve until it fits
+        if (outcome.rejected or outcome.status == 413) and len(rows) > 1:
             self.counters.inc("batch_splits")
             half = len(rows) // 2
-            first = await self._deliver(outbox, rows[:half])
-            return await self._deliver(outbox, rows[half:]) if first.ok else first
+            first = await self._deliver_part(outbox, rows[:half], refused)
+            return await self._deliver_part(outbox, rows[half:], refused) if first.ok else first
         if outcome.rejected:
-            log.error("InfluxDB rejected %d events (%s): %s", len(rows), outcome.status, outcome.reason)
-            await outbox.dead_letter(self.name, outcome.status, outcome.reason, rows, body)
+            refused.append(outcome)
+            await outbox.dead_letter(self.name, outcome.status, outcome.reason, rows, "\n".join(lines))
             await outbox.ack(self.name, rows)
             return WriteOutcome(True, outcome.status)
         return outcome

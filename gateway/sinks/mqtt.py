@@ -1,13 +1,24 @@
-"""MQTT sink (aiomqtt over paho-mqtt): the property platform's contract.
+"""MQTT sink (aiomqtt over paho-mqtt): the property platform's contract (docs/mqtt.md).
 
 Topics (prefix `courtyard` by default):
 
 * `{p}/{site}/{kind}/{device}/event/{type}`   every event, QoS 1, not retained
-* `{p}/{site}/{kind}/{device}/state`          latest accepted status event, retained
-* `{p}/{site}/{kind}/{device}/availability`   latest connectivity event, retained
+* `{p}/{site}/{kind}/{device}/state`          the device's whole current state, retained: the latest
+                                              accepted status event of each part (zone, amplifier,
+                                              lane, door, or the device as a whole)
+* `{p}/{site}/{kind}/{device}/availability`   latest connectivity event, retained; `device.offline`
+                                              with reason `gateway_stopped` after a clean stop
 * `{p}/{site}/{kind}/{device}/alarm/{alarm_id}` active alarm or fault, retained; emptied on clear
 * `{p}/{site}/gateway/{gateway}/status`       `online`/`offline`, retained, offline is the LWT
 * `{p}/{site}/gateway/{gateway}/metrics`      counters and backlog, QoS 0, periodic
+
+A device is reachable only while its availability says online *and* its gateway's status
+says online: the LWT covers a gateway that dies without a clean stop.
+
+On every connect, before delivering, the sink reconciles the retained topics of its own
+gateway with the outbox: alarms the outbox does not hold as open are emptied, open alarms
+missing on the broker are retained again, and the topics of devices no longer configured
+are emptied.
 """
 
 from __future__ import annotations
@@ -15,22 +26,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import MqttConfig
 from gateway.metrics import Counters
 from gateway.outbox import Outbox, Stored
 from gateway.sinks.base import Sink
+from schemas.event import Event
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
+#: How long the retained topics may take to arrive. A healthy broker answers in milliseconds;
+#: one whose ACL lets the gateway subscribe but not read (mosquitto grants such subscriptions
+#: and delivers nothing) holds the first delivery this long, once per process.
+RECONCILE_TIMEOUT_S = 3.0
+STATE_SCHEMA = "courtyard.state/1"
+#: Payload fields naming the part of a device a status event describes, and the key prefix
+#: of that part in the retained state (`zone/z1`); a status event without one is `device`.
+STATE_PARTS = (("zone", "zone"), ("amplifier", "amplifier"), ("lane", "lane"), ("door_no", "door"))
+MAX_CLIENT_ID = 64  # MQTT 3.1.1 only promises 23 bytes; mosquitto and the big brokers take more
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -73,6 +97,27 @@ class MqttSink(Sink):
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._started = time.time()
+        # A broker disconnects the older of two sessions with one client id, so two gateways
+        # (or a restarted one overlapping its predecessor) would kick each other forever. The
+        # suffix is per process, kept across reconnects; the LWT stays on the per-gateway topic.
+        base = cfg.client_id or f"courtyard-{site}-{gateway_id}"
+        self.client_id = f"{base[:MAX_CLIENT_ID - 7]}-{secrets.token_hex(3)}"
+        self.devices: dict[str, str] = {}  # configured device id -> kind
+        self.reconcile = False
+        self._known: set[tuple[str, str]] | None = None  # (gateway, device) in the outbox, read once
+        self._states: dict[str, dict[str, Any]] = {}  # device -> retained state document
+        self._stopped: list[Event] = []
+        self._dirty: set[str] = set()  # devices whose state changed in the batch being published
+
+    def bind(self, devices: Mapping[str, str], *, reconcile: bool = True) -> None:
+        """The devices this gateway runs (id -> kind); with `reconcile`, retained topics are
+        checked against the outbox and this list on every connect."""
+        self.devices = dict(devices)
+        self.reconcile = reconcile
+
+    def devices_stopped(self, availability: Sequence[Event]) -> None:
+        """Published (retained) by `stop()`, before the gateway's own offline status."""
+        self._stopped = list(availability)
 
     def _status(self, status: str) -> str:
         return json.dumps({"status": status, "gateway": self.gateway_id, "site": self.site})
@@ -82,7 +127,7 @@ class MqttSink(Sink):
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
-            identifier=cfg.client_id or f"courtyard-{self.site}-{self.gateway_id}",
+            identifier=self.client_id,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
             keepalive=cfg.keepalive_s,
@@ -103,6 +148,8 @@ class MqttSink(Sink):
                 async with client:
                     self._client = client
                     await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+                    if self.reconcile:
+                        await self._reconcile(client, outbox)
                     self.connected.set()
                     self.counters.inc("connects")
                     log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -128,18 +175,25 @@ class MqttSink(Sink):
             if not rows:
                 await outbox.wait_new(self.name, timeout=1.0)
                 continue
+            publishes = [p for row in rows for p in self._publishes(client, row)]
+            # One retained state per device and batch, once every part in the batch is merged.
+            changed = dict.fromkeys(r.device for r in rows if r.cls == "status" and r.device in self._dirty)
+            self._dirty.clear()
+            for device in changed:
+                doc = self._states[device]
+                kind = doc["device"]["kind"]
+                publishes.append(client.publish(f"{self.prefix}/{kind}/{device}/state", json.dumps(doc),
+                                                qos=1, retain=True))
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await asyncio.gather(*(p for row in rows for p in self._publishes(client, row)))
+                await asyncio.gather(*publishes)
             await outbox.ack(self.name, rows)
             self.counters.inc("published", len(rows))
 
     def _publishes(self, client: aiomqtt.Client, row: Stored) -> list[Any]:
         base = f"{self.prefix}/{row.kind}/{row.device}"
         out = [client.publish(f"{base}/event/{row.type}", row.body, qos=1)]
-        if row.cls == "status" and (
-            '"rejected"' not in row.body or json.loads(row.body)["quality"]["status"] != "rejected"
-        ):
-            out.append(client.publish(f"{base}/state", row.body, qos=1, retain=True))
+        if row.cls == "status":
+            self._merge_state(row)
         if row.cls == "connectivity":
             out.append(client.publish(f"{base}/availability", row.body, qos=1, retain=True))
         if row.cls in ("alarm", "fault", "connectivity"):  # an offline device is an active alarm too
@@ -149,6 +203,20 @@ class MqttSink(Sink):
                 body = row.body if ev["state"] == "raised" else b""
                 out.append(client.publish(topic, body, qos=1, retain=True))
         return out
+
+    def _merge_state(self, row: Stored) -> None:
+        """Fold one status event into its device's state; rejected samples change nothing."""
+        ev = json.loads(row.body)
+        if ev["quality"]["status"] == "rejected":
+            return
+        doc = self._states.get(row.device)
+        if doc is None:
+            doc = self._states[row.device] = {"schema": STATE_SCHEMA, "parts": {}}
+        doc.update(site=ev["site"], gateway=ev["gateway"], device=ev["device"])
+        doc["parts"][state_part(ev["payload"])] = ev
+        # Times may carry a device's UTC offset: compare instants, not strings.
+        doc["time"] = max((p["time"] for p in doc["parts"].values()), key=datetime.fromisoformat)
+        self._dirty.add(row.device)
 
     async def _report(self, client: aiomqtt.Client, outbox: Outbox) -> None:
         topic = f"{self.prefix}/gateway/{self.gateway_id}/metrics"
@@ -161,11 +229,123 @@ class MqttSink(Sink):
             await client.publish(topic, json.dumps(report), qos=0)
 
     async def stop(self) -> None:
-        """Mark the gateway offline (retained) on a clean shutdown."""
+        """On a clean shutdown: each device's availability offline, then the gateway's (retained)."""
         client = self._client
         if client is not None:
             try:
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(2 + 0.01 * len(self._stopped)):
+                    await asyncio.gather(*(
+                        client.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/availability", ev.to_json(),
+                                       qos=1, retain=True)
+                        for ev in self._stopped))
                     await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             except (aiomqtt.MqttError, TimeoutError):
                 log.debug("could not publish offline status", exc_info=True)
+
+    # --- retained-topic reconciliation -----------------------------------------------------
+
+    async def _retained(self, client: aiomqtt.Client) -> dict[str, bytes]:
+        """The site's retained availability, state and alarm topics, as the broker holds them.
+
+        MQTT has no end-of-retained marker: after subscribing, a message to a private topic is
+        published; the broker delivers it after the retained ones it queued for us.
+        """
+        token = secrets.token_hex(8)
+        marker = f"{self.prefix}/gateway/{self.gateway_id}/sync/{token}"
+        filters = [f"{self.prefix}/+/+/availability", f"{self.prefix}/+/+/state", f"{self.prefix}/+/+/alarm/+"]
+        got: dict[str, bytes] = {}
+        granted = await client.subscribe([(f, 1) for f in (*filters, marker)])
+        try:
+            if any(g.is_failure if isinstance(g, ReasonCode) else g >= 0x80 for g in granted):  # e.g. an ACL
+                self.reconcile = False
+                log.warning("the broker refused the subscriptions: retained topics are not reconciled"
+                            " (the ACL must let the gateway read %s/#)", self.prefix)
+                raise _Unreadable
+            await client.publish(marker, json.dumps({"sync": token, "gateway": self.gateway_id}), qos=1)
+            async with asyncio.timeout(RECONCILE_TIMEOUT_S):
+                async for msg in client.messages:
+                    topic = str(msg.topic)
+                    if topic == marker:
+                        break
+                    if msg.retain and isinstance(msg.payload, bytes) and msg.payload:
+                        got[topic] = msg.payload
+        except TimeoutError:
+            self.counters.inc("reconcile_timeouts")
+            if not got:  # not even our own marker: the broker will not let us read
+                self.reconcile = False
+                log.warning("read nothing back from the broker in %.0f s: retained topics are not reconciled"
+                            " (the ACL must let the gateway read %s/#)", RECONCILE_TIMEOUT_S, self.prefix)
+                raise _Unreadable from None
+            log.warning("retained topics not all read in %.0f s; reconciling what arrived", RECONCILE_TIMEOUT_S)
+        finally:
+            await client.unsubscribe([*filters, marker])
+        return got
+
+    async def _reconcile(self, client: aiomqtt.Client, outbox: Outbox) -> None:
+        """Make the broker's retained topics of this gateway match the outbox and the config.
+
+        A retained topic is ours when its body names this gateway, or a gateway the outbox
+        knows the device under (a renamed gateway); other gateways' topics are left alone.
+        """
+        try:
+            retained = await self._retained(client)
+        except _Unreadable:
+            self.counters.inc("reconcile_refused")
+            return
+        if self._known is None:
+            self._known = await outbox.known_devices()
+        open_alarms: dict[str, Event] = {}
+        for body in await outbox.open_alarms():
+            try:
+                ev = Event.model_validate_json(body)
+            except ValueError:
+                continue
+            if ev.alarm_id and self.devices.get(ev.device.id) == ev.device.kind:
+                open_alarms[ev.alarm_id] = ev
+        clears: list[str] = []
+        for topic, payload in retained.items():
+            parts = topic[len(self.prefix) + 1:].split("/")
+            kind, device, leaf = parts[0], parts[1], parts[2]
+            if kind == "gateway":
+                continue
+            try:
+                doc = json.loads(payload)
+                gateway = doc.get("gateway") if isinstance(doc, dict) else None
+            except ValueError:
+                doc, gateway = None, None
+            configured = self.devices.get(device) == kind
+            if not (gateway == self.gateway_id or (gateway, device) in self._known
+                    or (gateway is None and configured)):
+                continue
+            if leaf == "alarm":
+                if not (configured and parts[3] in open_alarms):
+                    clears.append(topic)
+            elif not configured:
+                clears.append(topic)
+            elif leaf == "state" and isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA:
+                self._states.setdefault(device, doc)  # parts not reported again since still hold
+        restore = [ev for aid, ev in open_alarms.items()
+                   if f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{aid}" not in retained]
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await asyncio.gather(
+                *(client.publish(t, b"", qos=1, retain=True) for t in clears),
+                *(client.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{ev.alarm_id}",
+                                 ev.to_json(), qos=1, retain=True) for ev in restore))
+        if clears or restore:
+            log.info("retained topics reconciled: %d emptied, %d open alarms retained again",
+                     len(clears), len(restore))
+        self.counters.inc("retained_cleared", len(clears))
+        self.counters.inc("retained_restored", len(restore))
+
+
+class _Unreadable(Exception):
+    """The broker does not let this client read the retained topics back."""
+
+
+def state_part(payload: Mapping[str, Any]) -> str:
+    """Which part of its device a status payload describes: `zone/z1`, `lane/in`, `door/2` or `device`."""
+    for field, name in STATE_PARTS:
+        value = payload.get(field)
+        if value is not None:
+            return f"{name}/{value}"
+    return "device"

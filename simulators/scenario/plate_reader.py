@@ -113,7 +113,8 @@ class PlateReaderAdapter(KindAdapter):
       which also disables `barrier_stuck`); `barrier_s`: how long the barrier stays up (default 4);
       `barrier_timeout_s`: driver's window for the barrier to come up (default 5).
     - `dedupe_s` (default 10), `min_confidence` (default 0.7), `listen_port` (default: one free
-      loopback port shared by every camera of the scenario).
+      loopback port shared by every camera of the scenario); `token`: the camera's auth token
+      (default one drawn from the seed; `courtyard demo` sets a fresh secret per run).
 
     Actions:
 
@@ -184,7 +185,9 @@ class PlateReaderAdapter(KindAdapter):
             gate_input = s.get("gate_input", 1)
             self.lanes[dev.id] = _Lane(
                 dev=dev, protocol=cast(Literal["zhenshi", "hikvision"], protocol), direction=cast(Direction, direction),
-                token=f"scn-{self.rng.getrandbits(64):016x}", port=int(s.get("listen_port", self.port)),
+                # A `token` setting (the demo's per-run secret) wins; the draw keeps the rng sequence.
+                token=str(s.get("token", f"scn-{self.rng.getrandbits(64):016x}")),
+                port=int(s.get("listen_port", self.port)),
                 rate_per_min=float(s.get("rate", 2.0)), heartbeat_s=float(s.get("heartbeat_s", 10.0)),
                 image_bytes=int(s.get("image_bytes", 4000)), max_image_bytes=int(s.get("max_image_bytes", 256 * 1024)),
                 gate_input=int(gate_input) if gate_input is not None and protocol == "zhenshi" else None,
