@@ -24,7 +24,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from drivers import BUILTIN
 from gateway.driver import DeviceConfig, DriverSpec
@@ -126,7 +126,7 @@ def _model_changed() -> None:
     from gateway.config import config_model
 
     config_model.cache_clear()
-    for built in (device_kinds, event_model, backends):
+    for built in (device_kinds, event_model, backends, device_config_model):
         built.cache_clear()
 
 
@@ -215,6 +215,28 @@ def backends(driver: str) -> dict[str, str]:
             if owner == driver and name:
                 found.setdefault(name, ep.value)
     return found
+
+
+@cache
+def device_config_model(name: str) -> type[DeviceConfig]:
+    """The config model of `name`'s device entries: its own, plus what simulated backends add.
+
+    Built-in extensions come from `simulators.CONFIG_EXTENSIONS` (the simulated gate's
+    `simulation:` block), so a driver's production model holds no simulator settings.
+    """
+    from simulators import CONFIG_EXTENSIONS
+
+    spec = drivers()[name]
+    extra = CONFIG_EXTENSIONS.get(name)
+    if not extra:
+        return spec.config
+    fields: dict[str, Any] = {}
+    for field, ref in extra.items():
+        module, _, attr = ref.partition(":")
+        model = getattr(importlib.import_module(module), attr)
+        fields[field] = (model, model())
+    base: type[DeviceConfig] = spec.config
+    return create_model(base.__name__, __base__=base, __doc__=base.__doc__, **fields)
 
 
 def backend(driver: str, name: str) -> Any:

@@ -18,6 +18,13 @@ BACKENDS: dict[str, dict[str, str]] = {
     },
 }
 
+#: Settings simulated backends add to a driver's device entries: driver -> field -> "module:Model".
+#: The registry adds them to the config model it builds (`gateway.registry.device_config_model`),
+#: so the drivers' own config models hold production settings only.
+CONFIG_EXTENSIONS: dict[str, dict[str, str]] = {
+    "ble_access_gate": {"simulation": "simulators.access_gate.options:SimulationConfig"},
+}
+
 
 def __getattr__(name: str) -> Any:
     if name == "SIMULATORS":  # name -> module, built from the registry on first use

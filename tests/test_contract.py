@@ -346,3 +346,10 @@ def test_the_simulated_ble_backend_comes_from_the_registry() -> None:
     base = {"id": "g", "driver": "ble_access_gate", "address": "AA:BB:CC:DD:EE:FF", "credential_key": "k" * 16}
     with pytest.raises(ValueError, match="native, bumble, simulated, module:Class"):
         BleAccessGateConfig.model_validate(base | {"backend": "radio"})
+    # The simulated gate's settings are the simulators' registration, not the production model's ...
+    assert "simulation" not in BleAccessGateConfig.model_fields
+    with pytest.raises(ValueError, match="simulation"):
+        BleAccessGateConfig.model_validate(base | {"backend": "simulated", "simulation": {"seed": 3}})
+    # ... yet a gateway config (built by the registry) still takes them.
+    cfg = parse_config(base_config(Path("/tmp"), devices=[base | {"backend": "simulated", "simulation": {"seed": 3}}]))
+    assert cfg.devices[0].simulation.seed == 3  # type: ignore[attr-defined]

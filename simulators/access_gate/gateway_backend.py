@@ -28,8 +28,9 @@ class GateBackend:
     async def start(self, config: BleAccessGateConfig) -> Any:
         """Start the in-process gate at the configured address (the runtime closes it on shutdown)."""
         from simulators.access_gate.backend import spawn
+        from simulators.access_gate.options import SimulationConfig
 
-        sim = config.simulation
+        sim: SimulationConfig = getattr(config, "simulation", None) or SimulationConfig()
         return await spawn(config.target, seed=sim.seed, doors=config.doors, arrivals_per_min=sim.arrivals_per_min,
                            speed=sim.speed, clock_skew_s=sim.clock_skew_s, table=config.code_table)
 
