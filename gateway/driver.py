@@ -129,6 +129,11 @@ class DeviceContext(Protocol):
         """Name the decoder `ingest` feeds (drivers do it by assigning `self.decoder`)."""
         ...
 
+    @property
+    def recording(self) -> bool:
+        """True when inputs are recorded: raw input must then be JSON-able (bytes as hex or base64)."""
+        ...
+
     async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None,
                      wait_s: float | None = None) -> Ingested:
         """Record one raw input, decode it at its receipt time, commit the drafts; durable on return.

@@ -122,11 +122,11 @@ class HttpPlateReader(PushDriver):
 
     async def handle(self, request: PushRequest) -> PushReply:
         """Ingest (decode, decide), store the images, commit, then reply from the decoded outcome."""
-        raw = {
-            "content_type": request.content_type,
-            "body_b64": base64.b64encode(request.body).decode(),
-            "path": request.path,
-        }
+        # Recorded, the body travels as base64 (pictures included); live, as bytes (no copy).
+        body: dict[str, Any] = (
+            {"body_b64": base64.b64encode(request.body).decode()} if self.ctx.recording else {"body": request.body}
+        )
+        raw = {"content_type": request.content_type, "path": request.path, **body}
         decoded: list[Outcome] = []
 
         async def store_images(done: Sequence[Ingested]) -> None:
