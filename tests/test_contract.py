@@ -262,7 +262,8 @@ class SmokeConfig(DeviceConfig):
 
 
 DRIVER = DriverSpec(name="modbus_smoke", kind="smoke_detector", payload=SmokePayload, transport="modbus_tcp",
-                    shape="polling", config=SmokeConfig, factory="smokeplug:Nope", summary="smoke detectors")
+                    shape="polling", config=SmokeConfig, factory="smokeplug:Nope", summary="smoke detectors",
+                    simulator="smoke", simulator_module="smokeplug", scenario_adapter="smokeplug:SmokeAdapter")
 
 
 class NoKind(Frozen):
@@ -299,6 +300,11 @@ def courtyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 def test_a_plugin_adds_a_kind_with_its_payload_and_an_unusable_one_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     env = install_fake_plugin(tmp_path / "site")
+    simulate = courtyard(env, "simulate", "--help")
+    assert "smoke" in simulate.stdout  # its simulator is listed like a built-in one
+    adapters = subprocess.run([sys.executable, "-c", "from simulators.scenario import ADAPTERS; print(ADAPTERS)"],
+                              capture_output=True, text=True, env=env, check=True).stdout
+    assert "'smoke_detector': 'smokeplug:SmokeAdapter'" in adapters  # and its scenario adapter
     listed = courtyard(env, "drivers")
     assert "modbus_smoke" in listed.stdout and "smoke_detector" in listed.stdout
     assert "bad_smoke" in listed.stderr and "NoKind has no `kind" in listed.stderr
