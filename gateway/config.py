@@ -105,6 +105,42 @@ class AlarmsConfig(_Strict):
     )
 
 
+class CommandRule(_Strict):
+    """One allowlist entry: these requesters may send these commands to these devices.
+
+    Each list holds shell-style patterns (`*`, `lift-*`). Requesters are named by where they
+    come from: `mqtt:<requested_by>` (see docs/commands.md on what the broker's ACLs must
+    guarantee), `rule:<name>`, `console:<user>`.
+    """
+
+    requesters: list[str] = Field(min_length=1)
+    devices: list[str] = Field(min_length=1)
+    commands: list[str] = Field(min_length=1)
+    note: str | None = None
+
+
+class CommandsConfig(_Strict):
+    """Commands to devices (docs/commands.md): who may send what, and how long the gateway waits."""
+
+    enabled: bool = Field(True, description="Subscribe to command requests on MQTT")
+    allow: list[CommandRule] = Field(
+        default_factory=list, description="Everything not allowed here is rejected (`not_allowed`)")
+    answer_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for a device's answer once a command is sent")
+    resume_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="After a restart, how long a command left `sent` may take to read back")
+
+    def allows(self, requester: str, device: str, command: str) -> bool:
+        """Whether a rule lets `requester` send `command` to `device`."""
+        from fnmatch import fnmatchcase
+
+        def any_of(patterns: list[str], value: str) -> bool:
+            return any(fnmatchcase(value, p) for p in patterns)
+
+        return any(any_of(r.requesters, requester) and any_of(r.devices, device) and any_of(r.commands, command)
+                   for r in self.allow)
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -114,6 +150,7 @@ class GatewayConfigBase(_Strict):
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
     alarms: AlarmsConfig = AlarmsConfig()
+    commands: CommandsConfig = CommandsConfig()
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 

@@ -33,11 +33,11 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from gateway.errors import OutboxError, OutboxFull
 from gateway.files import FILE_MODE, make_private_dirs, make_private_file
@@ -46,6 +46,7 @@ from schemas.common import PRIORITY_CLASSES
 from schemas.event import Event, event_time_ns
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LANES = (0, 1)
 #: Most delivered events one history purge deletes per lane; more waits for the next commit.
@@ -695,6 +696,18 @@ class Outbox:
             return {(str(gw), str(dev)) for dev, gw in rows}
         return await asyncio.to_thread(scan)
 
+    # --- other modules' tables (e.g. the command journal) ------------------------------------
+
+    async def on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` on the writer thread, between commits: one connection, one writer.
+
+        For modules that keep their own tables in this database (gateway/commands.py); `fn`
+        runs its own transactions (`transaction(db)`).
+        """
+        db = self._require_db()
+        result: T = await self._run(fn, db)
+        return result
+
 
 @contextlib.contextmanager
 def _transaction(db: sqlite3.Connection) -> Any:
@@ -707,3 +720,7 @@ def _transaction(db: sqlite3.Connection) -> Any:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
         raise
+
+
+#: For modules keeping their own tables here (see `Outbox.on_writer`).
+transaction = _transaction

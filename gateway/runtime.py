@@ -326,6 +326,7 @@ class Gateway:
         self._shared: dict[str, Any] = {}
         self._shared_lock = asyncio.Lock()
         self._confirm: RestartConfirmation | None = None
+        self.commands: Any = None  # gateway.commands.CommandService, once started
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
         self.reconcile = reconcile
@@ -366,9 +367,23 @@ class Gateway:
             self.devices[dev.id] = ctx
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         await self._start_grace()
+        await self._start_commands()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
                  "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
+
+    async def _start_commands(self) -> None:
+        """The command journal (resuming what a previous run left open) and its MQTT requests."""
+        if not self.config.commands.enabled:
+            return
+        from gateway.command_bus import CommandBus
+        from gateway.commands import CommandService
+
+        self.commands = CommandService(self)
+        bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
+        await self.commands.start()  # the journal exists before the first request can arrive
+        if bus is not None:
+            self._spawn(bus.run(), "commands-mqtt")
 
     async def _close_stale_alarms(self) -> None:
         """Take over the alarms the previous run raised and never cleared.
@@ -484,6 +499,8 @@ class Gateway:
                     await aclose()
                 except Exception:
                     log.exception("closing shared %s failed", key)
+        if self.commands is not None:
+            await self.commands.stop()
         if self.sinks:
             await self.drain(flush_timeout)
         stopped = self._stopped_availability()

@@ -12,7 +12,14 @@ Faults, injected by name (`inject(name)` / `clear(name)`):
 * transport: `disconnect` (drop every link and refuse new ones until cleared),
   `no_reply` (requests are swallowed), `slow_reply=<seconds>`, `exception=<code>`
   (Modbus exception code, e.g. 6 device busy), `bad_floor` (floor register outside range),
-  `bad_enum` (direction register = 7)
+  `bad_enum` (direction register = 7), `no_ack` (command requests are taken but never answered)
+* device modes: `inspection` (service mode inspection: the controller refuses commands)
+
+Commands (the map's `commands:` mailbox): `call`, `hold_door` (auto-released after its
+seconds), `release_door`, `return_to_floor` (parks there, doors open, until `release_return`),
+`release_return`. The controller refuses them as a real one would: in inspection, fire
+service or out of service, for a floor it does not serve, `hold_door` while moving; it
+answers in the mailbox's `ack`/`result` registers.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -77,6 +85,8 @@ class ElevatorModel:
         self.direction = "none"
         self.service_mode = "normal"
         self.time = 0.0
+        self.hold_until: float | None = None  # hold_door: doors stay open until then
+        self.recall: int | None = None  # return_to_floor: parked there until release_return
 
     # --- geometry ------------------------------------------------------------------------
 
@@ -109,6 +119,8 @@ class ElevatorModel:
     def _next_target(self) -> int | None:
         if self.service_mode == "fire_return":
             return 1 if 1 in self.floors else self.floors[0]
+        if self.recall is not None:
+            return self.recall
         for c in self.calls:
             return c.destination if c.boarded else c.origin
         return None
@@ -116,7 +128,7 @@ class ElevatorModel:
     def step(self, dt: float) -> None:
         """Advance the model by `dt` seconds."""
         self.time += dt
-        if self.service_mode == "normal" and self.rng.random() < self.call_rate_per_s * dt:
+        if self.service_mode == "normal" and self.recall is None and self.rng.random() < self.call_rate_per_s * dt:
             a, b = self.rng.sample(self.floors, 2)
             self.call(a, b)
         stuck = "trapped" in self.faults or "outside_door_zone" in self.faults
@@ -156,10 +168,56 @@ class ElevatorModel:
         if self.phase == "opening" and self.timer >= DOOR_MOVE_S:
             self.phase, self.timer = "open", 0.0
             self._exchange_passengers()
-        elif self.phase == "open" and self.timer >= DOOR_OPEN_S and self.service_mode != "fire_return":
+        elif self.phase == "open" and self.timer >= DOOR_OPEN_S and self.service_mode != "fire_return" \
+                and not self._doors_kept_open():
             self.phase, self.timer = "closing", 0.0
         elif self.phase == "closing" and self.timer >= DOOR_MOVE_S:
             self.phase, self.timer = "idle", 0.0
+
+    def _doors_kept_open(self) -> bool:
+        """hold_door (until its time runs out: auto-release) or parked by return_to_floor."""
+        if self.hold_until is not None and self.time >= self.hold_until:
+            self.hold_until = None
+        return self.hold_until is not None or (self.recall is not None and self.floor == self.recall)
+
+    # --- commands (what a controller accepts; it refuses the rest) ----------------------------
+
+    def command(self, name: str, arg: int) -> int:
+        """Act on a command; 0 when done, else the refusal code of the maps' `refusals`."""
+        if self.service_mode == "inspection":
+            return REFUSE["inspection"]
+        if self.service_mode in ("fire_return", "firefighter"):
+            return REFUSE["fire_service"]
+        if self.service_mode != "normal" or "fault_code" in self.faults:
+            return REFUSE["out_of_service"]
+        if name in ("call", "return_to_floor") and arg not in self.floors:
+            return REFUSE["floor_not_served"]
+        if name == "call":
+            if self.recall is not None:
+                return REFUSE["busy"]
+            self.calls.append(Call(origin=arg, destination=arg, boarded=True))  # a car call
+        elif name == "hold_door":
+            if self.phase in ("moving", "stuck"):
+                return REFUSE["car_moving"]
+            self.hold_until = self.time + max(1, arg)
+            if self.phase in ("idle", "closing"):
+                self.phase, self.timer = "opening", 0.0
+        elif name == "release_door":
+            if self.hold_until is None:
+                return REFUSE["not_held"]
+            self.hold_until = None
+        elif name == "return_to_floor":
+            self.recall = arg
+            self.calls.clear()
+            if self.phase == "open" and self.floor != arg:
+                self.phase, self.timer = "closing", 0.0
+        elif name == "release_return":
+            if self.recall is None:
+                return REFUSE["no_return_active"]
+            self.recall = None
+        else:
+            return REFUSE["busy"]
+        return 0
 
     def _exchange_passengers(self) -> None:
         here = self.floor
@@ -204,8 +262,12 @@ class ElevatorModel:
 
 
 DEVICE_FAULTS = frozenset({"trapped", "outside_door_zone", "overspeed", "door_open_running", "alarm_button",
-                           "fire_mode", "fault_code"})
-TRANSPORT_FAULTS = frozenset({"disconnect", "no_reply", "slow_reply", "exception", "bad_floor", "bad_enum"})
+                           "fire_mode", "fault_code", "inspection"})
+TRANSPORT_FAULTS = frozenset({"disconnect", "no_reply", "slow_reply", "exception", "bad_floor", "bad_enum",
+                              "no_ack"})
+#: Refusal codes the controller answers with (the shipped maps' `commands.refusals`).
+REFUSE = {"inspection": 1, "fire_service": 2, "out_of_service": 3, "floor_not_served": 4, "car_moving": 5,
+          "busy": 6, "not_held": 7, "no_return_active": 8}
 
 
 def parse_fault(text: str) -> tuple[str, Any]:
@@ -242,6 +304,9 @@ class ElevatorSimulator:
         self._server: ModbusTcpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._written: dict[int, dict[int, int]] = {}
+        self.command_requests = 0  # mailbox writes seen
+        self.commands: list[tuple[int, str | None, int, int]] = []  # (device id, name, argument, result) acted on
+        self._pending: set[asyncio.Future[None]] = set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -255,8 +320,8 @@ class ElevatorSimulator:
             SimDevice(
                 id=dev_id,
                 simdata=[SimData(b.address, count=b.count, values=0, datatype=DataType.REGISTERS)
-                         for b in self.map.blocks],
-                action=self._action,
+                         for b in self._blocks()],
+                action=functools.partial(self._device_action, dev_id),
             )
             for dev_id in self.elevators
         ]
@@ -297,6 +362,8 @@ class ElevatorSimulator:
                     model.faults[fault] = value
                     if fault == "fire_mode":
                         model.service_mode = "fire_return"
+                    if fault == "inspection":
+                        model.service_mode = "inspection"
         else:
             raise ValueError(f"unknown fault {fault!r}")
         await self.refresh()
@@ -309,8 +376,55 @@ class ElevatorSimulator:
         for dev_id, model in self.elevators.items():
             if device_id is None or dev_id == device_id:
                 model.faults.pop(fault, None)
-                if fault == "fire_mode":
+                if fault in ("fire_mode", "inspection"):
                     model.service_mode = "normal"
+        await self.refresh()
+
+    def _blocks(self) -> list[Any]:
+        """Register blocks served: the map's, and its command mailbox."""
+        mailbox = self.map.commands
+        return [*self.map.blocks, *([mailbox.block] if mailbox is not None else [])]
+
+    async def _device_action(
+        self, dev_id: int, fc: int, start: int, address: int, count: int, regs: list[int], set_values: Any
+    ) -> ExcCodes | None:
+        """Client writes to the command mailbox are requests to the controller of `dev_id`."""
+        mailbox = self.map.commands
+        if set_values is not None and fc in (6, 16) and mailbox is not None:
+            values = set_values if isinstance(set_values, list) else [set_values]
+            written = {address + i: int(v) for i, v in enumerate(values)}
+            if mailbox.seq in written and mailbox.code in written:
+                failed = await self._action(fc, start, address, count, regs, None)  # transport faults apply
+                if failed is not None:
+                    return failed
+                self.command_requests += 1
+                if "no_ack" not in self.transport_faults:
+                    # After this write lands: the controller answers in its own registers.
+                    asyncio.get_running_loop().call_soon(self._spawn_answer, dev_id, written)
+                return None
+        return await self._action(fc, start, address, count, regs, set_values)
+
+    def _spawn_answer(self, dev_id: int, written: dict[int, int]) -> None:
+        fut = asyncio.ensure_future(self._answer(dev_id, written))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
+    async def _answer(self, dev_id: int, written: dict[int, int]) -> None:
+        mailbox = self.map.commands
+        if mailbox is None or self._server is None:
+            return
+        code = written[mailbox.code]
+        name = next((n for n, c in mailbox.commands.items() if c.code == code), None)
+        arg = 0
+        if name is not None:
+            for spec in mailbox.commands[name].args.values():
+                raw = written.get(spec.address, 0)
+                arg = raw - 0x10000 if spec.signed and raw & 0x8000 else raw
+        model = self.elevators[dev_id]
+        result = model.command(name, arg) if name is not None else REFUSE["busy"]
+        self.commands.append((dev_id, name, arg, result))
+        await self._server.async_setValues(dev_id, 3, mailbox.result, [result])
+        await self._server.async_setValues(dev_id, 3, mailbox.ack, [written[mailbox.seq]])
         await self.refresh()
 
     async def _action(

@@ -17,6 +17,8 @@ DRIVER = DriverSpec(
     simulator="elevator",
     simulator_module="simulators.elevator",
     scenario_adapter="simulators.scenario.elevator:ElevatorAdapter",
+    # Commands (docs/commands.md): the executor, built as `Class(config)` by the command journal.
+    extras={"commands": "drivers.modbus_elevator.commands:ElevatorCommands"},
 )
 
 __all__ = ["DRIVER", "ModbusElevatorConfig"]

@@ -82,6 +82,77 @@ class BitTable(_M):
     bits: dict[int, CodeEntry]
 
 
+class CommandArg(_M):
+    """One argument of a command: the register it is written to, and its bounds."""
+
+    address: int = Field(ge=0, le=65535)
+    signed: bool = False
+    min: int = Field(0, ge=-32768, le=65535)
+    max: int = Field(65535, ge=-32768, le=65535)
+
+    def word(self, value: int) -> int:
+        """The register word for `value` (two's complement when signed)."""
+        return value & 0xFFFF
+
+
+class CommandSpec(_M):
+    """One command: its code in the mailbox, its arguments, and the read-back that confirms it."""
+
+    code: int = Field(ge=1, le=65535)
+    args: dict[str, CommandArg] = {}
+    #: After the controller acknowledged the command: status fields that must read back one of
+    #: these values (e.g. `door_state: [open, opening]` for `hold_door`) before it counts as done.
+    confirm: dict[FieldName, tuple[EnumValue, ...]] = {}
+    note: str | None = None
+
+
+class CommandMailbox(_M):
+    """How the controller takes requests: a mailbox of holding registers, written and read back.
+
+    The gateway writes `seq..` (sequence number, command code, arguments) in one write; the
+    controller acts or refuses, then sets `ack` to that sequence number and `result` to 0
+    (done) or a refusal code. Nothing is assumed from the write itself: only `ack == seq`
+    read back from the device, and then the `confirm` fields, make a command succeed.
+    """
+
+    block: Block
+    seq: int = Field(ge=0, le=65535)
+    code: int = Field(ge=0, le=65535)
+    ack: int = Field(ge=0, le=65535)
+    result: int = Field(ge=0, le=65535)
+    refusals: dict[int, str] = Field({}, description="result code -> reason (the controller's own words)")
+    commands: dict[str, CommandSpec]
+
+    @model_validator(mode="after")
+    def _layout(self) -> CommandMailbox:
+        inside = range(self.block.address, self.block.address + self.block.count)
+        for name, cmd in self.commands.items():
+            written = self.write_range(name)
+            if any(a not in inside for a in (*written, self.ack, self.result)):
+                raise ValueError(f"command {name}: registers outside the mailbox block")
+            if self.ack in written or self.result in written:
+                raise ValueError(f"command {name}: its write would overwrite ack/result")
+            if cmd.confirm and not cmd.code:
+                raise ValueError(f"command {name}: no code")
+        return self
+
+    def write_range(self, name: str) -> range:
+        """The registers one write of command `name` covers (sequence number, code, arguments)."""
+        regs = [self.seq, self.code, *(a.address for a in self.commands[name].args.values())]
+        return range(min(regs), max(regs) + 1)
+
+    def frame(self, name: str, seq: int, args: dict[str, int]) -> tuple[int, list[int]]:
+        """(start address, words) of the one write that submits command `name`."""
+        cmd = self.commands[name]
+        span = self.write_range(name)
+        words = dict.fromkeys(span, 0)
+        words[self.seq] = seq & 0xFFFF
+        words[self.code] = cmd.code
+        for arg, spec in cmd.args.items():
+            words[spec.address] = spec.word(args[arg])
+        return span.start, [words[a] for a in span]
+
+
 class RegisterMap(_M):
     """A complete elevator register map."""
 
@@ -94,6 +165,8 @@ class RegisterMap(_M):
     fault_codes: dict[int, CodeEntry] = {}
     event_codes: dict[int, CodeEntry] = {}
     alarm_bits: tuple[BitTable, ...] = ()
+    #: Requests the controller accepts (it may refuse them); absent: the elevator takes no commands.
+    commands: CommandMailbox | None = None
 
     @model_validator(mode="after")
     def _addresses_are_read(self) -> RegisterMap:

@@ -1,0 +1,135 @@
+"""Command requests and results on MQTT (docs/commands.md).
+
+Subscribes (QoS 1) to `{prefix}/{site}/+/+/cmd/+` and hands every request to the
+`CommandService`; publishes each state change on `.../cmd/{name}/result` (QoS 1, not
+retained), and also on the request's MQTT 5 response topic with its correlation data when it
+had one. Its own MQTT 5 connection, apart from the event sink's: requests keep flowing while
+the sink works through a backlog, and the sink's session (3.1.1) is unchanged.
+
+A result that cannot be published (broker down) is not queued: the same state is a `command`
+event in the outbox, delivered when the broker is back, and repeating the request (same id)
+returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.backoff import BackoffConfig, backoff_delays
+from gateway.commands import Command, CommandService
+from gateway.config import MqttConfig
+from gateway.sinks.mqtt import tls_context
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 5.0
+
+
+def request_topic(prefix: str, site: str, kind: str, device: str, name: str) -> str:
+    """Where a request for `name` on `device` is published."""
+    return f"{prefix}/{site}/{kind}/{device}/cmd/{name}"
+
+
+def result_topic(prefix: str, site: str, kind: str, device: str, name: str) -> str:
+    """Where its results are published."""
+    return f"{request_topic(prefix, site, kind, device, name)}/result"
+
+
+class CommandBus:
+    """The MQTT side of commands for one gateway."""
+
+    def __init__(self, cfg: MqttConfig, service: CommandService) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.site = service.site
+        self.prefix = f"{cfg.topic_prefix}/{self.site}"
+        self.filter = f"{self.prefix}/+/+/cmd/+"
+        base = cfg.client_id or f"courtyard-{self.site}-{service.gateway}"
+        self.client_id = f"{base[:40]}-cmd-{secrets.token_hex(3)}"
+        self.connected = asyncio.Event()
+        self.counters = service.counters
+        self._client: aiomqtt.Client | None = None
+        service.listeners.append(self.publish_result)
+
+    async def run(self) -> None:
+        """Connect, subscribe, take requests; reconnect with back-off."""
+        delays = backoff_delays(BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s))
+        while True:
+            try:
+                cfg = self.cfg
+                client = aiomqtt.Client(
+                    cfg.host, cfg.port, identifier=self.client_id, username=cfg.username,
+                    password=cfg.password.get_secret_value() if cfg.password else None,
+                    keepalive=cfg.keepalive_s, tls_context=tls_context(cfg), timeout=10,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                )
+                async with client:
+                    self._client = client
+                    await client.subscribe(self.filter, qos=1)
+                    self.connected.set()
+                    delays = backoff_delays(BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s))
+                    log.info("command requests taken on %s", self.filter)
+                    async for msg in client.messages:
+                        await self._request(msg)
+            except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+                self.counters.inc("bus_disconnects")
+                log.debug("command bus link: %s", exc)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(next(delays))
+
+    async def _request(self, msg: aiomqtt.Message) -> None:
+        parts = str(msg.topic).split("/")
+        if len(parts) != len(self.prefix.split("/")) + 4:  # {kind}/{device}/cmd/{name}
+            return
+        kind, device, name = parts[-4], parts[-3], parts[-1]
+        props = msg.properties
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        body = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload or "").encode()
+        requester = "mqtt:"
+        try:
+            import json
+            data = json.loads(body) if len(body) <= 65536 else None
+            if isinstance(data, dict) and isinstance(data.get("requested_by"), str):
+                requester += data["requested_by"][:128]
+        except ValueError:
+            pass
+        try:
+            await self.service.submit(kind, device, name, bytes(body), requester=requester,
+                                      response_topic=response if isinstance(response, str) else None,
+                                      correlation=bytes(correlation) if correlation is not None else None)
+        except Exception:  # one bad request never ends the subscription
+            self.counters.inc("bus_errors")
+            log.exception("command request on %s failed", msg.topic)
+
+    async def publish_result(self, cmd: Command) -> None:
+        """Publish one state of `cmd` (QoS 1), on the result topic and the response topic if any."""
+        client = self._client
+        if client is None:
+            self.counters.inc("results_unpublished")
+            return
+        body = cmd.result(self.site, self.service.gateway).to_json()
+        topic = result_topic(self.cfg.topic_prefix, self.site, cmd.kind, cmd.device, cmd.name)
+        props: Any = None
+        if cmd.correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = cmd.correlation
+        targets = [topic]
+        if cmd.response_topic and cmd.response_topic != topic:
+            targets.append(cmd.response_topic)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                for target in targets:
+                    await client.publish(target, body, qos=1, properties=props)
+            self.counters.inc("results_published")
+        except (aiomqtt.MqttError, TimeoutError):
+            self.counters.inc("results_unpublished")
