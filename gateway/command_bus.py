@@ -14,8 +14,11 @@ returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import secrets
+import uuid
 from typing import Any
 
 import aiomqtt
@@ -97,7 +100,6 @@ class CommandBus:
         body = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload or "").encode()
         requester = "mqtt:"
         try:
-            import json
             data = json.loads(body) if len(body) <= 65536 else None
             if isinstance(data, dict) and isinstance(data.get("requested_by"), str):
                 requester += data["requested_by"][:128]
@@ -133,3 +135,88 @@ class CommandBus:
             self.counters.inc("results_published")
         except (aiomqtt.MqttError, TimeoutError):
             self.counters.inc("results_unpublished")
+
+
+class CommandClient:
+    """A requester on MQTT (the CLI, tests, benches): publishes requests, collects their results.
+
+    Results are matched by command id, from `{prefix}/{site}/+/+/cmd/+/result`; requests carry
+    MQTT 5 correlation data (the id) and a response topic, as any requester may.
+    """
+
+    def __init__(self, cfg: MqttConfig, site: str, *, identifier: str | None = None) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.identifier = identifier or f"courtyard-cli-{secrets.token_hex(4)}"
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self._changed = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CommandClient:
+        cfg = self.cfg
+        self._client = aiomqtt.Client(
+            cfg.host, cfg.port, identifier=self.identifier, username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None, tls_context=tls_context(cfg),
+            timeout=10, protocol=aiomqtt.ProtocolVersion.V5)
+        await self._client.__aenter__()
+        await self._client.subscribe(f"{cfg.topic_prefix}/{self.site}/+/+/cmd/+/result", qos=1)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._task
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+
+    async def _collect(self) -> None:
+        assert self._client is not None
+        async for msg in self._client.messages:
+            try:
+                body = json.loads(msg.payload if isinstance(msg.payload, bytes | str) else b"")
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            # Keyed by id, and by correlation data: a request refused unread has no id to echo.
+            keys = {body.get("id")}
+            corr = getattr(msg.properties, "CorrelationData", None) if msg.properties is not None else None
+            if isinstance(corr, bytes | bytearray):
+                keys.add(bytes(corr).decode(errors="replace"))
+            for key in keys - {None, ""}:
+                self.results.setdefault(str(key), []).append(body)
+            self._changed.set()
+
+    async def send(self, kind: str, device: str, name: str, *, args: dict[str, Any] | None = None,
+                   ttl_s: float = 30.0, requested_by: str | None = None, cid: str | None = None,
+                   raw: bytes | None = None) -> str:
+        """Publish one request (QoS 1); returns its id. `raw` replaces the JSON body (bad-input tests)."""
+        assert self._client is not None
+        cid = cid or str(uuid.uuid4())
+        body = raw if raw is not None else json.dumps(
+            {"id": cid, "args": args or {}, "ttl_s": ttl_s, "requested_by": requested_by}).encode()
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = cid.encode()
+        props.ResponseTopic = result_topic(self.cfg.topic_prefix, self.site, kind, device, name)
+        await self._client.publish(request_topic(self.cfg.topic_prefix, self.site, kind, device, name), body,
+                                   qos=1, properties=props)
+        return cid
+
+    async def wait(self, cid: str, *, final: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+        """The first result of `cid` (or its final one): TimeoutError when none arrives in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for res in self.results.get(cid, []):
+                if res["final"] or not final:
+                    return res
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no {'final ' if final else ''}result for command {cid} in {timeout:.0f} s")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)

@@ -261,6 +261,7 @@ class CommandService:
         self.counters: Counters = gw.counters.child("commands.")
         self.journal = Journal(gw.outbox)
         self.listeners: list[Listener] = []
+        self.bus: Any = None  # gateway.command_bus.CommandBus, when MQTT is on
         self._kinds: dict[str, str] = {}
         self._executors: dict[str, Executor | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()

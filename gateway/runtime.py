@@ -380,7 +380,7 @@ class Gateway:
         from gateway.commands import CommandService
 
         self.commands = CommandService(self)
-        bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
+        bus = self.commands.bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
         await self.commands.start()  # the journal exists before the first request can arrive
         if bus is not None:
             self._spawn(bus.run(), "commands-mqtt")

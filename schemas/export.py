@@ -13,6 +13,8 @@ HERE = Path(__file__).parent
 EVENT_SCHEMA_PATH = HERE / "event.schema.json"
 CONFIG_SCHEMA_PATH = HERE / "config.schema.json"
 SCENARIO_SCHEMA_PATH = HERE / "scenario.schema.json"
+COMMAND_REQUEST_SCHEMA_PATH = HERE / "command_request.schema.json"
+COMMAND_RESULT_SCHEMA_PATH = HERE / "command_result.schema.json"
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -38,6 +40,20 @@ def scenario_json_schema() -> dict[str, Any]:
     return schema
 
 
+def command_json_schemas() -> dict[Path, dict[str, Any]]:
+    """JSON Schemas of command requests and results (docs/commands.md), by file."""
+    from schemas.command import REQUEST_SCHEMA_ID, RESULT_SCHEMA_ID, CommandRequest, CommandResult
+
+    out = {}
+    for path, model, sid in ((COMMAND_REQUEST_SCHEMA_PATH, CommandRequest, REQUEST_SCHEMA_ID),
+                             (COMMAND_RESULT_SCHEMA_PATH, CommandResult, RESULT_SCHEMA_ID)):
+        schema = model.model_json_schema(by_alias=True, mode="serialization" if model is CommandResult else "validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://courtyard.dev/schemas/{sid}.json"
+        out[path] = schema
+    return out
+
+
 def render(schema: dict[str, Any]) -> str:
     """Stable text form of a schema (what is committed)."""
     return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
@@ -50,7 +66,10 @@ def main() -> int:
     EVENT_SCHEMA_PATH.write_text(render(event_json_schema()), encoding="utf-8")
     CONFIG_SCHEMA_PATH.write_text(render(config_json_schema()), encoding="utf-8")
     SCENARIO_SCHEMA_PATH.write_text(render(scenario_json_schema()), encoding="utf-8")
-    print(f"wrote {EVENT_SCHEMA_PATH}, {CONFIG_SCHEMA_PATH} and {SCENARIO_SCHEMA_PATH}", file=sys.stderr)
+    for path, schema in command_json_schemas().items():
+        path.write_text(render(schema), encoding="utf-8")
+    print(f"wrote {EVENT_SCHEMA_PATH}, {CONFIG_SCHEMA_PATH}, {SCENARIO_SCHEMA_PATH} and the command schemas",
+          file=sys.stderr)
     return 0
 
 

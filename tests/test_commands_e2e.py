@@ -1,0 +1,183 @@
+"""Commands end to end: requester on a real mosquitto -> gateway -> elevator simulator -> results.
+
+Every bad input of the contract gets a clear result with a reason, is counted, and leaves the
+gateway taking the next command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gateway.command_bus import CommandClient
+from gateway.commands import list_journal
+from gateway.config import MqttConfig, parse_config
+from gateway.runtime import Gateway
+from schemas.export import COMMAND_RESULT_SCHEMA_PATH
+from simulators.elevator import ElevatorModel, ElevatorSimulator
+from tests.helpers import MqttCollector, base_config, eventually
+from tests.servers import Mosquitto, free_port
+
+SITE = "cmd-site"
+ALLOW_ALL = {"allow": [{"requesters": ["mqtt:*"], "devices": ["lift-1"], "commands": ["*"]}],
+             "answer_timeout_s": 1.5, "resume_timeout_s": 1.0}
+
+
+def config(tmp_path: Path, mosquitto: Mosquitto, port: int, commands: dict[str, Any] | None = None) -> Any:
+    return parse_config(base_config(tmp_path, mqtt=mosquitto, site=SITE, commands=commands or ALLOW_ALL, devices=[
+        {"id": "lift-1", "driver": "modbus_elevator", "port": port, "poll_interval_s": 0.2, "timeout_s": 0.5,
+         "highest_floor": 18, "simulated": True}]))
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, mosquitto: Mosquitto, commands: dict[str, Any] | None = None) -> AsyncIterator[
+        tuple[ElevatorSimulator, Gateway, CommandClient]]:
+    port = free_port()
+    sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=0)})
+    cfg = config(tmp_path, mosquitto, port, commands)
+    async with sim, Gateway(cfg) as gw, CommandClient(MqttConfig(host=mosquitto.host, port=mosquitto.port),
+                                                      SITE) as client:
+        await asyncio.wait_for(gw.commands.bus.connected.wait(), 10)  # subscribed
+        yield sim, gw, client
+
+
+async def ask(client: CommandClient, name: str, args: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    cid = await client.send("elevator", "lift-1", name, args=args, **kw)
+    return await client.wait(cid, timeout=10)
+
+
+async def test_call_succeeds_confirmed_by_read_back(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    schema = json.loads(COMMAND_RESULT_SCHEMA_PATH.read_text())
+    async with MqttCollector(mosquitto.host, mosquitto.port, f"courtyard/{SITE}/#") as col, \
+            rig(tmp_path, mosquitto) as (sim, gw, client):
+        res = await ask(client, "call", {"floor": 5}, requested_by="duty-room")
+        assert res["state"] == "succeeded", res
+        assert sim.commands == [(1, "call", 5, 0)]  # the controller acted, once
+        states = [r["state"] for r in client.results[res["id"]]]
+        assert states == ["accepted", "sent", "succeeded"]
+        for r in client.results[res["id"]]:
+            jsonschema.validate(r, schema)
+        await col.wait_for(lambda c: sum(1 for e in c.events() if e["type"] == "command.call") >= 3)
+        events = [e for e in col.events() if e["type"] == "command.call"]
+        assert [e["payload"]["command_state"] for e in events] == ["accepted", "sent", "succeeded"]
+        assert {e["class"] for e in events} == {"command"}
+        assert events[-1]["payload"]["latency_ms"] >= 0
+        # the car goes there
+        await eventually(lambda: sim.elevators[1].floor == 5, 15)
+    rows = list_journal(tmp_path / "outbox.db")
+    assert [(r.id, r.state, r.requester) for r in rows] == [(res["id"], "succeeded", "mqtt:duty-room")]
+
+
+async def test_every_elevator_command(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, _gw, client):
+        car = sim.elevators[1]
+        assert (await ask(client, "hold_door", {"seconds": 2}))["state"] == "succeeded"
+        assert car.hold_until is not None
+        assert (await ask(client, "release_door"))["state"] == "succeeded"
+        assert car.hold_until is None
+        assert (await ask(client, "hold_door", {"seconds": 1}))["state"] == "succeeded"
+        await eventually(lambda: car.hold_until is None, 10)  # auto-release
+        assert (await ask(client, "return_to_floor", {"floor": -2}))["state"] == "succeeded"
+        await eventually(lambda: car.floor == -2 and car.phase == "open", 20)
+        assert (await ask(client, "release_return"))["state"] == "succeeded"
+        assert car.recall is None
+
+
+async def test_bad_requests_are_rejected_with_a_reason(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, gw, client):
+        cases: list[tuple[str, str, str, dict[str, Any], bytes | None, str]] = [
+            ("elevator", "lift-nope", "call", {"floor": 3}, None, "unknown_device"),
+            ("access_gate", "lift-1", "call", {"floor": 3}, None, "unknown_device"),  # wrong kind
+            ("elevator", "lift-1", "fly", {}, None, "unknown_command"),
+            ("elevator", "lift-1", "call", {}, None, "missing_arg:floor"),
+            ("elevator", "lift-1", "call", {"floor": "three"}, None, "bad_arg:floor"),
+            ("elevator", "lift-1", "call", {"floor": 99}, None, "bad_arg:floor:out_of_range"),
+            ("elevator", "lift-1", "call", {"floor": 3, "speed": 9}, None, "unexpected_args:speed"),
+            ("elevator", "lift-1", "call", {}, b"{not json", "bad_json"),
+            ("elevator", "lift-1", "call", {}, b"[1, 2]", "bad_request:not_an_object"),
+            ("elevator", "lift-1", "call", {}, json.dumps({"id": "x1", "args": {"floor": 2}, "ttl_s": -1}).encode(),
+             "bad_request:ttl_s"),
+            ("elevator", "lift-1", "call", {}, json.dumps({"id": "x2", "args": {"floor": 2},
+                                                            "pad": "x" * 5000}).encode(), "too_large"),
+        ]
+        for kind, device, name, args, raw, reason in cases:
+            cid = await client.send(kind, device, name, args=args, raw=raw)
+            res = await client.wait(cid, timeout=10)
+            assert res["state"] == "rejected" and res["reason"].startswith(reason), (name, args, raw, res)
+            assert res["final"] is True
+        assert sim.command_requests == 0  # nothing reached the controller
+        assert gw.counters.snapshot()["commands.rejected"] == len(cases)
+        # and the gateway still takes a good one
+        assert (await ask(client, "call", {"floor": 2}))["state"] == "succeeded"
+
+
+async def test_not_allowed(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    rules = {"allow": [{"requesters": ["mqtt:duty-*"], "devices": ["lift-1"], "commands": ["call"]}]}
+    async with rig(tmp_path, mosquitto, rules) as (sim, _gw, client):
+        assert (await ask(client, "hold_door", {"seconds": 5}, requested_by="duty-1"))["reason"] == \
+            "not_allowed:mqtt:duty-1"
+        assert (await ask(client, "call", {"floor": 3}, requested_by="tenant"))["reason"] == "not_allowed:mqtt:tenant"
+        assert (await ask(client, "call", {"floor": 3}))["state"] == "rejected"  # anonymous
+        assert (await ask(client, "call", {"floor": 3}, requested_by="duty-1"))["state"] == "succeeded"
+        assert [c[1] for c in sim.commands] == ["call"]
+
+
+async def test_duplicate_ids(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, gw, client):
+        cid = await client.send("elevator", "lift-1", "call", args={"floor": 4})
+        first = await client.wait(cid)
+        assert first["state"] == "succeeded"
+        client.results.clear()
+        # the same request again: the existing result, not a second call
+        await client.send("elevator", "lift-1", "call", args={"floor": 4}, cid=cid)
+        again = await client.wait(cid)
+        assert (again["state"], again["time"]) == ("succeeded", first["time"])
+        client.results.clear()
+        # the id reused for another request: rejected, the original untouched
+        await client.send("elevator", "lift-1", "call", args={"floor": 9}, cid=cid)
+        clash = await client.wait(cid)
+        assert (clash["state"], clash["reason"]) == ("rejected", "duplicate_id")
+        assert sim.commands == [(1, "call", 4, 0)]
+        assert gw.counters.snapshot()["commands.repeats"] == 1
+    assert [r.state for r in list_journal(tmp_path / "outbox.db")] == ["succeeded"]
+
+
+async def test_device_refuses_offline_or_silent(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, gw, client):
+        await sim.inject("inspection")
+        res = await ask(client, "call", {"floor": 3})
+        assert (res["state"], res["reason"]) == ("failed", "refused:inspection")
+        await sim.clear("inspection")
+        await sim.inject("fire_mode")
+        assert (await ask(client, "hold_door", {"seconds": 5}))["reason"] == "refused:fire_service"
+        await sim.clear("fire_mode")
+        await sim.inject("no_ack")  # takes the request, never answers
+        res = await ask(client, "call", {"floor": 3})
+        assert (res["state"], res["reason"]) == ("failed", "device_timeout")
+        await sim.clear("no_ack")
+        await sim.inject("disconnect")
+        res = await ask(client, "call", {"floor": 3})
+        assert res["state"] == "failed" and res["reason"].startswith("device_unavailable"), res
+        await sim.clear("disconnect")
+        assert (await ask(client, "call", {"floor": 3}))["state"] == "succeeded"
+        snap = gw.counters.snapshot()
+        assert (snap["commands.failed"], snap["commands.succeeded"]) == (4, 1)
+
+
+async def test_expired_before_send_is_never_executed(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, gw, client):
+        svc = gw.commands
+        cmd = await svc.submit("elevator", "lift-1", "call", {"id": "late-1", "args": {"floor": 3}, "ttl_s": 0.001},
+                               requester="mqtt:test")
+        assert cmd.state == "accepted"
+        await svc.wait_idle()
+        (row,) = list_journal(tmp_path / "outbox.db", device="lift-1")
+        assert (row.state, row.reason) == ("expired", "ttl_elapsed_before_send")
+        assert sim.command_requests == 0
