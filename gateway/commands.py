@@ -72,6 +72,8 @@ CREATE INDEX IF NOT EXISTS commands_open ON commands (state) WHERE state IN ('ac
 """
 _COLUMNS = ("id", "device", "kind", "name", "args", "requester", "requested_by", "state", "reason", "accepted_ns",
             "updated_ns", "expires_ns", "device_seq", "response_topic", "correlation")
+#: At start, how long resumed commands wait for the MQTT bus before resolving without it.
+RESUME_WAIT_FOR_BUS_S = 5.0
 _NAME_RE = __import__("re").compile(NAME_PATTERN)
 
 
@@ -445,6 +447,9 @@ class CommandService:
     async def _resume(self, cmd: Command) -> None:
         """A command the previous run left without an outcome."""
         self.counters.inc("resumed")
+        if self.bus is not None:  # its results go out on MQTT too, when the broker is there
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bus.connected.wait(), RESUME_WAIT_FOR_BUS_S)
         if cmd.state == "accepted":  # never sent: send it, unless its TTL ran out meanwhile
             if self._executor(cmd.device) is None:
                 await self._finish(cmd, "failed", "device_not_configured_after_restart")

@@ -307,6 +307,7 @@ class ElevatorSimulator:
         self.command_requests = 0  # mailbox writes seen
         self.commands: list[tuple[int, str | None, int, int]] = []  # (device id, name, argument, result) acted on
         self._pending: set[asyncio.Future[None]] = set()
+        self.unanswered: list[tuple[int, dict[int, int]]] = []  # requests taken under `no_ack`
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -398,11 +399,19 @@ class ElevatorSimulator:
                 if failed is not None:
                     return failed
                 self.command_requests += 1
-                if "no_ack" not in self.transport_faults:
+                if "no_ack" in self.transport_faults:
+                    self.unanswered.append((dev_id, written))
+                else:
                     # After this write lands: the controller answers in its own registers.
                     asyncio.get_running_loop().call_soon(self._spawn_answer, dev_id, written)
                 return None
         return await self._action(fc, start, address, count, regs, set_values)
+
+    async def answer_late(self) -> None:
+        """The controller acts on the requests it took under `no_ack` and answers them now."""
+        pending, self.unanswered = self.unanswered, []
+        for dev_id, written in pending:
+            await self._answer(dev_id, written)
 
     def _spawn_answer(self, dev_id: int, written: dict[int, int]) -> None:
         fut = asyncio.ensure_future(self._answer(dev_id, written))
