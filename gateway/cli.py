@@ -1,4 +1,5 @@
-"""`courtyard` command line: run, replay, validate, drivers, schema, simulate, events, dead-letters, demo."""
+"""`courtyard` command line: run, replay, validate, drivers, schema, simulate, events, dead-letters, command,
+commands, demo."""
 
 from __future__ import annotations
 
@@ -226,6 +227,92 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _arg_value(text: str) -> Any:
+    """`k=v` values: JSON when they parse (numbers, true/false), else the text itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool | str) else text
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """Send one command through the broker, as any requester would; print its results."""
+    import getpass
+
+    from gateway import registry
+    from gateway.command_bus import CommandClient
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    dev = next((d for d in cfg.devices if d.id == args.device), None)
+    if dev is None:
+        print(f"courtyard command: no device {args.device!r} in {args.config}", file=sys.stderr)
+        return 2
+    kv: dict[str, Any] = {}
+    for item in args.args:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            print(f"courtyard command: arguments are key=value, not {item!r}", file=sys.stderr)
+            return 2
+        kv[key] = _arg_value(value)
+    kind = registry.get(dev.driver).kind
+    requester = args.requested_by or f"cli:{getpass.getuser()}"
+
+    async def run() -> int:
+        async with CommandClient(cfg.mqtt, cfg.site) as client:
+            cid = await client.send(kind, dev.id, args.name, args=kv, ttl_s=args.ttl, requested_by=requester)
+            try:
+                first = await client.wait(cid, final=False, timeout=args.timeout)
+                last = await client.wait(cid, timeout=args.timeout) if args.wait and not first["final"] else first
+            except TimeoutError as exc:
+                print(f"courtyard command: {exc} (is the gateway running, subscribed to this broker?)",
+                      file=sys.stderr)
+                return 3
+            for res in client.results.get(cid, []):
+                print(json.dumps(res) if args.json else
+                      f"{res['id']}  {res['device']}  {res['name']}  {res['state']}"
+                      + (f"  ({res['reason']})" if res["reason"] else "")
+                      + (f"  {res['latency_ms']:.0f} ms" if res.get("latency_ms") is not None else ""))
+            return 0 if last["state"] in ("accepted", "sent", "succeeded") else 1
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:  # the broker refused or is not there: one line
+        print(f"courtyard command: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    """List the command journal."""
+    from gateway.commands import list_journal
+    from gateway.history import parse_duration
+
+    try:
+        since = parse_duration(args.since) if args.since else None
+        since_ns = int((datetime.now(UTC).timestamp() - since) * 1e9) if since is not None else None
+        rows = list_journal(_db_path(args), device=args.device, state=args.state, since_ns=since_ns,
+                            limit=args.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"courtyard commands: {exc}", file=sys.stderr)
+        return 1
+    for r in rows:
+        if args.json:
+            print(json.dumps({"id": r.id, "device": r.device, "kind": r.kind, "name": r.name, "args": r.args,
+                              "state": r.state, "reason": r.reason, "requester": r.requester,
+                              "requested_by": r.requested_by, "latency_ms": r.latency_ms,
+                              "accepted_ns": r.accepted_ns, "updated_ns": r.updated_ns}))
+            continue
+        stamp = datetime.fromtimestamp(r.accepted_ns / 1e9, UTC).astimezone()
+        args_text = " ".join(f"{k}={v}" for k, v in r.args.items())
+        print(f"{stamp:%Y-%m-%d %H:%M:%S%z}  {r.id:<36}  {r.device:<14} {r.name:<16} {r.state:<9} "
+              f"{r.latency_ms:>8.0f} ms  {r.requester or '':<20} {args_text}" + (f"  ({r.reason})" if r.reason else ""))
+    print(f"{len(rows)} command{'' if len(rows) == 1 else 's'}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded demo: simulators plus gateway, nothing to configure."""
     from gateway.demo import run_demo
@@ -299,6 +386,29 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("-v", "--verbose", action="store_true", help="print the rejected lines")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("command", help="send a command to a device through the broker (docs/commands.md)")
+    s.add_argument("-c", "--config", default="examples/elevator.yaml", help="the gateway's config (broker, site)")
+    s.add_argument("device")
+    s.add_argument("name", help="e.g. call, hold_door, return_to_floor")
+    s.add_argument("args", nargs="*", metavar="KEY=VALUE", help="e.g. floor=1 seconds=60")
+    s.add_argument("--wait", action="store_true", help="wait for the outcome, not only acceptance")
+    s.add_argument("--ttl", type=float, default=30.0, help="seconds after which it is never executed (default 30)")
+    s.add_argument("--timeout", type=float, default=30.0, help="how long to wait for results")
+    s.add_argument("--requested-by", help="who asks (default: cli:<login>)")
+    s.add_argument("--json", action="store_true", help="print the result messages as published")
+    s.set_defaults(func=cmd_command)
+
+    s = sub.add_parser("commands", help="list the command journal")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config", default="examples/elevator.yaml", help="config naming the outbox")
+    src.add_argument("--db", help="outbox database path")
+    s.add_argument("--device")
+    s.add_argument("--state", choices=["accepted", "sent", "succeeded", "failed", "expired", "rejected"])
+    s.add_argument("--since", help="e.g. 10m, 2h, 7d")
+    s.add_argument("--limit", type=int, default=1000, help="only the last N (default 1000)")
+    s.add_argument("--json", action="store_true", help="one command per line")
+    s.set_defaults(func=cmd_commands)
 
     s = sub.add_parser("demo", help="run simulators and the gateway together, nothing to configure")
     s.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
