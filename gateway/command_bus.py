@@ -123,7 +123,7 @@ class CommandBus:
         topic = result_topic(self.cfg.topic_prefix, self.site, cmd.kind, cmd.device, cmd.name)
         props: Any = None
         if cmd.correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = cmd.correlation
         targets = [topic]
         if cmd.response_topic and cmd.response_topic != topic:
@@ -199,7 +199,7 @@ class CommandClient:
         cid = cid or str(uuid.uuid4())
         body = raw if raw is not None else json.dumps(
             {"id": cid, "args": args or {}, "ttl_s": ttl_s, "requested_by": requested_by}).encode()
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = cid.encode()
         props.ResponseTopic = result_topic(self.cfg.topic_prefix, self.site, kind, device, name)
         await self._client.publish(request_topic(self.cfg.topic_prefix, self.site, kind, device, name), body,

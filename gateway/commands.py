@@ -150,7 +150,7 @@ class Command:
         """The result message of this state."""
         return CommandResult(
             id=self.id, site=site, gateway=gateway, device=self.device, kind=self.kind, name=self.name,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             reason=self.reason, latency_ms=self.latency_ms, requested_by=self.requested_by,
             requester=self.requester, accepted=_iso(self.accepted_ns), time=_iso(self.updated_ns),
             final=self.state in FINAL_STATES,
@@ -228,7 +228,8 @@ def list_journal(path: Path, *, device: str | None = None, state: str | None = N
         return []
     db = connect(path, readonly=True)
     try:
-        where, params = ["1=1"], []
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
         if device:
             where.append("device=?")
             params.append(device)
@@ -503,7 +504,7 @@ class CommandService:
         bad = cmd.state in ("failed", "expired", "rejected")
         draft = EventDraft(
             type=f"command.{cmd.name}", cls="command", severity="minor" if bad else "info", state="momentary",
-            payload=CommandPayload(command_id=cmd.id, name=cmd.name, command_state=cmd.state,  # type: ignore[arg-type]
+            payload=CommandPayload(command_id=cmd.id, name=cmd.name, command_state=cmd.state,
                                    reason=cmd.reason, latency_ms=cmd.latency_ms, requester=cmd.requester,
                                    args=cmd.args),
         )

@@ -47,7 +47,8 @@ def command_json_schemas() -> dict[Path, dict[str, Any]]:
     out = {}
     for path, model, sid in ((COMMAND_REQUEST_SCHEMA_PATH, CommandRequest, REQUEST_SCHEMA_ID),
                              (COMMAND_RESULT_SCHEMA_PATH, CommandResult, RESULT_SCHEMA_ID)):
-        schema = model.model_json_schema(by_alias=True, mode="serialization" if model is CommandResult else "validation")
+        schema = (model.model_json_schema(by_alias=True, mode="serialization") if model is CommandResult
+                  else model.model_json_schema(by_alias=True))
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://courtyard.dev/schemas/{sid}.json"
         out[path] = schema

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 
 from gateway.command_bus import CommandClient
 from gateway.commands import list_journal
@@ -56,7 +55,7 @@ async def ask(client: CommandClient, name: str, args: dict[str, Any] | None = No
 async def test_call_succeeds_confirmed_by_read_back(tmp_path: Path, mosquitto: Mosquitto) -> None:
     schema = json.loads(COMMAND_RESULT_SCHEMA_PATH.read_text())
     async with MqttCollector(mosquitto.host, mosquitto.port, f"courtyard/{SITE}/#") as col, \
-            rig(tmp_path, mosquitto) as (sim, gw, client):
+            rig(tmp_path, mosquitto) as (sim, _gw, client):
         res = await ask(client, "call", {"floor": 5}, requested_by="duty-room")
         assert res["state"] == "succeeded", res
         assert sim.commands == [(1, "call", 5, 0)]  # the controller acted, once
@@ -172,7 +171,7 @@ async def test_device_refuses_offline_or_silent(tmp_path: Path, mosquitto: Mosqu
 
 
 async def test_expired_before_send_is_never_executed(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    async with rig(tmp_path, mosquitto) as (sim, gw, client):
+    async with rig(tmp_path, mosquitto) as (sim, gw, _client):
         svc = gw.commands
         cmd = await svc.submit("elevator", "lift-1", "call", {"id": "late-1", "args": {"floor": 3}, "ttl_s": 0.001},
                                requester="mqtt:test")
