@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import uuid
 from typing import Any
 
@@ -33,6 +34,9 @@ from gateway.sinks.mqtt import tls_context
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
+#: Requests and results are small and latency-bound: no Nagle delay on our side of the link
+#: (the broker's side needs `set_tcp_nodelay true` in mosquitto.conf, docs/commands.md).
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def request_topic(prefix: str, site: str, kind: str, device: str, name: str) -> str:
@@ -71,7 +75,7 @@ class CommandBus:
                     cfg.host, cfg.port, identifier=self.client_id, username=cfg.username,
                     password=cfg.password.get_secret_value() if cfg.password else None,
                     keepalive=cfg.keepalive_s, tls_context=tls_context(cfg), timeout=10,
-                    protocol=aiomqtt.ProtocolVersion.V5,
+                    protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY,
                 )
                 async with client:
                     self._client = client
@@ -158,7 +162,7 @@ class CommandClient:
         self._client = aiomqtt.Client(
             cfg.host, cfg.port, identifier=self.identifier, username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None, tls_context=tls_context(cfg),
-            timeout=10, protocol=aiomqtt.ProtocolVersion.V5)
+            timeout=10, protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY)
         await self._client.__aenter__()
         await self._client.subscribe(f"{cfg.topic_prefix}/{self.site}/+/+/cmd/+/result", qos=1)
         self._task = asyncio.create_task(self._collect())

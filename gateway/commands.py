@@ -268,6 +268,7 @@ class CommandService:
         self._kinds: dict[str, str] = {}
         self._executors: dict[str, Executor | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._events: set[asyncio.Future[None]] = set()  # event appends in flight
         self._factories: dict[str, Any] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -288,6 +289,7 @@ class CommandService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._events, return_exceptions=True)  # their events are committed
         for ex in self._executors.values():
             if ex is not None:
                 with contextlib.suppress(Exception):
@@ -295,8 +297,8 @@ class CommandService:
 
     async def wait_idle(self) -> None:
         """Until every command in progress has an outcome (tests, benches)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._events:
+            await asyncio.gather(*list(self._tasks), *list(self._events), return_exceptions=True)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -478,19 +480,29 @@ class CommandService:
     # --- reporting ---------------------------------------------------------------------------
 
     async def _report(self, cmd: Command, *, event: bool = True) -> None:
-        """An event through the outbox (priority lane), then the result listeners."""
+        """An event through the outbox (priority lane), then the result listeners.
+
+        The event's commit is not waited for: the journal, committed already, is the record of
+        the command, and its next step should not wait for another fsync. The outbox keeps the
+        order of appends, so a command's events keep theirs.
+        """
         if event:
-            try:
-                await self.gw.outbox.append([self._event(cmd)])
-            except Exception:  # the journal holds the state; the result still goes out
-                self.counters.inc("event_failures")
-                log.exception("command event for %s not committed", cmd.id)
+            task = asyncio.ensure_future(self._append(cmd))
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
         for listener in self.listeners:
             try:
                 await listener(cmd)
             except Exception:
                 self.counters.inc("result_failures")
                 log.debug("result listener failed", exc_info=True)
+
+    async def _append(self, cmd: Command) -> None:
+        try:
+            await self.gw.outbox.append([self._event(cmd)])
+        except Exception:  # the journal holds the state; the result still goes out
+            self.counters.inc("event_failures")
+            log.exception("command event for %s not committed", cmd.id)
 
     def _event(self, cmd: Command) -> Any:
         from gateway.runtime import EventFactory, device_ref
