@@ -109,6 +109,9 @@ class CommandBus:
                 requester += data["requested_by"][:128]
         except ValueError:
             pass
+        if isinstance(response, str) and not self._usable_response_topic(response):
+            self.counters.inc("response_topics_refused")
+            response = None  # results still go to the result topic
         try:
             await self.service.submit(kind, device, name, bytes(body), requester=requester,
                                       response_topic=response if isinstance(response, str) else None,
@@ -116,6 +119,13 @@ class CommandBus:
         except Exception:  # one bad request never ends the subscription
             self.counters.inc("bus_errors")
             log.exception("command request on %s failed", msg.topic)
+
+    def _usable_response_topic(self, topic: str) -> bool:
+        """A requester's response topic, unless it would make the gateway publish where it speaks
+        for devices (inside its site's prefix, only result topics are) or is not a topic."""
+        if not topic or len(topic) > 512 or any(c in topic for c in "+#\0"):
+            return False
+        return not topic.startswith(f"{self.prefix}/") or (topic.endswith("/result") and "/cmd/" in topic)
 
     async def publish_result(self, cmd: Command) -> None:
         """Publish one state of `cmd` (QoS 1), on the result topic and the response topic if any."""

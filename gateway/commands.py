@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 CREATE INDEX IF NOT EXISTS commands_accepted ON commands (accepted_ns);
 CREATE INDEX IF NOT EXISTS commands_open ON commands (state) WHERE state IN ('accepted', 'sent');
+CREATE TABLE IF NOT EXISTS commands_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO commands_meta (key, value) VALUES ('seq_base', abs(random()) % 65535);
 """
 _COLUMNS = ("id", "device", "kind", "name", "args", "requester", "requested_by", "state", "reason", "accepted_ns",
             "updated_ns", "expires_ns", "device_seq", "response_topic", "correlation")
@@ -187,9 +189,13 @@ class Journal:
                 if row is not None:
                     return Command.from_row(row), False
                 stored = cmd
-                if cmd.state not in FINAL_STATES:  # a sequence number the device has not seen lately
+                if cmd.state not in FINAL_STATES:
+                    # A sequence number the device has not seen lately: consecutive per journal,
+                    # from a random base, so a new database does not start where a device's
+                    # mailbox still shows another journal's last command.
                     (last,) = db.execute("SELECT MAX(rowid) FROM commands").fetchone()
-                    stored = replace(cmd, device_seq=((last or 0) % 65535) + 1)
+                    (base,) = db.execute("SELECT value FROM commands_meta WHERE key='seq_base'").fetchone()
+                    stored = replace(cmd, device_seq=((base + (last or 0)) % 65535) + 1)
                 db.execute(f"INSERT INTO commands ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
                            stored.row())
                 return stored, True
@@ -270,6 +276,7 @@ class CommandService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: set[asyncio.Future[None]] = set()  # event appends in flight
         self._factories: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -430,22 +437,27 @@ class CommandService:
 
     # --- execution ---------------------------------------------------------------------------
 
+    def _device_lock(self, device: str) -> asyncio.Lock:
+        """One command at a time per device, in order; the TTL is checked once it is its turn."""
+        return self._locks.setdefault(device, asyncio.Lock())
+
     async def _run(self, cmd: Command) -> None:
-        if time.time_ns() >= cmd.expires_ns:
-            await self._finish(cmd, "expired", "ttl_elapsed_before_send")
-            return
-        executor = self._executor(cmd.device)
-        assert executor is not None
-        cmd = await self.journal.update(cmd, "sent", None)  # committed before the device sees anything
-        await self._report(cmd)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.answer_timeout_s
-        try:
-            outcome = await executor.execute(cmd.name, cmd.args, cmd.device_seq or 0, deadline)
-        except Exception as exc:  # an executor bug: the command failed, and says why
-            log.exception("executor of %s failed on %s", cmd.device, cmd.name)
-            outcome = Outcome("failed", f"executor_error:{type(exc).__name__}")
-        await self._finish(cmd, outcome.state, outcome.reason)
+        async with self._device_lock(cmd.device):
+            if time.time_ns() >= cmd.expires_ns:  # also when it waited behind another command
+                await self._finish(cmd, "expired", "ttl_elapsed_before_send")
+                return
+            executor = self._executor(cmd.device)
+            assert executor is not None
+            cmd = await self.journal.update(cmd, "sent", None)  # committed before the device sees anything
+            await self._report(cmd)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.answer_timeout_s
+            try:
+                outcome = await executor.execute(cmd.name, cmd.args, cmd.device_seq or 0, deadline)
+            except Exception as exc:  # an executor bug: the command failed, and says why
+                log.exception("executor of %s failed on %s", cmd.device, cmd.name)
+                outcome = Outcome("failed", f"executor_error:{type(exc).__name__}")
+            await self._finish(cmd, outcome.state, outcome.reason)
 
     async def _resume(self, cmd: Command) -> None:
         """A command the previous run left without an outcome."""
@@ -463,13 +475,14 @@ class CommandService:
         if executor is None:
             await self._finish(cmd, "failed", "device_not_configured_after_restart")
             return
-        deadline = asyncio.get_running_loop().time() + self.config.resume_timeout_s
-        try:
-            outcome = await executor.resolve(cmd.name, cmd.args, cmd.device_seq or 0, deadline)
-        except Exception as exc:
-            log.exception("read-back of %s on %s failed", cmd.name, cmd.device)
-            outcome = Outcome("failed", f"executor_error:{type(exc).__name__}")
-        await self._finish(cmd, outcome.state, outcome.reason)
+        async with self._device_lock(cmd.device):
+            deadline = asyncio.get_running_loop().time() + self.config.resume_timeout_s
+            try:
+                outcome = await executor.resolve(cmd.name, cmd.args, cmd.device_seq or 0, deadline)
+            except Exception as exc:
+                log.exception("read-back of %s on %s failed", cmd.name, cmd.device)
+                outcome = Outcome("failed", f"executor_error:{type(exc).__name__}")
+            await self._finish(cmd, outcome.state, outcome.reason)
 
     async def _finish(self, cmd: Command, state: str, reason: str | None) -> None:
         done = await self.journal.update(cmd, state, reason)

@@ -131,6 +131,9 @@ class ElevatorCommands:
         async with self._lock:
             try:
                 start, words = self.mailbox.frame(name, seq, args)
+                ack, _ = await self._ack(self.mailbox)
+                if ack == seq & 0xFFFF:  # the mailbox already shows this number: its answer would be stale
+                    return Outcome("failed", "sequence_in_use")
                 client = await self._link()
                 try:
                     rr = await client.write_registers(start, words, device_id=self.cfg.unit_id)
