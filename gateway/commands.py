@@ -76,6 +76,8 @@ _COLUMNS = ("id", "device", "kind", "name", "args", "requester", "requested_by",
             "updated_ns", "expires_ns", "device_seq", "response_topic", "correlation")
 #: At start, how long resumed commands wait for the MQTT bus before resolving without it.
 RESUME_WAIT_FOR_BUS_S = 5.0
+#: Finished commands older than the outbox's `history_days` are purged every this many commands.
+PURGE_EVERY = 1000
 _NAME_RE = __import__("re").compile(NAME_PATTERN)
 
 
@@ -173,8 +175,9 @@ def _iso(ns: int) -> str:
 class Journal:
     """The `commands` table, written on the outbox's writer thread."""
 
-    def __init__(self, outbox: Any) -> None:
+    def __init__(self, outbox: Any, *, keep_days: float = 7.0) -> None:
         self.outbox = outbox
+        self.keep_ns = int(keep_days * 86400e9)
 
     async def open(self) -> None:
         await self.outbox.on_writer(lambda db: db.executescript(_SCHEMA))
@@ -196,11 +199,28 @@ class Journal:
                     (last,) = db.execute("SELECT MAX(rowid) FROM commands").fetchone()
                     (base,) = db.execute("SELECT value FROM commands_meta WHERE key='seq_base'").fetchone()
                     stored = replace(cmd, device_seq=((base + (last or 0)) % 65535) + 1)
-                db.execute(f"INSERT INTO commands ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                           stored.row())
+                cur = db.execute(
+                    f"INSERT INTO commands ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    stored.row())
+                if (cur.lastrowid or 0) % PURGE_EVERY == 0:
+                    self._purge(db)
                 return stored, True
         result: tuple[Command, bool] = await self.outbox.on_writer(run)
         return result
+
+    def _purge(self, db: sqlite3.Connection) -> None:
+        """Forget finished commands older than the outbox's history (their events stay as long)."""
+        db.execute("DELETE FROM commands WHERE updated_ns < ? AND state IN"
+                   " ('succeeded', 'failed', 'expired', 'rejected')", (time.time_ns() - self.keep_ns,))
+
+    async def purge(self) -> None:
+        """`_purge` in its own transaction (at start)."""
+        from gateway.outbox import transaction
+
+        def run(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                self._purge(db)
+        await self.outbox.on_writer(run)
 
     async def update(self, cmd: Command, state: str, reason: str | None) -> Command:
         """Commit a state change (never out of a final state)."""
@@ -268,7 +288,7 @@ class CommandService:
         self.config = gw.config.commands
         self.site, self.gateway = gw.config.site, gw.config.gateway_id
         self.counters: Counters = gw.counters.child("commands.")
-        self.journal = Journal(gw.outbox)
+        self.journal = Journal(gw.outbox, keep_days=gw.config.outbox.history_days)
         self.listeners: list[Listener] = []
         self.bus: Any = None  # gateway.command_bus.CommandBus, when MQTT is on
         self._kinds: dict[str, str] = {}
@@ -288,6 +308,7 @@ class CommandService:
             with contextlib.suppress(Exception):  # an unknown driver is reported where the device is built
                 self._kinds[dev.id] = registry.get(dev.driver).kind
         await self.journal.open()
+        await self.journal.purge()
         for cmd in await self.journal.unfinished():
             self._spawn(self._resume(cmd))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -79,3 +80,34 @@ def test_argument_checks() -> None:
     assert ex.check("hold_door", {"seconds": 60}) == {"seconds": 60}
     with pytest.raises(CommandRejected):
         ex.check("hold_door", {"seconds": 0})
+
+
+async def test_journal_is_idempotent_and_forgets_old_outcomes_only(tmp_path: Path) -> None:
+    import time
+
+    from gateway.commands import Command, Journal, list_journal
+    from gateway.outbox import Outbox
+
+    def cmd(cid: str, state: str = "accepted", age_s: float = 0) -> Command:
+        at = time.time_ns() - int(age_s * 1e9)
+        return Command(id=cid, device="lift-1", kind="elevator", name="call", args={"floor": 2}, requester="mqtt:",
+                       requested_by=None, state=state, reason=None, accepted_ns=at, updated_ns=at, expires_ns=at)
+
+    async with Outbox(tmp_path / "o.db") as outbox:
+        journal = Journal(outbox, keep_days=1)
+        await journal.open()
+        first, created = await journal.insert(cmd("a"))
+        assert created and first.device_seq is not None
+        again, created = await journal.insert(cmd("a"))
+        assert not created and again.device_seq == first.device_seq
+        second, _ = await journal.insert(cmd("b"))
+        assert second.device_seq == first.device_seq % 65535 + 1  # consecutive
+        await journal.insert(cmd("old-done", "succeeded", age_s=2 * 86400))
+        await journal.insert(cmd("old-open", "sent", age_s=2 * 86400))
+        done = await journal.update(first, "succeeded", None)
+        assert (await journal.update(done, "failed", "late")).state == "failed"  # the returned copy only...
+        await journal.purge()
+        assert {c.id for c in await journal.unfinished()} == {"b", "old-open"}
+    rows = {r.id: r for r in list_journal(tmp_path / "o.db")}
+    assert set(rows) == {"a", "b", "old-open"}  # an old outcome is forgotten, an old open command is not
+    assert rows["a"].state == "succeeded"  # ...the stored outcome is never changed

@@ -113,6 +113,7 @@ async def test_bad_requests_are_rejected_with_a_reason(tmp_path: Path, mosquitto
             assert res["final"] is True
         assert sim.command_requests == 0  # nothing reached the controller
         assert gw.counters.snapshot()["commands.rejected"] == len(cases)
+        assert gw.devices["lift-1"].online is True  # polling went on undisturbed
         # and the gateway still takes a good one
         assert (await ask(client, "call", {"floor": 2}))["state"] == "succeeded"
 
@@ -180,3 +181,38 @@ async def test_expired_before_send_is_never_executed(tmp_path: Path, mosquitto: 
         (row,) = list_journal(tmp_path / "outbox.db", device="lift-1")
         assert (row.state, row.reason) == ("expired", "ttl_elapsed_before_send")
         assert sim.command_requests == 0
+
+
+async def test_a_command_waiting_behind_another_expires_unsent(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async with rig(tmp_path, mosquitto) as (sim, _gw, client):
+        await sim.inject("no_ack")  # the first command holds the elevator until its answer times out (1.5 s)
+        first = await client.send("elevator", "lift-1", "call", args={"floor": 3})
+        second = await client.send("elevator", "lift-1", "call", args={"floor": 4}, ttl_s=0.5)
+        assert (await client.wait(first))["reason"] == "device_timeout"
+        res = await client.wait(second)
+        assert (res["state"], res["reason"]) == ("expired", "ttl_elapsed_before_send")
+        assert sim.command_requests == 1  # the second never reached the controller
+
+
+async def test_response_topic_and_correlation(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    async with rig(tmp_path, mosquitto) as (_sim, gw, _client), \
+            MqttCollector(mosquitto.host, mosquitto.port, "replies/#") as replies, \
+            MqttCollector(mosquitto.host, mosquitto.port, f"courtyard/{SITE}/elevator/lift-1/state") as state:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            for n, target in enumerate(("replies/duty-1", f"courtyard/{SITE}/elevator/lift-1/state")):
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = target
+                props.CorrelationData = f"corr-{n}".encode()
+                await c.publish(f"courtyard/{SITE}/elevator/lift-1/cmd/call",
+                                json.dumps({"id": f"rt-{n}", "args": {"floor": 2}}), qos=1, properties=props)
+        await replies.wait_for(lambda c: any(json.loads(p)["final"] for _, p in c.messages))
+        assert {json.loads(p)["id"] for _, p in replies.messages} == {"rt-0"}
+        await gw.commands.wait_idle()
+        await asyncio.sleep(0.5)
+        # a response topic inside the site's prefix (here a device's state) is never published to
+        assert all(b"rt-1" not in p for _, p in state.messages)
+        assert gw.counters.snapshot()["commands.response_topics_refused"] == 1
