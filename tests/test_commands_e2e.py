@@ -174,9 +174,11 @@ async def test_device_refuses_offline_or_silent(tmp_path: Path, mosquitto: Mosqu
 async def test_expired_before_send_is_never_executed(tmp_path: Path, mosquitto: Mosquitto) -> None:
     async with rig(tmp_path, mosquitto) as (sim, gw, _client):
         svc = gw.commands
-        cmd = await svc.submit("elevator", "lift-1", "call", {"id": "late-1", "args": {"floor": 3}, "ttl_s": 0.001},
-                               requester="mqtt:test")
-        assert cmd.state == "accepted"
+        async with svc._device_lock("lift-1"):  # the elevator busy with another command past this one's TTL
+            cmd = await svc.submit("elevator", "lift-1", "call", {"id": "late-1", "args": {"floor": 3}, "ttl_s": 0.05},
+                                   requester="mqtt:test")
+            assert cmd.state == "accepted"
+            await asyncio.sleep(0.2)
         await svc.wait_idle()
         (row,) = list_journal(tmp_path / "outbox.db", device="lift-1")
         assert (row.state, row.reason) == ("expired", "ttl_elapsed_before_send")
