@@ -344,8 +344,14 @@ class CommandService:
     async def submit(self, kind: str, device: str, name: str, body: bytes | Mapping[str, Any], *, requester: str,
                      response_topic: str | None = None, correlation: bytes | None = None) -> Command:
         """Check a request and journal it; returns its first state (`accepted`, or `rejected`),
-        or the existing row when the id is known (a repeat gets the existing result)."""
+        or the existing row when the id is known (a repeat gets the existing result). A request
+        for a device of another gateway (`reject_unknown_devices: false`) is `ignored`: no result."""
         now = time.time_ns()
+        if device not in self._kinds and not self.config.reject_unknown_devices:
+            self.counters.inc("ignored_other_device")  # another gateway of this site may run it
+            return Command(id=_id_of(body) or "", device=device, kind=kind, name=name, args={}, requester=requester,
+                           requested_by=None, state="ignored", reason="other_gateway", accepted_ns=now,
+                           updated_ns=now, expires_ns=now)
         self.counters.inc("requests")
         raw_id: str | None = None
         try:

@@ -129,6 +129,9 @@ class CommandsConfig(_Strict):
         10.0, gt=0, le=600, description="Longest wait for a device's answer once a command is sent")
     resume_timeout_s: float = Field(
         5.0, gt=0, le=600, description="After a restart, how long a command left `sent` may take to read back")
+    reject_unknown_devices: bool = Field(
+        True, description="Answer `rejected: unknown_device` for devices not in this config. Several gateways"
+        " sharing a site all see every request: keep this true on one of them only")
 
     def allows(self, requester: str, device: str, command: str) -> bool:
         """Whether a rule lets `requester` send `command` to `device`."""

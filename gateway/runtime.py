@@ -374,7 +374,7 @@ class Gateway:
 
     async def _start_commands(self) -> None:
         """The command journal (resuming what a previous run left open) and its MQTT requests."""
-        if not self.config.commands.enabled:
+        if not self.config.commands.enabled or not self.reconcile:  # a replay runs none of its devices
             return
         from gateway.command_bus import CommandBus
         from gateway.commands import CommandService

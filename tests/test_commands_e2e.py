@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from gateway.command_bus import CommandClient
 from gateway.commands import list_journal
@@ -218,3 +219,13 @@ async def test_response_topic_and_correlation(tmp_path: Path, mosquitto: Mosquit
         # a response topic inside the site's prefix (here a device's state) is never published to
         assert all(b"rt-1" not in p for _, p in state.messages)
         assert gw.counters.snapshot()["commands.response_topics_refused"] == 1
+
+
+async def test_a_gateway_sharing_its_site_leaves_other_devices_alone(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    shared = {**ALLOW_ALL, "reject_unknown_devices": False}
+    async with rig(tmp_path, mosquitto, shared) as (_sim, gw, client):
+        cid = await client.send("elevator", "lift-of-gw-2", "call", args={"floor": 3})
+        with pytest.raises(TimeoutError):
+            await client.wait(cid, final=False, timeout=1.5)
+        assert gw.counters.snapshot()["commands.ignored_other_device"] == 1
+        assert (await ask(client, "call", {"floor": 3}))["state"] == "succeeded"  # its own lift: as ever
