@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
 #: Requests and results are small and latency-bound: no Nagle delay on our side of the link
 #: (the broker's side needs `set_tcp_nodelay true` in mosquitto.conf, docs/commands.md).
+#: Requests waiting to be read; a flood beyond this is dropped by the client, not buffered without bound.
+MAX_QUEUED_REQUESTS = 1000
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
@@ -76,6 +78,7 @@ class CommandBus:
                     password=cfg.password.get_secret_value() if cfg.password else None,
                     keepalive=cfg.keepalive_s, tls_context=tls_context(cfg), timeout=10,
                     protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY,
+                    max_queued_incoming_messages=MAX_QUEUED_REQUESTS,
                 )
                 async with client:
                     self._client = client
