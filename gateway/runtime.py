@@ -89,6 +89,8 @@ def connectivity_draft(online: bool, *, reason: str | None, misses: int, alarm_i
 
 
 STOPPED_REASON = "gateway_stopped"
+#: How many times stop() cancels a device task that keeps running (0.2 s apart).
+STOP_CANCEL_ATTEMPTS = 50
 
 
 def stopped_draft() -> EventDraft:
@@ -489,9 +491,20 @@ class Gateway:
     async def stop(self, *, flush_timeout: float = 5.0) -> None:
         """Stop devices, let sinks flush what they can, close everything."""
         device_tasks = [t for t in self._tasks if t.get_name().startswith("device-")]
-        for t in device_tasks:
-            t.cancel()
-        await asyncio.gather(*device_tasks, return_exceptions=True)
+        # A cancellation can be swallowed by a protocol library (one landing inside a pymodbus
+        # request comes back as a link error, and the supervisor polls on): cancel again until
+        # each task has ended, so stop() cannot wait forever for one.
+        for _ in range(STOP_CANCEL_ATTEMPTS):
+            pending = [t for t in device_tasks if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=0.2)
+        stuck = [t.get_name() for t in device_tasks if not t.done()]
+        if stuck:
+            log.error("device tasks did not stop: %s", ", ".join(stuck))
+        await asyncio.gather(*(t for t in device_tasks if t.done()), return_exceptions=True)
         for key, obj in list(self._shared.items()):
             aclose = getattr(obj, "aclose", None)
             if aclose is not None:
