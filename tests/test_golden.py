@@ -1,0 +1,57 @@
+"""Golden cases: every `tests/cases/<driver>/<case>` decodes to its expected.jsonl (see tests/cases/README.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drivers import BUILTIN
+from gateway.testing import CASES_DIR, GoldenCase, case_from_recording, check_golden, golden_cases
+
+CASES = golden_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_golden(case: GoldenCase) -> None:
+    check_golden(case)
+
+
+def test_every_builtin_driver_has_cases() -> None:
+    """Normal traffic, bad input and at least one fault for each built-in driver."""
+    for name in BUILTIN:
+        have = {p.name for p in (CASES_DIR / name).iterdir() if p.is_dir()} if (CASES_DIR / name).is_dir() else set()
+        assert "normal" in have and "bad_input" in have, f"{name}: {sorted(have)}"
+        assert len(have) >= 3, f"{name} has no fault case: {sorted(have)}"
+
+
+def test_a_changed_decoding_fails_its_case(tmp_path: Path) -> None:
+    """The kit can fail: one altered expected event is reported with a diff."""
+    src = CASES_DIR / "opcua_pa" / "normal"
+    case = case_from_recording_copy(src, tmp_path / "opcua_pa" / "normal")
+    expected = case.expected()
+    expected[-1]["severity"] = "critical"
+    case.write_expected(expected)
+    problems = case.check()
+    assert problems and any('"severity": "critical"' in p for p in problems)
+
+
+def case_from_recording_copy(src: Path, dst: Path) -> GoldenCase:
+    dst.mkdir(parents=True)
+    for name in ("config.yaml", "input.jsonl", "expected.jsonl"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return GoldenCase(dst)
+
+
+def test_new_case_from_a_recording(tmp_path: Path) -> None:
+    """`new` keeps the chosen lines of one device and the header's config; `regen` then writes what it decodes to."""
+    rec = tmp_path / "rec.jsonl"
+    cfg = (CASES_DIR / "opcua_pa" / "normal" / "config.yaml").read_text()
+    import yaml
+    header = {"courtyard_recording": 1, "scenario": None, "config": yaml.safe_load(cfg)}
+    lines = (CASES_DIR / "opcua_pa" / "normal" / "input.jsonl").read_text().splitlines()
+    rec.write_text("\n".join([json.dumps(header), *lines]) + "\n")
+    case = case_from_recording(rec, tmp_path / "c", lines=[2, 3])
+    assert case.path.joinpath("input.jsonl").read_text().splitlines() == lines[:2]
+    assert case.check(regen=True) == [] and case.expected() and case.check() == []
