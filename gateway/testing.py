@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import importlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested
+from gateway.driver import BeforeCommit, Decoder, DeviceConfig, DriverSpec, EventDraft, Ingested
 from gateway.errors import OutboxFull
 from gateway.metrics import Counters
 
@@ -262,6 +263,20 @@ def check_golden(case: GoldenCase) -> None:
     assert not problems, "\n".join(problems)
 
 
+def register_plugin(ref: str) -> DriverSpec:
+    """Register the `DriverSpec` at "module:ATTR", as its entry point would once installed."""
+    from gateway import registry
+
+    module, _, attr = ref.partition(":")
+    spec = getattr(importlib.import_module(module), attr or "DRIVER")
+    if not isinstance(spec, DriverSpec):
+        raise TypeError(f"{ref} is not a DriverSpec")
+    registry.register(spec, f"--plugin {ref}")
+    if (problem := registry.problems().get(spec.name)) is not None:
+        raise ValueError(problem)
+    return spec
+
+
 def case_from_recording(recording: Path, case_dir: Path, *, lines: Sequence[int] | None = None,
                         device: str | None = None) -> GoldenCase:
     """Start a case from a `--record` file: config.yaml from its header, input.jsonl from its lines.
@@ -310,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="recording", type=Path, help="new: the recording to take input from")
     parser.add_argument("--lines", type=_line_numbers, help="new: recording lines to keep, e.g. 2-9,14")
     parser.add_argument("--device", help="new: the device to keep, when the recording has several")
-    args = parser.parse_args(argv)
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE:ATTR",
+                        help="register this DriverSpec first (a plugin not installed yet; repeatable)")
+    args = parser.parse_intermixed_args(argv)
+    for ref in args.plugin:
+        register_plugin(ref)
     if args.action == "new":
         if len(args.paths) != 1 or args.recording is None:
             parser.error("new takes one CASE_DIR and --from RECORDING")
