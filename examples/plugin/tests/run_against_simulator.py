@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from courtyard_pump.simulator import PumpSimulator
+
 from gateway.config import load_config
 from gateway.history import query
 from gateway.runtime import Gateway
