@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def test_golden(case: GoldenCase) -> None:
 
 def test_every_builtin_driver_has_cases() -> None:
     """Normal traffic, bad input and at least one fault for each built-in driver."""
-    for name in BUILTIN:
+    for ref in BUILTIN:
+        module, _, attr = ref.partition(":")
+        name = getattr(importlib.import_module(module), attr).name
         have = {p.name for p in (CASES_DIR / name).iterdir() if p.is_dir()} if (CASES_DIR / name).is_dir() else set()
         assert "normal" in have and "bad_input" in have, f"{name}: {sorted(have)}"
         assert len(have) >= 3, f"{name} has no fault case: {sorted(have)}"
