@@ -18,12 +18,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+import drivers
+from gateway import registry
+from gateway.config import parse_config
+from gateway.testing import golden_cases
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugin"
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ def courtyard(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProces
                           env=env)
 
 
+@pytest.mark.slow
 def test_plugin_is_listed_and_validates(plugin_python: Path, tmp_path: Path) -> None:
     out = courtyard(plugin_python, "drivers", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -66,6 +69,7 @@ def test_plugin_is_listed_and_validates(plugin_python: Path, tmp_path: Path) -> 
     assert out.returncode != 0 and "dry_run_s" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_plugin_runs_against_its_simulator(plugin_python: Path, tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "pump.yaml"
@@ -87,8 +91,33 @@ def test_plugin_runs_against_its_simulator(plugin_python: Path, tmp_path: Path) 
     assert raised["alarm_id"] == cleared["alarm_id"] and raised["device"]["kind"] == "water_pump"
 
 
+@pytest.mark.slow
 def test_plugin_passes_the_kit(plugin_python: Path, tmp_path: Path) -> None:
     out = subprocess.run([str(plugin_python), "-m", "gateway.testing", "check", str(PLUGIN / "tests" / "cases")],
                          check=False, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 case(s), 0 failed" in out.stdout
+
+
+def test_a_new_builtin_kind_is_one_line_of_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same package listed in `drivers.BUILTIN` instead of an entry point: one line, and the
+    kind, its payload, config, simulator and scenario adapter are all there (docs/drivers.md)."""
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    monkeypatch.setattr(registry, "BUILTIN", (*drivers.BUILTIN, "courtyard_pump:DRIVER"))
+    monkeypatch.setenv(registry.DISABLE_AUTOLOAD_ENV, "1")
+    registry.drivers.cache_clear()
+    registry._model_changed()
+    try:
+        assert registry.problems() == {}
+        assert "water_pump" in registry.device_kinds()
+        assert registry.simulators()["water_pump"] == "courtyard_pump.simulator"
+        assert registry.scenario_adapters()["water_pump"] == "courtyard_pump.scenario:PumpAdapter"
+        parse_config({"site": "s", "devices": [{"id": "p1", "driver": "modbus_water_pump"}]})
+        schema = json.dumps(registry.event_model().model_json_schema())
+        assert "PumpPayload" in schema
+        cases = golden_cases(PLUGIN / "tests" / "cases")
+        assert len(cases) == 4 and all(case.check() == [] for case in cases)
+    finally:
+        monkeypatch.undo()
+        registry.drivers.cache_clear()
+        registry._model_changed()

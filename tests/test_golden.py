@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from drivers import BUILTIN
-from gateway.testing import CASES_DIR, GoldenCase, case_from_recording, check_golden, golden_cases
+from gateway.testing import CASES_DIR, REGEN_ENV, GoldenCase, case_from_recording, check_golden, golden_cases
 
 CASES = golden_cases()
 
@@ -51,10 +52,21 @@ def test_new_case_from_a_recording(tmp_path: Path) -> None:
     """`new` keeps the chosen lines of one device and the header's config; `regen` then writes what it decodes to."""
     rec = tmp_path / "rec.jsonl"
     cfg = (CASES_DIR / "opcua_pa" / "normal" / "config.yaml").read_text()
-    import yaml
     header = {"courtyard_recording": 1, "scenario": None, "config": yaml.safe_load(cfg)}
     lines = (CASES_DIR / "opcua_pa" / "normal" / "input.jsonl").read_text().splitlines()
     rec.write_text("\n".join([json.dumps(header), *lines]) + "\n")
     case = case_from_recording(rec, tmp_path / "c", lines=[2, 3])
     assert case.path.joinpath("input.jsonl").read_text().splitlines() == lines[:2]
     assert case.check(regen=True) == [] and case.expected() and case.check() == []
+
+
+def test_regen_env_rewrites_expected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With COURTYARD_REGEN_GOLDEN=1 the test writes what the case decodes to instead of failing."""
+    case = case_from_recording_copy(CASES_DIR / "opcua_pa" / "bad_input", tmp_path / "opcua_pa" / "bad_input")
+    right = case.expected()
+    case.write_expected(right[:1])
+    with pytest.raises(AssertionError):
+        check_golden(case)
+    monkeypatch.setenv(REGEN_ENV, "1")
+    check_golden(case)
+    assert case.expected() == right
