@@ -10,7 +10,7 @@ from courtyard_pump.payload import PumpPayload
 from courtyard_pump.registers import COUNT, OVERHEAT, RUNNING
 from gateway.alarms import AlarmTracker
 from gateway.driver import DeviceContext, EventDraft
-from schemas.common import Quality
+from schemas.common import AlarmState, Quality, Severity
 
 
 class PumpDecoder:
@@ -50,15 +50,15 @@ class PumpDecoder:
 
         def dry_run(st: str, alarm_id: str, duration: float) -> EventDraft:
             payload = state.model_copy(update={"duration_s": round(duration, 3)})
-            return self._alarm("water_pump.dry_run", st, alarm_id, payload, "critical")
+            return self._alarm("water_pump.dry_run", "raised" if st == "raised" else "cleared", alarm_id, payload,
+                               "critical")
 
         drafts += self.alarms.update("dry_run", running and flow == 0, now, self.config.dry_run_s, dry_run)
         return drafts
 
     @staticmethod
-    def _alarm(type_: str, state: str, alarm_id: str, payload: PumpPayload, severity: str) -> EventDraft:
-        return EventDraft(type=type_, cls="fault", severity=severity, state=state,  # type: ignore[arg-type]
-                          alarm_id=alarm_id, payload=payload)
+    def _alarm(type_: str, state: AlarmState, alarm_id: str, payload: PumpPayload, severity: Severity) -> EventDraft:
+        return EventDraft(type=type_, cls="fault", severity=severity, state=state, alarm_id=alarm_id, payload=payload)
 
     def forget(self) -> None:
         """A commit failed: send status again, re-confirm open alarms from the next poll."""
