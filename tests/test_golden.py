@@ -70,3 +70,25 @@ def test_regen_env_rewrites_expected(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(REGEN_ENV, "1")
     check_golden(case)
     assert case.expected() == right
+
+
+#: Fault cases whose point is not a raise/clear pair: a momentary mode change, a deny decision,
+#: a device clock that is ignored.
+NOT_ALARMS = {"modbus_elevator/fire_mode", "http_plate_reader/blocklisted_plate", "http_plate_reader/clock_skew"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_shows_what_its_name_says(case: GoldenCase) -> None:
+    """A guard against regenerating blindly: bad input is rejected with a reason; a fault is raised
+    and cleared with one alarm_id; nothing is left open at the end of a case."""
+    events = case.expected()
+    raised = {e["alarm_id"] for e in events if e["state"] == "raised"}
+    cleared = {e["alarm_id"] for e in events if e["state"] == "cleared"}
+    assert raised <= cleared, f"left open: {raised - cleared}"
+    kind = case.path.name
+    if kind == "bad_input":
+        rejected = [e for e in events if e["quality"]["status"] == "rejected"]
+        assert rejected and all(e["quality"]["reasons"] for e in rejected)
+        assert events[-1]["quality"]["status"] == "valid", "the good input after bad input must still decode"
+    elif kind != "normal" and case.name not in NOT_ALARMS:
+        assert raised, "a fault case raises nothing"
