@@ -33,7 +33,7 @@ def test_every_builtin_driver_has_cases() -> None:
 def test_a_changed_decoding_fails_its_case(tmp_path: Path) -> None:
     """The kit can fail: one altered expected event is reported with a diff."""
     src = CASES_DIR / "opcua_pa" / "normal"
-    case = case_from_recording_copy(src, tmp_path / "opcua_pa" / "normal")
+    case = copy_case(src, tmp_path / "opcua_pa" / "normal")
     expected = case.expected()
     expected[-1]["severity"] = "critical"
     case.write_expected(expected)
@@ -41,7 +41,7 @@ def test_a_changed_decoding_fails_its_case(tmp_path: Path) -> None:
     assert problems and any('"severity": "critical"' in p for p in problems)
 
 
-def case_from_recording_copy(src: Path, dst: Path) -> GoldenCase:
+def copy_case(src: Path, dst: Path) -> GoldenCase:
     dst.mkdir(parents=True)
     for name in ("config.yaml", "input.jsonl", "expected.jsonl"):
         (dst / name).write_bytes((src / name).read_bytes())
@@ -62,7 +62,7 @@ def test_new_case_from_a_recording(tmp_path: Path) -> None:
 
 def test_regen_env_rewrites_expected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With COURTYARD_REGEN_GOLDEN=1 the test writes what the case decodes to instead of failing."""
-    case = case_from_recording_copy(CASES_DIR / "opcua_pa" / "bad_input", tmp_path / "opcua_pa" / "bad_input")
+    case = copy_case(CASES_DIR / "opcua_pa" / "bad_input", tmp_path / "opcua_pa" / "bad_input")
     right = case.expected()
     case.write_expected(right[:1])
     with pytest.raises(AssertionError):
