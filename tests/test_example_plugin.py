@@ -121,3 +121,18 @@ def test_a_new_builtin_kind_is_one_line_of_registration(monkeypatch: pytest.Monk
         monkeypatch.undo()
         registry.drivers.cache_clear()
         registry._model_changed()
+
+
+@pytest.mark.slow
+def test_plugin_simulator_serves_through_the_cli(plugin_python: Path, tmp_path: Path) -> None:
+    """`courtyard simulate water_pump` finds the plugin's simulator through the registry."""
+    port = free_port()
+    proc = subprocess.Popen([str(plugin_python), "-m", "gateway", "simulate", "water_pump", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"water pump simulator on 127.0.0.1:{port}" in line, proc.stderr.read() if proc.poll() else line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
