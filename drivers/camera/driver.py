@@ -119,7 +119,7 @@ class CameraDriver(PushDriver):
         if cfg.auth == "digest":
             digest = aiohttp.DigestAuthMiddleware(login=cfg.username, password=password)
             return aiohttp.ClientSession(middlewares=(digest,))
-        return aiohttp.ClientSession(auth=aiohttp.BasicAuth(cfg.username, password))
+        return aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth(cfg.username, password)})
 
     def url(self, path: str) -> str:
         """A camera URL: the configured base (its path prefix kept) plus `path`."""
