@@ -294,11 +294,14 @@ class CameraDriver(PushDriver):
         cfg = self.cfg
         key = f"http_plate_reader:{cfg.listen_host}:{cfg.listen_port}"  # the plate readers' listener
         try:
-            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port))
+            listener = await self.ctx.shared(
+                key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
         except OSError as exc:
             raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         self.policy = Policy(auth=cfg.push_auth, max_body_bytes=cfg.max_part_bytes * 2,
-                             rate_per_s=cfg.push_rate_per_s, burst=cfg.push_burst)
+                             rate_per_s=cfg.push_rate_per_s, burst=cfg.push_burst,
+                             allow_sources=tuple(cfg.allow_sources), total_rate_per_s=cfg.push_rate_total_per_s,
+                             total_burst=cfg.push_total_burst, settings=cfg.listener)
         try:
             listener.register(cfg.push_path, self)
         except ValueError as exc:
