@@ -98,7 +98,7 @@ class CameraConfig(DeviceConfig):
     push_auth: PushAuth = Field(NoPushAuth(), description="How the camera authenticates its posts (isapi_push)")
     push_rate_per_s: float = Field(20.0, gt=0, description="Sustained posts per second per source address")
     push_burst: int = Field(40, ge=1)
-    push_rate_total_per_s: float = Field(50.0, gt=0, description="Sustained authenticated posts per second, all sources")
+    push_rate_total_per_s: float = Field(50.0, gt=0, description="Authenticated posts per second, all sources")
     push_total_burst: int = Field(100, ge=1)
     allow_sources: list[SourceNetwork] = Field(
         default_factory=list, description="Addresses (CIDRs) the camera may post from (isapi_push); empty: any"
