@@ -203,7 +203,6 @@ class CameraDriver(PushDriver):
                     await self.reject("bad_boundary", f"no boundary in {ctype[:80]!r}")
                     raise DeviceUnavailable("event stream without a boundary")
                 splitter = MultipartSplitter(boundary, max_part_bytes=cfg.max_part_bytes)
-                await self.ctx.set_online(True, reason="event stream open")
                 await self._read_parts(resp, splitter, "dahua" if dahua else "isapi")
         except CameraInputError as exc:
             await self.reject(exc.error, exc.detail)
@@ -215,6 +214,7 @@ class CameraDriver(PushDriver):
 
     async def _read_parts(self, resp: aiohttp.ClientResponse, splitter: MultipartSplitter, channel: str) -> None:
         loop = asyncio.get_running_loop()
+        online = False  # a link is up once a well-framed part came, not when headers did
         pending: dict[str, Any] | None = None  # an alert waiting for the pictures it announced
         wanted = 0
         deadline = 0.0
@@ -236,6 +236,9 @@ class CameraDriver(PushDriver):
                 if isinstance(item, Rejected):
                     await self.reject(item.error, item.detail)
                     continue
+                if not online:
+                    online = True
+                    await self.ctx.set_online(True, reason="event stream open")
                 if item.content_type.startswith("image/"):
                     if pending is None:
                         self.ctx.counters.inc("camera.orphan_picture")

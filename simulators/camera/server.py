@@ -210,6 +210,7 @@ class CameraServer:
         self.guard = DigestGuard(site.realm)
         self.handlers: dict[str, Handler] = {}
         self.streams = 0
+        self.cuts = 0  # streams closed mid-part (cut_mid_part)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.port = 0
@@ -297,11 +298,12 @@ class CameraServer:
                 else:
                     if det is None:
                         break
-                n += 1
+                    n += 1  # detections on this stream (faults pick every 3rd)
                 chunks = render(det, n)
                 data = b"".join(chunks).replace(f"--{boundary}\r\n".encode(), f"--{sent_boundary}\r\n".encode())
                 if "cut_mid_part" in cam.faults and det is not None and n % 3 == 0:
                     await resp.write(data[: max(len(data) // 2, 1)])
+                    self.cuts += 1
                     break
                 await self._write(resp, cam, data)
         except (ConnectionResetError, RuntimeError):
