@@ -40,6 +40,8 @@ SNAPSHOT_PATHS = {
     "onvif": None,
     "isapi_push": None,
 }
+#: Pictures kept per alert (cameras send one to three: scene, target close-up, plate).
+MAX_PICTURES = 4
 #: How long an alert that announced pictures waits for them before it is ingested without.
 PICTURE_WAIT_S = 1.0
 _PICTURES = re.compile(rb"detectionPicturesNumber\"?\s*[>:]\s*\"?(\d{1,2})")
@@ -244,7 +246,11 @@ class CameraDriver(PushDriver):
                     if pending is None:
                         self.ctx.counters.inc("camera.orphan_picture")
                         continue
-                    name = await self.store_picture(item.body)
+                    if len(pending["pictures"]) >= MAX_PICTURES:
+                        self.ctx.counters.inc("camera.pictures_dropped")
+                        name = None
+                    else:
+                        name = await self.store_picture(item.body)
                     if name is not None:
                         pending["pictures"].append(name)
                     wanted -= 1
@@ -373,7 +379,9 @@ class CameraDriver(PushDriver):
             return PushReply(400, error_body("no_alert", "no alert part"))
         raw = self._raw(alert)
         assert raw is not None
-        for data in pictures[:4]:
+        if len(pictures) > MAX_PICTURES:
+            self.ctx.counters.inc("camera.pictures_dropped", len(pictures) - MAX_PICTURES)
+        for data in pictures[:MAX_PICTURES]:
             name = await self.store_picture(data)
             if name is not None:
                 raw["pictures"].append(name)
