@@ -73,6 +73,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
         answered = False
         next_at = loop.time()
         while True:
+            started = loop.time()
             try:
                 raw = await driver.read()
             except asyncio.CancelledError:
@@ -95,6 +96,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
+                ctx.observe_poll(loop.time() - started)
                 await ctx.poll_answered(driver, raw)
             next_at += driver.interval
             now = loop.time()

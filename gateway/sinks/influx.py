@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -188,12 +189,15 @@ class InfluxSink(Sink):
                 log.exception("InfluxDB sink failed; retrying")
                 outcome = WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
             if outcome.ok:
+                self.down_since = None
                 if failures:
                     log.info("InfluxDB writes recovered after %d failed attempts", failures)
                     failures = 0
                     delays = backoff_delays(backoff)
                 continue
             self.counters.inc("retries")
+            if self.down_since is None:
+                self.down_since = time.monotonic()
             failures += 1
             delay = outcome.retry_after if outcome.retry_after is not None else next(delays)
             # One warning per outage, not one per retry.
