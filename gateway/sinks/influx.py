@@ -211,7 +211,8 @@ class InfluxSink(Sink):
         outcome = await self._deliver_part(outbox, rows, refused)
         if refused:  # one line per batch, however many lines were refused
             log.error("InfluxDB refused %d of %d events (%s): %s; kept as dead letters",
-                      len(refused), len(rows), refused[0].status, refused[0].reason)
+                      len(refused), len(rows), refused[0].status, refused[0].reason,
+                      extra={"sink": self.name, "event_id": _event_id(rows[0])})
         return outcome
 
     async def _deliver_part(self, outbox: Outbox, rows: Sequence[Stored], refused: list[WriteOutcome]) -> WriteOutcome:
@@ -252,3 +253,12 @@ class InfluxSink(Sink):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _event_id(row: Stored) -> str | None:
+    """The id of a stored event, for log lines (`--log-format json` shows it as `event_id`)."""
+    try:
+        value = json.loads(row.body).get("id")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
