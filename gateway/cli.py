@@ -128,10 +128,14 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the event JSON Schema (or the config's with --config)."""
+    """Print the event JSON Schema (the config's with --config, the MQTT contract's AsyncAPI with --asyncapi)."""
     from schemas.export import event_json_schema, render
 
-    if args.config:
+    if args.asyncapi:
+        from gateway.asyncapi import asyncapi_document
+
+        print(render(asyncapi_document()), end="")
+    elif args.config:
         from gateway.config import config_json_schema
 
         print(render(config_json_schema()), end="")
@@ -263,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_drivers)
 
     s = sub.add_parser("schema", help="print the event JSON Schema")
-    s.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind = s.add_mutually_exclusive_group()
+    kind.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind.add_argument("--asyncapi", action="store_true",
+                      help="print the AsyncAPI 3 document of the MQTT contract (schemas/asyncapi.json)")
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
