@@ -27,6 +27,8 @@ from schemas.event import Event
 ASYNCAPI_VERSION = "3.0.0"
 MQTT_BINDING = "0.2.0"
 REF = "#/components/schemas/{model}"
+LAST_WILL = {"topic": "{prefix}/{site}/gateway/{gateway}/status", "qos": 1, "retain": True,
+             "message": '{"status": "offline", "gateway": "{gateway}", "site": "{site}"}'}
 
 
 # --- message models of the topics that are not plain events -----------------------------------
@@ -212,10 +214,7 @@ def asyncapi_document(channels: list[Channel] | None = None) -> dict[str, Any]:
                 "description": "Any MQTT 3.1.1 broker with QoS 1 and retained messages (mosquitto by default;"
                 " NATS Server with MQTT on JetStream for a cluster: docs/deploy.md)",
                 "variables": {"host": {"default": "127.0.0.1"}, "port": {"default": "1883"}},
-                "bindings": {"mqtt": {"cleanSession": True, "keepAlive": 30,
-                                      "lastWill": {"topic": "{prefix}/{site}/gateway/{gateway}/status", "qos": 1,
-                                                   "message": '{"status": "offline", "gateway": "{gateway}", "site": "{site}"}',
-                                                   "retain": True},
+                "bindings": {"mqtt": {"cleanSession": True, "keepAlive": 30, "lastWill": LAST_WILL,
                                       "bindingVersion": MQTT_BINDING}},
             },
         },

@@ -110,13 +110,12 @@ async def test_what_a_gateway_publishes_matches_the_document(tmp_path: Path, mos
             "timeout_s": 0.5, "simulated": True, "thresholds": {"trapped_s": 0.5}}
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site="asyncapi-site", devices=[lift],
                                    status_interval_s=0.5))
-    async with sim, MqttCollector(mosquitto.host, mosquitto.port, "courtyard/asyncapi-site/#") as col:
-        async with Gateway(cfg):
-            await sim.inject("trapped", device_id=1)
-            await col.wait_for(lambda c: any(t.endswith("/metrics") for t, _ in c.messages)
-                               and any("/alarm/" in t for t, _ in c.messages), 15)
-            await sim.clear("trapped")
-            await col.wait_for(lambda c: any(e["state"] == "cleared" for e in c.events()), 15)
+    async with sim, MqttCollector(mosquitto.host, mosquitto.port, "courtyard/asyncapi-site/#") as col, Gateway(cfg):
+        await sim.inject("trapped", device_id=1)
+        await col.wait_for(lambda c: any(t.endswith("/metrics") for t, _ in c.messages)
+                           and any("/alarm/" in t for t, _ in c.messages), 15)
+        await sim.clear("trapped")
+        await col.wait_for(lambda c: any(e["state"] == "cleared" for e in c.events()), 15)
     seen = set()
     for topic, payload in col.messages:
         matches = [name for regex, name in patterns if regex.match(topic)]
