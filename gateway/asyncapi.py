@@ -106,7 +106,8 @@ CHANNELS: list[Channel] = [
         "event", "{prefix}/{site}/{kind}/{device}/event/{type}", "Every accepted event",
         "Every event the outbox accepted, exactly as stored. At least once: deduplicate on `id`. Order is kept"
         " per device within a lane; alarms, faults, connectivity and commands overtake a status backlog.",
-        Event, "Event", retain=False, parameters={**DEVICE_PARAMS, "type": "Event type, e.g. elevator.status"}),
+        Event, "Event", retain=False, parameters={**DEVICE_PARAMS, "type": "Event type, e.g. elevator.status (dots written as"
+                                         " `mqtt.type_separator`, '.' unless configured)"}),
     Channel(
         "state", "{prefix}/{site}/{kind}/{device}/state", "The device's whole current state",
         "Retained. Merges the latest accepted (not rejected) status event of each part of the device.",

@@ -84,6 +84,9 @@ class MqttConfig(_Strict):
     client_id: str | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "courtyard"
+    type_separator: Literal[".", "_", "-"] = Field(
+        ".", description="Written for the dots of the event type in `.../event/{type}` topics. NATS Server"
+        " before 2.10 (Debian's 2.9) refuses '.' in MQTT topics: use '_' there. Bodies are unchanged")
     keepalive_s: int = Field(30, ge=5)
     batch: int = Field(200, ge=1, description="Events in flight per batch")
     backoff_max_s: float = Field(15.0, gt=0)

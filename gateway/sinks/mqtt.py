@@ -223,7 +223,7 @@ class MqttSink(Sink):
 
     def _publishes(self, client: aiomqtt.Client, row: Stored) -> list[Any]:
         base = f"{self.prefix}/{row.kind}/{row.device}"
-        out = [client.publish(f"{base}/event/{row.type}", row.body, qos=1)]
+        out = [client.publish(f"{base}/event/{row.type.replace('.', self.cfg.type_separator)}", row.body, qos=1)]
         if row.cls == "status":
             self._merge_state(row)
         if row.cls == "connectivity":
