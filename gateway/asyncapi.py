@@ -101,13 +101,14 @@ DEVICE_PARAMS = {
     "device": "Device id (unique within the site)",
 }
 
+TYPE_PARAM = "Event type, e.g. elevator.status (its dots written as `mqtt.type_separator`, '.' unless configured)"
+
 CHANNELS: list[Channel] = [
     Channel(
         "event", "{prefix}/{site}/{kind}/{device}/event/{type}", "Every accepted event",
         "Every event the outbox accepted, exactly as stored. At least once: deduplicate on `id`. Order is kept"
         " per device within a lane; alarms, faults, connectivity and commands overtake a status backlog.",
-        Event, "Event", retain=False, parameters={**DEVICE_PARAMS, "type": "Event type, e.g. elevator.status (dots written as"
-                                         " `mqtt.type_separator`, '.' unless configured)"}),
+        Event, "Event", retain=False, parameters={**DEVICE_PARAMS, "type": TYPE_PARAM}),
     Channel(
         "state", "{prefix}/{site}/{kind}/{device}/state", "The device's whole current state",
         "Retained. Merges the latest accepted (not rejected) status event of each part of the device.",

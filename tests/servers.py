@@ -231,7 +231,8 @@ class NatsCluster:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
-            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{node.server_name}-{time.time_ns()}")
+            probe = f"probe-{node.server_name}-{time.time_ns()}"
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=probe)
             try:
                 client.connect("127.0.0.1", node.mqtt_port, keepalive=10)
                 client.loop_start()

@@ -86,7 +86,7 @@ async def test_two_gateways_fail_over_across_the_cluster(tmp_path: Path, nats_cl
         try:
             async with Gateway(cfg_a) as gw_a:
                 sink = gw_a.sinks[0]
-                await eventually(lambda: sink.connected.is_set(), 30)
+                await eventually(sink.connected.is_set, 30)
                 assert sink.broker == ("127.0.0.1", n1.mqtt_port)
 
                 def devices_seen() -> set[str]:
@@ -95,16 +95,16 @@ async def test_two_gateways_fail_over_across_the_cluster(tmp_path: Path, nats_cl
                 await platform.wait_for(lambda _: devices_seen() >= {"lift-1", "lift-2", "lift-3", "lift-4"}, 40)
                 await sim.inject("trapped", device_id=1)
                 await sim.inject("trapped", device_id=3)
-                await platform.wait_for(lambda c: {e["device"]["id"] for e in c.events()
-                                                   if e["type"] == "elevator.passenger_trapped"} >= {"lift-1", "lift-3"},
-                                        20)
+                trapped = "elevator.passenger_trapped"
+                await platform.wait_for(lambda c: {e["device"]["id"] for e in c.events() if e["type"] == trapped}
+                                        >= {"lift-1", "lift-3"}, 20)
 
                 # Node 1, which gateway A is connected to, goes away mid-stream.
                 stopped = time.monotonic()
                 n1.stop()
                 await eventually(lambda: not sink.connected.is_set(), 10, 0.02)
                 lost_s = time.monotonic() - stopped
-                await eventually(lambda: sink.connected.is_set(), 30, 0.02)
+                await eventually(sink.connected.is_set, 30, 0.02)
                 failover_s = time.monotonic() - stopped
                 assert sink.broker == ("127.0.0.1", n2.mqtt_port)
                 print(f"\nfailover: link loss seen after {lost_s:.2f} s; publishing through node 2"
