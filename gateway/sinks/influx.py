@@ -40,6 +40,7 @@ from gateway.supervisor import backoff_delays
 log = logging.getLogger(__name__)
 
 TAGS = ("type", "class", "severity", "state")
+LOCATION_TAGS = ("building", "garage", "zone")
 # Payload keys that are personal data or high cardinality: never written as tags, and
 # personal data not at all (plates are kept as fields: they are the point of a plate reader).
 SKIP_FIELDS = frozenset({"kind", "raw"})
@@ -52,6 +53,10 @@ def to_line(row: Stored) -> str:
     for t in TAGS:
         p = p.tag(t, ev[t])
     p = p.tag("quality", ev["quality"]["status"])
+    location = ev["device"].get("location") or {}
+    for key in LOCATION_TAGS:  # few values per site: dashboards group alarms by building, garage, zone
+        if location.get(key):
+            p = p.tag(key, str(location[key]))
     p = p.field("event_id", ev["id"])
     for key in ("alarm_id", "raw_code", "seq"):
         if ev.get(key) is not None:
