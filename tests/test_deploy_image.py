@@ -62,9 +62,12 @@ def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_wheel_runs_as_in_the_image(workdir: Path, throwaway_user: str) -> None:
-    wheels = workdir / "wheels"
-    built = run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps", "-q",
-                 "-w", str(wheels)], cwd=ROOT)
+    wheels, src = workdir / "wheels", workdir / "src"
+    # Built from a copy: setuptools leaves build/ behind, which must not land in the checkout.
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "courtyard-data", "__pycache__", ".*_cache"))
+    built = run([sys.executable, "-m", "pip", "wheel", str(src), "--no-build-isolation", "--no-deps", "-q",
+                 "-w", str(wheels)], cwd=src)
     assert built.returncode == 0, built.stderr
     (wheel,) = wheels.glob("courtyard-*.whl")
 

@@ -200,3 +200,17 @@ async def test_token_checked_and_slow_clients_dropped(tmp_path: Path) -> None:
         assert value(s, "courtyard_ops_refusals_total", reason="header_timeout") >= 1
         assert value(s, "courtyard_ops_refusals_total", reason="connections_per_source") + value(
             s, "courtyard_ops_refusals_total", reason="connections_total") >= 2
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")))
+def test_examples_serve_ops_only_when_ops_port_is_set(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.config import load_config
+
+    path = Path(__file__).parent.parent / "examples" / example
+    for name in ("ACCESS_HASH_KEY", "LPR_TOKEN", "LPR_HMAC_SECRET", "LPR_PASSWORD", "LPR_CAMERA_PASSWORD"):
+        monkeypatch.setenv(name, "k" * 32)
+    monkeypatch.delenv("OPS_PORT", raising=False)
+    assert load_config(path).ops.port is None
+    monkeypatch.setenv("OPS_PORT", "9123")
+    ops = load_config(path).ops
+    assert (ops.host, ops.port) == ("127.0.0.1", 9123)
