@@ -128,6 +128,22 @@ class _GatewayCollector(Collector):
         states = {"online": 0, "offline": 0, "unknown": 0}
         events = _counter("device_events", "Events a device's driver emitted", ["device"])
         misses = _counter("device_misses", "Failed polls, connects or heartbeats", ["device"])
+        pushes = _counter("push_refusals", "Pushes refused on a device's endpoint (auth, size, rate, method)",
+                          ["device", "reason"])
+        other = _counter("device_counter", "Every other per-device counter, by name", ["device", "name"])
+        for dev_id in gw.devices:
+            prefix = f"device.{dev_id}."
+            for name, value in c.items():
+                if not name.startswith(prefix):
+                    continue
+                short = name[len(prefix):]
+                if short in ("events", "misses"):
+                    continue
+                _, sep, reason = short.rpartition(".refused.")
+                if sep and "." not in reason:
+                    pushes.add_metric([dev_id, reason], value)
+                else:
+                    other.add_metric([dev_id, short], value)
         for dev_id, ctx in gw.devices.items():
             if ctx.online is None:
                 states["unknown"] += 1
@@ -139,7 +155,7 @@ class _GatewayCollector(Collector):
         devices = _gauge("devices", "Configured, running devices by link state", ["state"])
         for state, n in states.items():
             devices.add_metric([state], n)
-        yield from (online, devices, events, misses)
+        yield from (online, devices, events, misses, pushes, other)
 
         refusals = _counter("http_listener_refusals", "Connections or requests an HTTP listener turned away",
                             ["listener", "reason"])

@@ -48,8 +48,8 @@ async def scrape(port: int, token: str | None = None) -> Samples:
     return samples
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples: Samples, metric: str, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
 async def get(port: int, path: str, token: str | None = None) -> tuple[int, Any]:
@@ -79,11 +79,16 @@ async def test_metrics_match_what_happened(tmp_path: Path, own_broker: Mosquitto
             await sim.inject("trapped", device_id=1)
             await col.wait_for(lambda c: any(e["type"] == "elevator.passenger_trapped" for e in c.events()), 15)
             await eventually(lambda: gw.devices["lift-dead"].online is False, 10)
-            # Two pushes the camera listener refuses before any endpoint sees them (unknown path).
+            # Two pushes the camera listener refuses before any endpoint sees them (unknown path),
+            # and three the camera's endpoint refuses (wrong token).
             async with aiohttp.ClientSession() as http:
                 for _ in range(2):
                     async with http.post(f"http://127.0.0.1:{cam_port}/nowhere", data=b"x") as r:
                         assert r.status >= 400
+                for _ in range(3):
+                    async with http.post(f"http://127.0.0.1:{cam_port}/lpr/lpr-1", data=b"{}",
+                                         headers={"X-Auth-Token": "not-the-token"}) as r:
+                        assert r.status == 401
             assert await gw.drain(10)
 
             async def settled() -> Samples | None:
@@ -110,6 +115,10 @@ async def test_metrics_match_what_happened(tmp_path: Path, own_broker: Mosquitto
             listener = f"127.0.0.1:{cam_port}"
             refusals = {k[1]: v for k, v in s.items() if k[0] == "courtyard_http_listener_refusals_total"}
             assert sum(refusals.values()) == 2 and all(dict(lbl)["listener"] == listener for lbl in refusals)
+            pushes = {dict(k[1])["reason"]: v for k, v in s.items()
+                      if k[0] == "courtyard_push_refusals_total" and dict(k[1])["device"] == "lpr-1"}
+            assert sum(pushes.values()) == 3, pushes
+            assert value(s, "courtyard_device_counter_total", device="lift-a", name="polls") >= 1
             # The poll histogram counts answered polls of the live lift, none of the dead one.
             before = gw.counters.get("device.lift-a.polls")
             s = await scrape(port)
