@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from aiohttp import web
 
@@ -76,3 +78,22 @@ async def test_json_logs_carry_context_and_no_secrets(tmp_path: Path, mosquitto:
     assert any(d.get("device") == "lift-dead" for d in lines)
     assert any(d.get("sink") == "mqtt" for d in lines)
     assert proc.returncode == 0
+
+
+def test_text_format_masks_registered_and_environment_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    monkeypatch.setenv("SITE_DB_PASSWORD", "from-env-Qw12")
+    try:
+        logs.setup_logging("info", "text")
+        logs.register_secrets(["from-config-Zx34"])
+        logging.getLogger("courtyard.test").warning("server said: bad creds from-config-Zx34 / from-env-Qw12")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "bad creds *** / ***" in err
+    assert "Zx34" not in err and "Qw12" not in err

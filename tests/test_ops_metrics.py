@@ -18,7 +18,7 @@ from gateway.history import query
 from gateway.runtime import Gateway
 from simulators.elevator import ElevatorModel, ElevatorSimulator
 from tests.helpers import MqttCollector, base_config, eventually
-from tests.servers import Mosquitto, free_port
+from tests.servers import Mosquitto, free_port, wait_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -81,6 +81,7 @@ async def test_metrics_match_what_happened(tmp_path: Path, own_broker: Mosquitto
             await eventually(lambda: gw.devices["lift-dead"].online is False, 10)
             # Two pushes the camera listener refuses before any endpoint sees them (unknown path),
             # and three the camera's endpoint refuses (wrong token).
+            await asyncio.to_thread(wait_port, cam_port)  # the camera's listener starts with its driver
             async with aiohttp.ClientSession() as http:
                 for _ in range(2):
                     async with http.post(f"http://127.0.0.1:{cam_port}/nowhere", data=b"x") as r:
