@@ -141,3 +141,16 @@ async def test_two_gateways_fail_over_across_the_cluster(tmp_path: Path, nats_cl
                 proc_b.send_signal(signal.SIGKILL)
                 await proc_b.wait()
             n1.start()  # leave the module's cluster whole
+
+
+def test_broker_urls_in_config(tmp_path: Path) -> None:
+    from gateway.config import load_config_text
+    from gateway.errors import ConfigError
+
+    base = "site: s\noutbox: {path: %s}\n" % (tmp_path / "o.db")
+    cfg = load_config_text(base + "mqtt: {urls: 'mqtt://a:1884, b, mqtts://c'}\n")
+    assert cfg.mqtt.brokers() == [("a", 1884), ("b", 1883), ("c", 8883)]
+    cfg = load_config_text(base + "mqtt: {urls: '', host: h, port: 1999}\n")  # `urls: ${MQTT_URLS:-}` unset
+    assert cfg.mqtt.brokers() == [("h", 1999)]
+    with pytest.raises(ConfigError, match=r"<config>:4: mqtt\.urls: .*expected mqtt://host:port"):
+        load_config_text(base + "mqtt:\n  urls: [http://x:80]\n")
