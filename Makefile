@@ -51,7 +51,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 typecheck: install
-	$(VENV)/bin/mypy gateway schemas
+	$(VENV)/bin/mypy gateway schemas drivers simulators
 
 test: deps-test install lint typecheck
 	$(VENV)/bin/pytest

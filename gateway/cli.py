@@ -155,7 +155,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run one simulator standalone (its module is imported only now: some pull in big stacks)."""
-    from simulators import SIMULATORS
+    from simulators import SIMULATOR_ALIASES, SIMULATORS
 
     if args.scenario:
         from gateway.scenario_run import simulate_scenario
@@ -166,8 +166,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print("courtyard simulate: name a simulator or give --scenario FILE", file=sys.stderr)
         return 2
 
-    module = importlib.import_module(SIMULATORS[args.simulator])
-    parser = argparse.ArgumentParser(prog=f"courtyard simulate {args.simulator}",
+    name = args.simulator
+    if name not in SIMULATORS and name in SIMULATOR_ALIASES:
+        name = SIMULATOR_ALIASES[name]
+        print(f"courtyard simulate {args.simulator}: deprecated name, use `courtyard simulate {name}`",
+              file=sys.stderr)
+    module = importlib.import_module(SIMULATORS[name])
+    parser = argparse.ArgumentParser(prog=f"courtyard simulate {name}",
                                      description=(module.__doc__ or "").strip().split("\n\n")[0])
     module.add_arguments(parser)
     sim_args = parser.parse_args(args.options)
@@ -241,7 +246,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
-    from simulators import SIMULATORS
+    from simulators import SIMULATOR_ALIASES, SIMULATORS
+
+    aliases = {old: new for old, new in SIMULATOR_ALIASES.items() if old not in SIMULATORS}
+    deprecated = "".join(f" ({old}: deprecated name of {new})" for old, new in sorted(aliases.items()))
 
     p = argparse.ArgumentParser(prog="courtyard", description="Courtyard IoT gateway for residential communities")
     p.add_argument("--version", action="version", version=f"courtyard {__version__}")
@@ -283,14 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
-                       description=f"simulators: {', '.join(SIMULATORS)}; `courtyard simulate NAME --help`; "
+                       description=f"simulators: {', '.join(SIMULATORS)}{deprecated}; "
+                       "`courtyard simulate NAME --help`; "
                        "or `courtyard simulate --scenario FILE [--print-config]`")
     s.add_argument("--scenario", metavar="FILE", help="start every simulator of a scenario and play its timeline")
     s.add_argument("--print-config", action="store_true", help="print the gateway config that reaches them")
     s.add_argument("--speed", type=float, help="scenario speed factor")
     s.add_argument("--seed", type=int, help="scenario seed")
     s.add_argument("--loop", action="store_true", help="replay the timeline until interrupted")
-    s.add_argument("simulator", nargs="?", choices=sorted(SIMULATORS))
+    s.add_argument("simulator", nargs="?", choices=sorted([*SIMULATORS, *aliases]))
     s.add_argument("options", nargs=argparse.REMAINDER, help="the simulator's own options")
     s.set_defaults(func=cmd_simulate)
 
