@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from xml.etree.ElementTree import Element, ParseError
 from xml.sax.saxutils import escape, quoteattr
 
@@ -169,13 +169,32 @@ class Notification:
         )
 
 
+class SimLike(Protocol):
+    """What the ONVIF services need of a simulated camera (simulators.camera.model.SimCamera)."""
+
+    id: str
+    brand: str
+    channels: int
+    username: str
+    password: str
+    faults: set[str]
+
+    def camera_time(self, now: datetime | None = None) -> datetime: ...
+
+    def subscribe(self) -> asyncio.Queue[Any]: ...
+
+    def unsubscribe(self, queue: asyncio.Queue[Any]) -> None: ...
+
+
 @dataclass
 class Subscription:
-    """A PullPoint subscription: its queue and its termination time on the camera's clock."""
+    """A PullPoint subscription: the camera's detections for it, and its termination time (camera clock)."""
 
     id: int
     termination: datetime
-    queue: deque[Notification] = field(default_factory=lambda: deque(maxlen=MAX_QUEUE))
+    detections: asyncio.Queue[Any]
+    created: datetime
+    pending: deque[Notification] = field(default_factory=lambda: deque(maxlen=MAX_QUEUE))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pulls: int = 0
     renewals: int = 0
@@ -214,94 +233,108 @@ class OnvifStats:
 
 
 class OnvifCamera:
-    """One simulated camera's ONVIF services under `prefix` (e.g. `/cam-1`, or `` at the root)."""
+    """The ONVIF services of one simulated camera (any brand: real Hikvision and Dahua cameras speak ONVIF too)."""
 
-    def __init__(
-        self,
-        *,
-        prefix: str = "",
-        username: str = "admin",
-        password: str = "admin123",
-        family: str = "generic",
-        channels: int = 1,
-        clock_skew_s: float = 0.0,
-        max_skew_s: float = 300.0,
-        max_termination_s: float = 3600.0,
-        picture: Callable[[], bytes] | None = None,
-        manufacturer: str | None = None,
-    ) -> None:
-        if family not in TOPICS:
-            raise ValueError(f"unknown ONVIF family {family!r}; known: {', '.join(TOPICS)}")
-        self.prefix = prefix.rstrip("/")
-        self.username = username
-        self.password = password
-        self.family = family
-        self.channels = channels
-        self.clock_skew_s = clock_skew_s
+    def __init__(self, sim: SimLike, *, max_skew_s: float = 300.0, max_termination_s: float = 3600.0,
+                 early_expiry_s: float = 2.0) -> None:
+        self.sim = sim
+        self.family = sim.brand if sim.brand in TOPICS else "generic"
         self.max_skew_s = max_skew_s
         self.max_termination_s = max_termination_s
-        self.picture = picture or (lambda: PICTURE)
-        self.manufacturer = manufacturer or family.capitalize()
-        self.faults: set[str] = set()
+        self.early_expiry_s = early_expiry_s
         self.stats = OnvifStats()
-        self.base_url = ""  # set by `attach` from the server's address
+        self.snapshot_guard: Callable[[web.Request], bool | None] | None = None
+        self.picture: Callable[[], bytes] = lambda: PICTURE
         self._subs: dict[int, Subscription] = {}
         self._ids = itertools.count(1)
         self._nonces: OrderedDict[str, None] = OrderedDict()
 
     # --- the camera's world ---------------------------------------------------------------------
 
+    @property
+    def faults(self) -> set[str]:
+        """The camera's faults (shared with its other protocols)."""
+        return self.sim.faults
+
     def now(self) -> datetime:
-        """The camera's clock: real time plus its skew."""
-        return datetime.now(UTC) + timedelta(seconds=self.clock_skew_s)
+        """The camera's clock (skewed under `clock_skew`)."""
+        return self.sim.camera_time()
 
     @property
     def subscriptions(self) -> dict[int, Subscription]:
         """Live subscriptions by id."""
         return self._subs
 
-    def raise_event(self, detection: str, *, channel: int = 1, active: bool = True,
-                    initialized: bool = False) -> Notification | None:
-        """Queue a detection's notification to every subscription (None when the family has no such topic)."""
+    def notification(self, det: Any) -> list[Notification]:
+        """A model detection as this family publishes it (start/stop/pulse -> true/false/true+false)."""
+        detection = "line" if det.detection == "intrusion" and det.rule == "line" else det.detection
         spec = TOPICS[self.family].get(detection)
-        if spec is None:
-            return None
+        when = det.time
+        if spec is None:  # a detection the family has no topic for: a vendor topic the driver won't know
+            topic = f"tns1:RuleEngine/Vendor/{det.code or det.detection}"
+            return [Notification(topic, when, "Changed", {"VideoSourceConfigurationToken": f"VideoSourceToken{det.channel}"},
+                                 {"State": "true"})]
         topic, item, source = spec
-        src = {k: v.format(ch=channel, ch0=channel - 1) for k, v in source.items()}
-        if detection == "line":  # a line crossing is a pulse: no state, an object id
-            data = {item: str(channel)}
-        else:
-            data = {item: "true" if active else "false"}
-        note = Notification(topic, self.now(), "Initialized" if initialized else "Changed", src, data)
-        self.deliver(note)
-        return note
+        src = {k: v.format(ch=det.channel, ch0=det.channel - 1) for k, v in source.items()}
+        if det.region:
+            src["Rule"] = det.region
+        if detection == "line":  # a crossing has no state: an object id, once
+            return [Notification(topic, when, "Changed", src, {item: str(det.seq)})]
+        extra = {"Confidence": str(det.confidence)} if det.confidence is not None and det.state != "stop" else {}
+        if det.state == "stop":
+            return [Notification(topic, when, "Changed", src, {item: "false"})]
+        notes = [Notification(topic, when, "Changed", src, {item: "true", **extra})]
+        if det.state == "pulse":
+            notes.append(Notification(topic, when, "Changed", src, {item: "false"}))
+        return notes
 
     def deliver(self, note: Notification) -> None:
         """Queue any notification (tests use this for unknown topics and odd items)."""
         for sub in self._subs.values():
-            sub.queue.append(note)
+            sub.pending.append(note)
             sub.wake.set()
 
     def expire_all(self) -> None:
-        """The `expire` fault, once: every subscription's termination time is now."""
+        """Every subscription's termination time is now (the next call on it is refused)."""
         for sub in self._subs.values():
             sub.termination = self.now() - timedelta(seconds=1)
             sub.wake.set()
 
+    def close(self) -> None:
+        """Drop every subscription (server shutdown)."""
+        for sub in list(self._subs.values()):
+            self._drop(sub)
+
+    def _drop(self, sub: Subscription) -> None:
+        self._subs.pop(sub.id, None)
+        self.sim.unsubscribe(sub.detections)
+        sub.wake.set()
+
     # --- HTTP ------------------------------------------------------------------------------------
 
-    def attach(self, app: web.Application) -> None:
-        """Add this camera's routes to an aiohttp application."""
-        p = self.prefix
-        app.router.add_post(f"{p}/onvif/device_service", self._device)
-        app.router.add_post(f"{p}/onvif/media_service", self._media)
-        app.router.add_post(f"{p}/onvif/event_service", self._events)
-        app.router.add_post(f"{p}/onvif/subscription/{{sid}}", self._subscription)
-        app.router.add_get(f"{p}/onvif/snapshot.jpg", self._snapshot)
-
-    def _url(self, request: web.Request, path: str) -> str:
-        base = self.base_url or f"{request.scheme}://{request.host}"
-        return f"{base}{self.prefix}/onvif/{path}"
+    async def handle(self, request: web.Request, rest: str) -> web.StreamResponse:
+        """Serve one request for `rest` (the path under the camera's prefix, `/onvif/...`)."""
+        prefix = request.path[: len(request.path) - len(rest)] if request.path.endswith(rest) else ""
+        base = f"{request.scheme}://{request.host}{prefix}/onvif/"
+        if request.method == "GET" and rest == "/onvif/snapshot.jpg":
+            return await self._snapshot(request)
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        if rest == "/onvif/device_service":
+            return await self._serve(request, lambda root, op: self._device(root, op, base))
+        if rest == "/onvif/media_service":
+            return await self._serve(request, lambda root, op: self._media(root, op, base))
+        if rest == "/onvif/event_service":
+            return await self._serve(request, lambda root, op: self._events(root, op, base))
+        if rest.startswith("/onvif/subscription/"):
+            sid = rest.rsplit("/", 1)[1]
+            if "malformed_xml" in self.faults and sid.isdigit() and int(sid) in self._subs and self._subs[int(sid)].pulls % 3 == 1:
+                self._subs[int(sid)].pulls += 1
+                await request.read()
+                return web.Response(body=b'<?xml version="1.0"?><s:Envelope xmlns:s="' + SOAP.encode() + b'"><s:Body><tev:Pull',
+                                    content_type="application/soap+xml")
+            return await self._serve(request, lambda root, op: self._subscription(root, op, sid))
+        raise web.HTTPNotFound(text=f"no ONVIF service at {rest}")
 
     async def _read(self, request: web.Request) -> tuple[Element, Element]:
         while "silent" in self.faults:  # hang until the client gives up (or the fault is lifted)
@@ -332,10 +365,11 @@ class OnvifCamera:
             nonce = base64.b64decode(nonce_b64, validate=True)
         except ValueError:
             nonce = b""
-        expected = base64.b64encode(hashlib.sha1(nonce + created.encode() + self.password.encode()).digest()).decode()
+        password = self.sim.password.encode()
+        expected = base64.b64encode(hashlib.sha1(nonce + created.encode() + password).digest()).decode()
         when = parse_datetime(created)
         fresh = when is not None and abs((when - self.now()).total_seconds()) <= self.max_skew_s
-        ok = hmac.compare_digest(user, self.username) and hmac.compare_digest(digest.strip(), expected)
+        ok = hmac.compare_digest(user, self.sim.username) and hmac.compare_digest(digest.strip(), expected)
         if not (ok and nonce and fresh) or nonce_b64 in self._nonces:
             self.stats.auth_failures += 1
             raise SoapFaultReply(400, "Sender", "ter:NotAuthorized", "Sender not Authorized")
@@ -355,87 +389,82 @@ class OnvifCamera:
             return web.Response(status=fault.status, body=_envelope(_fault_body(fault.code, fault.subcode, fault.reason)),
                                 content_type="application/soap+xml", charset="utf-8")
 
-    async def _device(self, request: web.Request) -> web.Response:
-        def handle(root: Element, op: Element) -> tuple[str, str | None]:
-            name = op.tag.rpartition("}")[2]
-            if name == "GetSystemDateAndTime":
-                now = self.now()
-                return (
-                    "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
-                    "<tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings>"
-                    "<tt:TimeZone><tt:TZ>UTC0</tt:TZ></tt:TimeZone><tt:UTCDateTime>"
-                    f"<tt:Time><tt:Hour>{now.hour}</tt:Hour><tt:Minute>{now.minute}</tt:Minute>"
-                    f"<tt:Second>{now.second}</tt:Second></tt:Time>"
-                    f"<tt:Date><tt:Year>{now.year}</tt:Year><tt:Month>{now.month}</tt:Month>"
-                    f"<tt:Day>{now.day}</tt:Day></tt:Date>"
-                    "</tt:UTCDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>",
-                    None,
+    def _device(self, root: Element, op: Element, base: str) -> tuple[str, str | None]:
+        name = op.tag.rpartition("}")[2]
+        if name == "GetSystemDateAndTime":
+            now = self.now()
+            return (
+                "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
+                "<tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false</tt:DaylightSavings>"
+                "<tt:TimeZone><tt:TZ>UTC0</tt:TZ></tt:TimeZone><tt:UTCDateTime>"
+                f"<tt:Time><tt:Hour>{now.hour}</tt:Hour><tt:Minute>{now.minute}</tt:Minute>"
+                f"<tt:Second>{now.second}</tt:Second></tt:Time>"
+                f"<tt:Date><tt:Year>{now.year}</tt:Year><tt:Month>{now.month}</tt:Month>"
+                f"<tt:Day>{now.day}</tt:Day></tt:Date>"
+                "</tt:UTCDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>",
+                None,
+            )
+        self._check_auth(root)
+        if name == "GetCapabilities":
+            return (
+                "<tds:GetCapabilitiesResponse><tds:Capabilities>"
+                f"<tt:Device><tt:XAddr>{base}device_service</tt:XAddr></tt:Device>"
+                f"<tt:Events><tt:XAddr>{base}event_service</tt:XAddr>"
+                "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
+                "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+                "<tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>"
+                "</tt:Events>"
+                f"<tt:Media><tt:XAddr>{base}media_service</tt:XAddr>"
+                "<tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast><tt:RTP_TCP>true</tt:RTP_TCP>"
+                "<tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP></tt:StreamingCapabilities></tt:Media>"
+                "</tds:Capabilities></tds:GetCapabilitiesResponse>",
+                None,
+            )
+        if name == "GetServices":
+            services = (
+                ("http://www.onvif.org/ver10/device/wsdl", "device_service"),
+                ("http://www.onvif.org/ver10/events/wsdl", "event_service"),
+                ("http://www.onvif.org/ver10/media/wsdl", "media_service"),
+            )
+            return (
+                "<tds:GetServicesResponse>"
+                + "".join(
+                    f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{base}{path}</tds:XAddr>"
+                    "<tds:Version><tt:Major>2</tt:Major><tt:Minor>60</tt:Minor></tds:Version></tds:Service>"
+                    for ns, path in services
                 )
-            self._check_auth(root)
-            if name == "GetCapabilities":
-                return (
-                    "<tds:GetCapabilitiesResponse><tds:Capabilities>"
-                    f"<tt:Device><tt:XAddr>{self._url(request, 'device_service')}</tt:XAddr></tt:Device>"
-                    f"<tt:Events><tt:XAddr>{self._url(request, 'event_service')}</tt:XAddr>"
-                    "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
-                    "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
-                    "<tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>"
-                    "</tt:Events>"
-                    f"<tt:Media><tt:XAddr>{self._url(request, 'media_service')}</tt:XAddr>"
-                    "<tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast><tt:RTP_TCP>true</tt:RTP_TCP>"
-                    "<tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP></tt:StreamingCapabilities></tt:Media>"
-                    "</tds:Capabilities></tds:GetCapabilitiesResponse>",
-                    None,
-                )
-            if name == "GetServices":
-                services = (
-                    ("http://www.onvif.org/ver10/device/wsdl", "device_service"),
-                    ("http://www.onvif.org/ver10/events/wsdl", "event_service"),
-                    ("http://www.onvif.org/ver10/media/wsdl", "media_service"),
-                )
-                return (
-                    "<tds:GetServicesResponse>"
-                    + "".join(
-                        f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{self._url(request, path)}"
-                        "</tds:XAddr><tds:Version><tt:Major>2</tt:Major><tt:Minor>60</tt:Minor></tds:Version>"
-                        "</tds:Service>"
-                        for ns, path in services
-                    )
-                    + "</tds:GetServicesResponse>",
-                    None,
-                )
-            if name == "GetDeviceInformation":
-                return (
-                    f"<tds:GetDeviceInformationResponse><tds:Manufacturer>{escape(self.manufacturer)}</tds:Manufacturer>"
-                    "<tds:Model>SIM-ONVIF</tds:Model><tds:FirmwareVersion>1.0</tds:FirmwareVersion>"
-                    "<tds:SerialNumber>SIM0001</tds:SerialNumber><tds:HardwareId>1</tds:HardwareId>"
-                    "</tds:GetDeviceInformationResponse>",
-                    None,
-                )
-            raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
+                + "</tds:GetServicesResponse>",
+                None,
+            )
+        if name == "GetDeviceInformation":
+            return (
+                f"<tds:GetDeviceInformationResponse><tds:Manufacturer>{escape(self.family.capitalize())}"
+                "</tds:Manufacturer><tds:Model>SIM-ONVIF</tds:Model><tds:FirmwareVersion>1.0</tds:FirmwareVersion>"
+                f"<tds:SerialNumber>{escape(self.sim.id)}</tds:SerialNumber><tds:HardwareId>1</tds:HardwareId>"
+                "</tds:GetDeviceInformationResponse>",
+                None,
+            )
+        raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
 
-        return await self._serve(request, handle)
-
-    async def _media(self, request: web.Request) -> web.Response:
-        def handle(root: Element, op: Element) -> tuple[str, str | None]:
-            self._check_auth(root)
-            name = op.tag.rpartition("}")[2]
-            if name == "GetProfiles":
-                profiles = "".join(
-                    f'<trt:Profiles token="Profile_{ch}" fixed="true"><tt:Name>mainStream{ch}</tt:Name></trt:Profiles>'
-                    for ch in range(1, self.channels + 1)
-                )
-                return f"<trt:GetProfilesResponse>{profiles}</trt:GetProfilesResponse>", None
-            if name == "GetSnapshotUri":
-                return (
-                    f"<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>{self._url(request, 'snapshot.jpg')}</tt:Uri>"
-                    "<tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false"
-                    "</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetSnapshotUriResponse>",
-                    None,
-                )
-            raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
-
-        return await self._serve(request, handle)
+    def _media(self, root: Element, op: Element, base: str) -> tuple[str, str | None]:
+        self._check_auth(root)
+        name = op.tag.rpartition("}")[2]
+        if name == "GetProfiles":
+            profiles = "".join(
+                f'<trt:Profiles token="Profile_{ch}" fixed="true"><tt:Name>mainStream{ch}</tt:Name></trt:Profiles>'
+                for ch in range(1, self.sim.channels + 1)
+            )
+            return f"<trt:GetProfilesResponse>{profiles}</trt:GetProfilesResponse>", None
+        if name == "GetSnapshotUri":
+            token = op.findtext(f"{{{TRT}}}ProfileToken") or "Profile_1"
+            ch = token.rpartition("_")[2] if token.rpartition("_")[2].isdigit() else "1"
+            return (
+                f"<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>{base}snapshot.jpg?channel={ch}</tt:Uri>"
+                "<tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false"
+                "</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetSnapshotUriResponse>",
+                None,
+            )
+        raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
 
     def _termination(self, text: str | None, default_s: float) -> datetime:
         now = self.now()
@@ -449,74 +478,66 @@ class OnvifCamera:
             raise SoapFaultReply(400, "Sender", "wsnt:UnacceptableTerminationTimeFault", f"bad termination {text!r}")
         return min(when, now + timedelta(seconds=self.max_termination_s))
 
-    async def _events(self, request: web.Request) -> web.Response:
-        def handle(root: Element, op: Element) -> tuple[str, str | None]:
-            self._check_auth(root)
-            name = op.tag.rpartition("}")[2]
-            if name != "CreatePullPointSubscription":
-                raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
-            termination = self._termination(op.findtext(f"{{{TEV}}}InitialTerminationTime"), 60.0)
-            sub = Subscription(next(self._ids), termination)
-            self._subs[sub.id] = sub
-            self.stats.subscriptions += 1
-            return (
-                "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
-                f"<wsa:Address>{self._url(request, f'subscription/{sub.id}')}</wsa:Address>"
-                "</tev:SubscriptionReference>"
-                f"<wsnt:CurrentTime>{_iso(self.now())}</wsnt:CurrentTime>"
-                f"<wsnt:TerminationTime>{_iso(termination)}</wsnt:TerminationTime>"
-                "</tev:CreatePullPointSubscriptionResponse>",
-                "http://www.onvif.org/ver10/events/wsdl/EventPortType/CreatePullPointSubscriptionResponse",
-            )
-
-        return await self._serve(request, handle)
+    def _events(self, root: Element, op: Element, base: str) -> tuple[str, str | None]:
+        self._check_auth(root)
+        name = op.tag.rpartition("}")[2]
+        if name != "CreatePullPointSubscription":
+            raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
+        termination = self._termination(op.findtext(f"{{{TEV}}}InitialTerminationTime"), 60.0)
+        sub = Subscription(next(self._ids), termination, self.sim.subscribe(), self.now())
+        self._subs[sub.id] = sub
+        self.stats.subscriptions += 1
+        return (
+            "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
+            f"<wsa:Address>{base}subscription/{sub.id}</wsa:Address>"
+            "</tev:SubscriptionReference>"
+            f"<wsnt:CurrentTime>{_iso(self.now())}</wsnt:CurrentTime>"
+            f"<wsnt:TerminationTime>{_iso(termination)}</wsnt:TerminationTime>"
+            "</tev:CreatePullPointSubscriptionResponse>",
+            "http://www.onvif.org/ver10/events/wsdl/EventPortType/CreatePullPointSubscriptionResponse",
+        )
 
     def _live(self, sid: str) -> Subscription:
         sub = self._subs.get(int(sid)) if sid.isdigit() else None
         if sub is None:
             raise SoapFaultReply(400, "Receiver", "wsrf-rw:ResourceUnknownFault", "unknown subscription")
-        if "expire" in self.faults:
-            self.faults.discard("expire")
-            self.expire_all()
+        if "pullpoint_expiry" in self.faults and (self.now() - sub.created).total_seconds() >= self.early_expiry_s:
+            sub.termination = self.now() - timedelta(seconds=1)
         if sub.termination <= self.now():
-            del self._subs[sub.id]
+            self._drop(sub)
             self.stats.expired_pulls += 1
             raise SoapFaultReply(400, "Receiver", "wsrf-rw:ResourceUnknownFault", "subscription expired")
         return sub
 
-    async def _subscription(self, request: web.Request) -> web.Response:
-        sid = request.match_info["sid"]
+    async def _subscription(self, root: Element, op: Element, sid: str) -> tuple[str, str | None]:
+        self._check_auth(root)
+        name = op.tag.rpartition("}")[2]
+        sub = self._live(sid)
+        if name == "PullMessages":
+            return await self._pull(sub, op)
+        if name == "Renew":
+            sub.termination = self._termination(op.findtext(f"{{{WSNT}}}TerminationTime"), 60.0)
+            sub.renewals += 1
+            self.stats.renewals += 1
+            return (
+                f"<wsnt:RenewResponse><wsnt:TerminationTime>{_iso(sub.termination)}</wsnt:TerminationTime>"
+                f"<wsnt:CurrentTime>{_iso(self.now())}</wsnt:CurrentTime></wsnt:RenewResponse>",
+                "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/RenewResponse",
+            )
+        if name == "Unsubscribe":
+            self._drop(sub)
+            self.stats.unsubscribes += 1
+            return "<wsnt:UnsubscribeResponse/>", "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/UnsubscribeResponse"
+        raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
 
-        async def handle(root: Element, op: Element) -> tuple[str, str | None]:
-            self._check_auth(root)
-            name = op.tag.rpartition("}")[2]
-            sub = self._live(sid)
-            if name == "PullMessages":
-                return await self._pull(sub, op)
-            if name == "Renew":
-                sub.termination = self._termination(op.findtext(f"{{{WSNT}}}TerminationTime"), 60.0)
-                sub.renewals += 1
-                self.stats.renewals += 1
-                return (
-                    f"<wsnt:RenewResponse><wsnt:TerminationTime>{_iso(sub.termination)}</wsnt:TerminationTime>"
-                    f"<wsnt:CurrentTime>{_iso(self.now())}</wsnt:CurrentTime></wsnt:RenewResponse>",
-                    "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/RenewResponse",
-                )
-            if name == "Unsubscribe":
-                del self._subs[sub.id]
-                self.stats.unsubscribes += 1
-                return "<wsnt:UnsubscribeResponse/>", "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/UnsubscribeResponse"
-            raise SoapFaultReply(400, "Receiver", "ter:ActionNotSupported", f"{name} is not supported")
-
-        if "malformed_xml" in self.faults:
+    def _drain(self, sub: Subscription) -> None:
+        while True:
             try:
-                await self._read(request)
-            except SoapFaultReply:
-                pass
-            self.faults.discard("malformed_xml")
-            return web.Response(body=b'<?xml version="1.0"?><s:Envelope xmlns:s="' + SOAP.encode() + b'"><s:Body><tev:Pull',
-                                content_type="application/soap+xml")
-        return await self._serve(request, handle)
+                det = sub.detections.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if det is not None:
+                sub.pending.extend(self.notification(det))
 
     async def _pull(self, sub: Subscription, op: Element) -> tuple[str, str | None]:
         timeout = parse_duration(op.findtext(f"{{{TEV}}}Timeout") or "") or 0.0
@@ -528,17 +549,26 @@ class OnvifCamera:
             raise SoapFaultReply(400, "Sender", "ter:InvalidArgVal", "MessageLimit must be positive")
         sub.pulls += 1
         self.stats.pulls += 1
-        if not sub.queue:
+        self._drain(sub)
+        if not sub.pending:
             sub.wake.clear()
-            try:
-                await asyncio.wait_for(sub.wake.wait(), min(timeout, MAX_PULL_TIMEOUT_S))
-            except TimeoutError:
-                pass
+            getter = asyncio.ensure_future(sub.detections.get())
+            waker = asyncio.ensure_future(sub.wake.wait())
+            done, _ = await asyncio.wait({getter, waker}, timeout=min(timeout, MAX_PULL_TIMEOUT_S),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            if getter in done:
+                det = getter.result()
+                if det is not None:
+                    sub.pending.extend(self.notification(det))
+            else:
+                getter.cancel()
+            self._drain(sub)
         if sub.id not in self._subs or sub.termination <= self.now():
-            self._subs.pop(sub.id, None)
+            self._drop(sub)
             self.stats.expired_pulls += 1
             raise SoapFaultReply(400, "Receiver", "wsrf-rw:ResourceUnknownFault", "subscription expired")
-        notes = [sub.queue.popleft() for _ in range(min(limit, len(sub.queue)))]
+        notes = [sub.pending.popleft() for _ in range(min(limit, len(sub.pending)))]
         return (
             f"<tev:PullMessagesResponse><tev:CurrentTime>{_iso(self.now())}</tev:CurrentTime>"
             f"<tev:TerminationTime>{_iso(sub.termination)}</tev:TerminationTime>"
@@ -547,5 +577,46 @@ class OnvifCamera:
             "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription/PullMessagesResponse",
         )
 
-    async def _snapshot(self, request: web.Request) -> web.Response:
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        if self.snapshot_guard is not None:
+            verdict = self.snapshot_guard(request)
+            if verdict is not True:
+                return web.Response(status=401, text="Unauthorized")
         return web.Response(body=self.picture(), content_type="image/jpeg")
+
+
+def install(server: Any) -> None:
+    """Plug the ONVIF services into the camera simulator's one-port server (`CameraServer`).
+
+    Every camera answers ONVIF under `/<id>/onvif/...` (and the first `onvif` camera at the bare
+    `/onvif/...`, where off-the-shelf clients look); the topic family follows the camera's brand.
+    """
+    services: dict[str, OnvifCamera] = {}
+
+    def service(cam: Any) -> OnvifCamera:
+        svc = services.get(cam.id)
+        if svc is None:
+            svc = services[cam.id] = OnvifCamera(cam)
+            guard = getattr(server, "guard", None)
+            if guard is not None:
+                def check(request: web.Request, _cam: Any = cam) -> bool | None:
+                    verdict: bool | None = guard.check(request, _cam)
+                    return verdict
+
+                svc.snapshot_guard = check
+        return svc
+
+    async def handle(request: web.Request, cam: Any, rest: str) -> web.StreamResponse:
+        svc = service(cam)
+        if request.method == "GET" and rest == "/onvif/snapshot.jpg" and svc.snapshot_guard is not None:
+            verdict = svc.snapshot_guard(request)
+            if verdict is not True:
+                return web.Response(status=401, text="Unauthorized",
+                                    headers={"WWW-Authenticate": server.guard.challenge()})
+            from simulators.camera.model import jpeg
+
+            return web.Response(body=jpeg(int(datetime.now(UTC).timestamp())), content_type="image/jpeg")
+        return await svc.handle(request, rest)
+
+    server.handlers["onvif"] = handle
+    server.onvif = services
