@@ -8,4 +8,5 @@ SIMULATORS: dict[str, str] = {
     "access_gate": "simulators.access_gate",
     "broadcast": "simulators.broadcast",
     "plate_reader": "simulators.plate_reader",
+    "camera": "simulators.camera",
 }
