@@ -246,7 +246,8 @@ def parse_time(text: str | None) -> datetime | None:
     try:
         frac = m.group(7) or ""
         micro = int((frac[1:] + "000000")[:6]) if frac else 0
-        when = datetime(*(int(m.group(i)) for i in range(1, 7)), micro, tzinfo=UTC)  # type: ignore[misc]
+        y, mo, d, h, mi, sec = (int(m.group(i)) for i in range(1, 7))
+        when = datetime(y, mo, d, h, mi, sec, micro, tzinfo=UTC)
         tz = m.group(8)
         if tz and tz != "Z":
             sign = 1 if tz[0] == "+" else -1
@@ -271,7 +272,8 @@ def parse_system_date_and_time(doc: Document) -> datetime:
             int(x.findtext(_q("tt", name)) or "")
             for x, name in ((d, "Year"), (d, "Month"), (d, "Day"), (t, "Hour"), (t, "Minute"), (t, "Second"))
         ]
-        return datetime(*values, tzinfo=UTC)  # type: ignore[misc]
+        y, mo, dd, h, mi, sec = values
+        return datetime(y, mo, dd, h, mi, sec, tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise SoapError(f"bad UTCDateTime: {exc}") from exc
 
@@ -313,7 +315,8 @@ def parse_subscription(doc: Document) -> Subscription:
 def parse_renew(doc: Document) -> tuple[datetime | None, datetime | None]:
     """(current time, termination time) from a RenewResponse."""
     resp = _expect(doc, "wsnt", "RenewResponse")
-    return parse_time(resp.findtext(_q("wsnt", "CurrentTime"))), parse_time(resp.findtext(_q("wsnt", "TerminationTime")))
+    current = parse_time(resp.findtext(_q("wsnt", "CurrentTime")))
+    return current, parse_time(resp.findtext(_q("wsnt", "TerminationTime")))
 
 
 def parse_profiles(doc: Document) -> list[str]:

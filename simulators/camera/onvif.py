@@ -55,7 +55,8 @@ TNS1 = "http://www.onvif.org/ver10/topics"
 XMLNS = (
     f'xmlns:s="{SOAP}" xmlns:wsa="{WSA}" xmlns:wsnt="{WSNT}" xmlns:tev="{TEV}" xmlns:tds="{TDS}" '
     f'xmlns:trt="{TRT}" xmlns:tt="{TT}" xmlns:tns1="{TNS1}" '
-    'xmlns:tnshik="http://www.hikvision.com/2011/event/topics" xmlns:tnsdh="http://www.dahuatech.com/2011/event/topics" '
+    'xmlns:tnshik="http://www.hikvision.com/2011/event/topics" '
+    'xmlns:tnsdh="http://www.dahuatech.com/2011/event/topics" '
     'xmlns:wsrf-rw="http://docs.oasis-open.org/wsrf/rw-2" xmlns:ter="http://www.onvif.org/ver10/error"'
 )
 MAX_REQUEST_BYTES = 64 * 1024
@@ -114,6 +115,8 @@ TOPICS: dict[str, dict[str, tuple[str, str, dict[str, str]]]] = {
                   {"VideoSourceConfigurationToken": "{ch0}", "Rule": "EBike{ch}"}),
     },
 }
+#: A PullMessages answer cut short (the `malformed_xml` fault).
+BROKEN = b'<?xml version="1.0"?><s:Envelope xmlns:s="' + SOAP.encode() + b'"><s:Body><tev:PullMessagesRes'
 #: A fake JPEG (SOI ... EOI), enough for clients that check the magic bytes.
 PICTURE = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF\x00" + bytes(range(256)) * 4 + b"\xff\xd9"
 
@@ -217,7 +220,8 @@ def _fault_body(code: str, subcode: str, reason: str) -> str:
 
 def _envelope(body: str, action: str | None = None) -> bytes:
     header = f"<s:Header><wsa:Action>{action}</wsa:Action></s:Header>" if action else "<s:Header/>"
-    return f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope {XMLNS}>{header}<s:Body>{body}</s:Body></s:Envelope>'.encode()
+    return (f'<?xml version="1.0" encoding="UTF-8"?><s:Envelope {XMLNS}>{header}'
+            f"<s:Body>{body}</s:Body></s:Envelope>").encode()
 
 
 @dataclass
@@ -272,8 +276,8 @@ class OnvifCamera:
         when = det.time
         if spec is None:  # a detection the family has no topic for: a vendor topic the driver won't know
             topic = f"tns1:RuleEngine/Vendor/{det.code or det.detection}"
-            return [Notification(topic, when, "Changed", {"VideoSourceConfigurationToken": f"VideoSourceToken{det.channel}"},
-                                 {"State": "true"})]
+            token = {"VideoSourceConfigurationToken": f"VideoSourceToken{det.channel}"}
+            return [Notification(topic, when, "Changed", token, {"State": "true"})]
         topic, item, source = spec
         src = {k: v.format(ch=det.channel, ch0=det.channel - 1) for k, v in source.items()}
         if det.region:
@@ -328,11 +332,11 @@ class OnvifCamera:
             return await self._serve(request, lambda root, op: self._events(root, op, base))
         if rest.startswith("/onvif/subscription/"):
             sid = rest.rsplit("/", 1)[1]
-            if "malformed_xml" in self.faults and sid.isdigit() and int(sid) in self._subs and self._subs[int(sid)].pulls % 3 == 1:
-                self._subs[int(sid)].pulls += 1
+            sub = self._subs.get(int(sid)) if sid.isdigit() else None
+            if "malformed_xml" in self.faults and sub is not None and sub.pulls % 3 == 1:
+                sub.pulls += 1  # every third answer is cut short
                 await request.read()
-                return web.Response(body=b'<?xml version="1.0"?><s:Envelope xmlns:s="' + SOAP.encode() + b'"><s:Body><tev:Pull',
-                                    content_type="application/soap+xml")
+                return web.Response(body=BROKEN, content_type="application/soap+xml")
             return await self._serve(request, lambda root, op: self._subscription(root, op, sid))
         raise web.HTTPNotFound(text=f"no ONVIF service at {rest}")
 
@@ -386,8 +390,8 @@ class OnvifCamera:
             body, action = result
             return web.Response(body=_envelope(body, action), content_type="application/soap+xml", charset="utf-8")
         except SoapFaultReply as fault:
-            return web.Response(status=fault.status, body=_envelope(_fault_body(fault.code, fault.subcode, fault.reason)),
-                                content_type="application/soap+xml", charset="utf-8")
+            body = _envelope(_fault_body(fault.code, fault.subcode, fault.reason))
+            return web.Response(status=fault.status, body=body, content_type="application/soap+xml", charset="utf-8")
 
     def _device(self, root: Element, op: Element, base: str) -> tuple[str, str | None]:
         name = op.tag.rpartition("}")[2]
