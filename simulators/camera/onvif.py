@@ -341,7 +341,7 @@ class OnvifCamera:
         raise web.HTTPNotFound(text=f"no ONVIF service at {rest}")
 
     async def _read(self, request: web.Request) -> tuple[Element, Element]:
-        while "silent" in self.faults:  # hang until the client gives up (or the fault is lifted)
+        while "silent" in self.faults:  # noqa: ASYNC110 - hang until the client gives up (fault set: no event)
             await asyncio.sleep(0.1)
         raw = await request.content.read(MAX_REQUEST_BYTES + 1)
         if len(raw) > MAX_REQUEST_BYTES:
