@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+# The push listener and its auth modes are the plate readers': one listener, one set of defences.
+from drivers.http_plate_reader.config import Auth as PushAuth
+from drivers.http_plate_reader.config import LprNoAuth as NoPushAuth
 from gateway.driver import DeviceConfig
 from schemas.camera import EbikeWhere
 from schemas.common import Location
@@ -36,14 +39,6 @@ class CameraMediaConfig(_Strict):
     max_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_image_bytes: int = Field(2 * 1024 * 1024, gt=0, description="Larger pictures are dropped and counted")
     uri_prefix: str | None = Field(None, description="Prefix for snapshot URIs; default file:// URIs")
-
-
-class CameraPushAuth(_Strict):
-    """How the camera authenticates its posts to the gateway (isapi_push): none, or HTTP Basic."""
-
-    mode: Literal["none", "basic"] = "none"
-    username: str | None = None
-    password: SecretStr | None = None
 
 
 class OnvifOptions(_Strict):
@@ -86,15 +81,20 @@ class CameraConfig(DeviceConfig):
     )
     connect_timeout_s: float = Field(5.0, gt=0)
     max_part_bytes: int = Field(4 * 1024 * 1024, gt=0, description="A larger multipart part is rejected")
-    snapshot_url: str | None = Field(
-        None, description="Fetch a picture from here (path under url) when an alarm arrives without one"
+    fetch_snapshots: bool = Field(True, description="Fetch a picture when an alarm arrives without one")
+    snapshot_path: str | None = Field(
+        None, pattern=r"^/",
+        description="Snapshot path under url, {channel} replaced; default: the protocol's "
+        "(/ISAPI/Streaming/channels/{channel}01/picture, /cgi-bin/snapshot.cgi?channel={channel})",
     )
     media: CameraMediaConfig = CameraMediaConfig()
     # isapi_push: where the camera posts (the listener shared with plate readers)
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(8088, ge=1, le=65535)
     path: str | None = Field(None, pattern=r"^/[^?# ]*$", description="Push path; default /camera/<device id>")
-    push_auth: CameraPushAuth = CameraPushAuth()
+    push_auth: PushAuth = Field(NoPushAuth(), description="How the camera authenticates its posts (isapi_push)")
+    push_rate_per_s: float = Field(20.0, gt=0, description="Sustained posts per second per source address")
+    push_burst: int = Field(40, ge=1)
     onvif: OnvifOptions = OnvifOptions()
 
     @model_validator(mode="after")

@@ -90,6 +90,15 @@ class CameraDecoder:
             drafts += [replace(d, quality=suspect) for d in self.book.feed(replace(signal, time=None), now)]
         return drafts
 
+    def signals(self, channel: str, raw: Any) -> list[Signal]:
+        """What an input says, without bookkeeping (the transport asks before fetching a snapshot)."""
+        if channel not in PARSERS or not isinstance(raw, dict):
+            return []
+        try:
+            return self._parser(channel)(raw, self.config)
+        except Exception:
+            return []
+
     def forget(self) -> None:
         """A commit failed: open alarms are dropped, so the next signal of each raises again."""
         self.book.forget()

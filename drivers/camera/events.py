@@ -237,7 +237,7 @@ class SignalBook:
         kind = EVENT_KINDS[signal.detection]
         pics = pictures or signal.pictures
         payload = CameraPayload(
-            detection=signal.detection,  # type: ignore[arg-type]
+            detection=signal.detection,
             channel=signal.channel,
             channel_name=self.ctx.channel_names.get(signal.channel or 0),
             protocol=self.ctx.protocol,
