@@ -1,6 +1,6 @@
-"""ONVIF events over PullPoint: the pure parser (`parse`) and the I/O-only transport (`OnvifTransport`).
+"""ONVIF events over PullPoint: the pure parser (`parse`) and the I/O-only session (`run_onvif`).
 
-The transport talks SOAP (drivers/camera/onvif_soap.py) to the camera:
+`CameraDriver` runs `run_onvif(driver)` for `protocol: onvif`. It talks SOAP (drivers/camera/onvif_soap.py) to the camera:
 
 1. `GetSystemDateAndTime` (no auth): the camera's clock, so every UsernameToken's `Created` is
    on the camera's time however far its clock is off (the skew is re-measured on each connect);
@@ -25,17 +25,15 @@ before the ingest, so the event carries the stored picture's reference.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -44,10 +42,11 @@ import yaml
 from drivers.camera import onvif_soap as soap
 from drivers.camera.config import CameraConfig
 from drivers.camera.events import EVENT_KINDS, CameraInputError, Signal
-from gateway.driver import DeviceContext, PushDriver
 from gateway.errors import DeviceUnavailable
-from gateway.media import MediaStore, image_name
 from schemas.camera import Rule
+
+if TYPE_CHECKING:
+    from drivers.camera.driver import CameraDriver
 
 MAPS_DIR = Path(__file__).with_name("onvif_maps")
 _RULES: frozenset[str] = frozenset({"intrusion", "line_crossing", "region_entrance", "region_exit", "loitering"})
@@ -265,53 +264,35 @@ class SoapCallError(Exception):
     """A SOAP call failed at the transport level (HTTP status, timeout, connection)."""
 
 
-def _digest_header(challenge: str, method: str, url: str, user: str, password: str) -> str | None:
-    """An RFC 7616 (MD5, qop=auth) Authorization header answering a `WWW-Authenticate: Digest` challenge."""
-    scheme, _, rest = challenge.partition(" ")
-    if scheme.lower() != "digest":
-        return None
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in re.finditer(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))', rest)}
-    realm, nonce = params.get("realm", ""), params.get("nonce", "")
-    uri = urlsplit(url).path + (f"?{urlsplit(url).query}" if urlsplit(url).query else "")
-
-    def md5(text: str) -> str:
-        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"{method}:{uri}")
-    cnonce, nc = secrets.token_hex(8), "00000001"
-    if "auth" in params.get("qop", "").split(","):
-        response = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-        extra = f', qop=auth, nc={nc}, cnonce="{cnonce}"'
-    else:
-        response, extra = md5(f"{ha1}:{nonce}:{ha2}"), ""
-    opaque = f', opaque="{params["opaque"]}"' if "opaque" in params else ""
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", algorithm=MD5{extra}{opaque}')
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A response body, refused (`SoapError`) past `limit` bytes: a camera cannot make us buffer more."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise soap.SoapError(f"response over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-class OnvifTransport(PushDriver):
-    """One ONVIF camera over PullPoint: I/O only; decoding is `parse` behind the camera decoder."""
+class OnvifSession:
+    """One camera's PullPoint session: I/O only; what it reads goes to `driver.ingest`."""
 
-    def __init__(self, config: CameraConfig, ctx: DeviceContext) -> None:
-        super().__init__(config, ctx)
-        self.cfg = config
-        self.options = config.onvif
-        self.fmap = load_family(config.onvif.family)
-        self.skew = timedelta(0)  # camera clock - gateway clock
+    def __init__(self, driver: CameraDriver, session: aiohttp.ClientSession) -> None:
+        self.driver = driver
+        self.cfg = driver.cfg
+        self.ctx = driver.ctx
+        self.http = session
+        self.options = driver.cfg.onvif
+        self.fmap = load_family(driver.cfg.onvif.family)
+        self.skew = timedelta(0)  # camera clock - gateway clock, measured at each connect
         self.subscription: str | None = None
         self.events_url: str | None = None
         self.media_url: str | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._renew_at = 0.0
         self._snapshot_uris: dict[int, str | None] = {}
         self._profiles: list[str] | None = None
-        self.unsubscribed = 0
-        from drivers.camera.decoder import CameraDecoder  # the decoder imports this module's `parse`
-
-        self.decoder = CameraDecoder(config, ctx)
-
-    # -- plumbing --
 
     @property
     def device_url(self) -> str:
@@ -321,25 +302,25 @@ class OnvifTransport(PushDriver):
     def _password(self) -> str:
         return self.cfg.password.get_secret_value() if self.cfg.password else ""
 
-    def _camera_now(self) -> datetime:
+    def camera_now(self) -> datetime:
+        """The camera's clock as the gateway estimates it (gateway time plus the measured skew)."""
         return datetime.now(UTC) + self.skew
 
-    async def _call(self, url: str, body: str, *, auth: bool = True, action: str | None = None,
-                    timeout_s: float | None = None) -> soap.Document:
-        """POST one SOAP request; the answer parsed (a fault raises `SoapFault`)."""
-        assert self._session is not None
+    async def call(self, url: str, body: str, *, auth: bool = True, action: str | None = None,
+                   timeout_s: float | None = None) -> soap.Document:
+        """POST one SOAP request; the answer parsed (a fault raises `SoapFault`, junk `SoapError`)."""
         security = ""
         if auth:
-            security = soap.security_header(self.cfg.username, self._password(), created=self._camera_now(),
+            security = soap.security_header(self.cfg.username, self._password(), created=self.camera_now(),
                                             nonce=os.urandom(16))
         data = soap.envelope(body, security=security, to=url if action else None, action=action)
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.cfg.connect_timeout_s + 5,
                                         sock_connect=self.cfg.connect_timeout_s)
         try:
-            async with self._session.post(url, data=data, timeout=timeout, headers={
-                "Content-Type": 'application/soap+xml; charset=utf-8'}) as resp:
-                payload = await self._read_bounded(resp)
+            async with self.http.post(url, data=data, timeout=timeout,
+                                      headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as resp:
                 status = resp.status
+                payload = await read_bounded(resp, soap.MAX_RESPONSE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SoapCallError(f"{type(exc).__name__}: {exc}") from exc
         try:
@@ -348,73 +329,62 @@ class OnvifTransport(PushDriver):
             raise
         except soap.SoapError:
             if status >= 400:
-                raise SoapCallError(f"HTTP {status}") from None
+                raise SoapCallError(f"HTTP {status} from {urlsplit(url).path}") from None
             raise
 
-    @staticmethod
-    async def _read_bounded(resp: aiohttp.ClientResponse, limit: int = soap.MAX_RESPONSE_BYTES) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > limit:
-                raise soap.SoapError(f"response over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    # -- subscription lifecycle --
 
-    # -- the session --
-
-    async def _open(self) -> None:
+    async def open(self) -> None:
+        """Measure the camera's clock, find its services, subscribe."""
         sent = datetime.now(UTC)
         camera_time = soap.parse_system_date_and_time(
-            await self._call(self.device_url, soap.GET_SYSTEM_DATE_AND_TIME, auth=False))
+            await self.call(self.device_url, soap.GET_SYSTEM_DATE_AND_TIME, auth=False))
         received = datetime.now(UTC)
         self.skew = camera_time - (sent + (received - sent) / 2)
         if abs(self.skew.total_seconds()) > 5:
             self.ctx.counters.inc("camera.onvif.clock_skew_corrected")
-        caps = soap.parse_capabilities(await self._call(self.device_url, soap.GET_CAPABILITIES))
+        caps = soap.parse_capabilities(await self.call(self.device_url, soap.GET_CAPABILITIES))
         base = self.device_url
         self.events_url = urljoin(base, caps.get("events") or base)
         self.media_url = urljoin(base, caps["media"]) if caps.get("media") else None
-        await self._subscribe()
-
-    async def _subscribe(self) -> None:
-        assert self.events_url is not None
-        sub = soap.parse_subscription(await self._call(
+        sub = soap.parse_subscription(await self.call(
             self.events_url, soap.create_pull_point_subscription(self.options.termination_s),
             action=soap.EVENTS_ACTIONS["CreatePullPointSubscription"]))
         self.subscription = urljoin(self.events_url, sub.address)
+        self.ctx.counters.inc("camera.onvif.subscriptions")
         self._schedule_renew(sub.current, sub.termination)
 
     def _schedule_renew(self, current: datetime | None, termination: datetime | None) -> None:
-        """Renew a margin before the camera's termination time (measured on the camera's clock)."""
+        """Renew a margin before the termination time, both read on the camera's clock."""
         lifetime = (termination - current).total_seconds() if current and termination else self.options.termination_s
         lifetime = max(lifetime, 1.0)
         margin = min(max(lifetime * 0.2, self.options.pull_timeout_s + self.cfg.connect_timeout_s), lifetime * 0.8)
         self._renew_at = time.monotonic() + lifetime - margin
 
-    async def _renew(self) -> None:
+    async def renew(self) -> None:
+        """Extend the subscription by `termination_s`."""
         assert self.subscription is not None
-        current, termination = soap.parse_renew(await self._call(
+        current, termination = soap.parse_renew(await self.call(
             self.subscription, soap.renew(self.options.termination_s), action=soap.EVENTS_ACTIONS["Renew"]))
         self._schedule_renew(current, termination)
         self.ctx.counters.inc("camera.onvif.renewals")
 
-    async def _unsubscribe(self) -> None:
-        if self.subscription is None or self._session is None:
+    async def unsubscribe(self) -> None:
+        """End the subscription on the camera (a courtesy: it would expire anyway)."""
+        if self.subscription is None:
             return
         url, self.subscription = self.subscription, None
         try:
-            await self._call(url, soap.UNSUBSCRIBE, action=soap.EVENTS_ACTIONS["Unsubscribe"], timeout_s=3.0)
-            self.unsubscribed += 1
-        except (soap.SoapError, SoapCallError):  # a courtesy: the subscription expires anyway
+            await self.call(url, soap.UNSUBSCRIBE, action=soap.EVENTS_ACTIONS["Unsubscribe"], timeout_s=3.0)
+            self.ctx.counters.inc("camera.onvif.unsubscribed")
+        except (soap.SoapError, SoapCallError):
             self.ctx.counters.inc("camera.onvif.unsubscribe_failed")
 
-    async def _pull(self) -> dict[str, Any] | None:
-        """One PullMessages; the parsed answer, or None when it was malformed (counted, ingested as a reject)."""
+    async def pull(self) -> dict[str, Any] | None:
+        """One PullMessages; the parsed answer, or None when it was malformed (counted, kept as a rejection)."""
         assert self.subscription is not None
         try:
-            doc = await self._call(
+            doc = await self.call(
                 self.subscription, soap.pull_messages(self.options.pull_timeout_s, self.options.message_limit),
                 action=soap.EVENTS_ACTIONS["PullMessages"],
                 timeout_s=self.options.pull_timeout_s + self.cfg.connect_timeout_s + 5)
@@ -423,158 +393,119 @@ class OnvifTransport(PushDriver):
             raise
         except soap.SoapError as exc:
             self.ctx.counters.inc("camera.onvif.malformed")
-            await self._ingest("reject", {"error": "malformed_soap", "detail": str(exc)[:300]})
+            await self.driver.reject("malformed_soap", str(exc))
             return None
-
-    async def _ingest(self, channel: str, raw: dict[str, Any]) -> None:
-        ingest = getattr(self.ctx, "ingest", None)
-        if ingest is not None:
-            await ingest(channel, raw)
-            return
-        decoder = self.decoder  # the older context: record, decode and emit here
-        self.ctx.record(channel, raw)
-        drafts = decoder.feed(channel, raw, self.ctx.now())
-        if drafts:
-            try:
-                await self.ctx.emit(drafts)
-            except BaseException:
-                decoder.forget()
-                raise
 
     # -- snapshots --
 
-    def _wants_snapshot(self, msg: dict[str, Any]) -> int | None:
+    def wants_snapshot(self, msg: dict[str, Any]) -> int | None:
         """The channel to picture when `msg` would raise a new alarm (None: no picture needed)."""
-        if not self.fmap.snapshot or self.media_url is None:
+        if not (self.fmap.snapshot and self.cfg.fetch_snapshots and self.media_url):
             return None
         rule, state = classify_message(msg, self.fmap)
         if rule is None or state not in ("start", "pulse") or not EVENT_KINDS[rule.detection].alarm:
             return None
         items = {**_items(msg.get("source")), **_items(msg.get("data"))}
-        channel = _channel(items, self.fmap) or 1
+        channel = _channel(items, self.fmap)
         region = _first(items, self.fmap.region_items)
-        probe = Signal(rule.detection, "start", "", channel=_channel(items, self.fmap),
-                       region_id=region[:64] if region else None)
-        if self.decoder.is_open(probe):
-            return None
-        return channel
+        probe = Signal(rule.detection, "start", "", channel=channel, region_id=region[:64] if region else None)
+        return None if self.driver.decoder.is_open(probe) else channel or 1
 
-    async def _snapshot_uri(self, channel: int) -> str | None:
+    async def snapshot_uri(self, channel: int) -> str | None:
+        """The channel's snapshot URL from media GetProfiles/GetSnapshotUri (asked once per channel)."""
         if channel in self._snapshot_uris:
             return self._snapshot_uris[channel]
-        assert self.media_url is not None
         uri: str | None = None
-        try:
-            if self._profiles is None:
-                self._profiles = soap.parse_profiles(await self._call(self.media_url, soap.GET_PROFILES))
-            if self._profiles:
-                token = self._profiles[min(channel, len(self._profiles)) - 1]
-                uri = urljoin(self.media_url, soap.parse_snapshot_uri(
-                    await self._call(self.media_url, soap.get_snapshot_uri(token))))
-        except (soap.SoapError, SoapCallError) as exc:
-            self.ctx.log.info("no snapshot URI for channel %d: %s", channel, exc)
+        if self.media_url is not None:
+            try:
+                if self._profiles is None:
+                    self._profiles = soap.parse_profiles(await self.call(self.media_url, soap.GET_PROFILES))
+                if self._profiles:
+                    token = self._profiles[min(channel, len(self._profiles)) - 1]
+                    uri = urljoin(self.media_url, soap.parse_snapshot_uri(
+                        await self.call(self.media_url, soap.get_snapshot_uri(token))))
+            except (soap.SoapError, SoapCallError) as exc:
+                self.ctx.log.info("no snapshot URI for channel %d: %s", channel, exc)
         self._snapshot_uris[channel] = uri
         return uri
 
-    async def _fetch(self, url: str) -> bytes | None:
-        """GET a picture with Digest (or Basic) auth, bounded by `media.max_image_bytes`."""
-        assert self._session is not None
-        limit = self.cfg.media.max_image_bytes
-        timeout = aiohttp.ClientTimeout(total=self.cfg.connect_timeout_s + 5)
-        headers: dict[str, str] = {}
-        auth = aiohttp.BasicAuth(self.cfg.username, self._password()) if self.cfg.auth == "basic" else None
-        for _ in range(2):
-            async with self._session.get(url, headers=headers, auth=auth, timeout=timeout) as resp:
-                if resp.status == 401 and not headers and self.cfg.auth == "digest":
-                    header = _digest_header(resp.headers.get("WWW-Authenticate", ""), "GET", url,
-                                            self.cfg.username, self._password())
-                    if header is None:
-                        return None
-                    headers["Authorization"] = header
-                    continue
-                if resp.status != 200:
+    async def fetch(self, url: str) -> bytes | None:
+        """GET a picture (the session's Digest auth), bounded by `media.max_image_bytes`."""
+        timeout = aiohttp.ClientTimeout(total=max(self.cfg.connect_timeout_s, 2.0))
+        try:
+            async with self.http.get(url, timeout=timeout) as resp:
+                if resp.status != 200 or not resp.content_type.startswith("image/"):
                     return None
-                try:
-                    return await self._read_bounded(resp, limit)
-                except soap.SoapError:
-                    self.ctx.counters.inc("camera.picture_too_large")
-                    return None
+                return await read_bounded(resp, self.cfg.media.max_image_bytes)
+        except soap.SoapError:
+            self.ctx.counters.inc("camera.picture_too_large")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.ctx.log.info("snapshot failed: %s", exc)
         return None
 
-    async def _pictures(self, messages: list[dict[str, Any]]) -> dict[str, str]:
+    async def pictures(self, messages: list[dict[str, Any]]) -> dict[str, str]:
+        """Media store names by message index, for messages that raise a new alarm (one picture per channel)."""
         pictures: dict[str, str] = {}
-        taken: dict[int, str] = {}
+        taken: dict[int, str | None] = {}
         for index, msg in enumerate(messages):
-            channel = self._wants_snapshot(msg)
+            channel = self.wants_snapshot(msg)
             if channel is None:
                 continue
             if channel not in taken:
-                try:
-                    uri = await self._snapshot_uri(channel)
-                    data = await self._fetch(uri) if uri else None
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    self.ctx.log.info("snapshot failed: %s", exc)
-                    data = None
-                if not data:
+                uri = await self.snapshot_uri(channel)
+                data = await self.fetch(uri) if uri else None
+                taken[channel] = await self.driver.store_picture(data) if data else None
+                if taken[channel] is None:
                     self.ctx.counters.inc("camera.snapshot_failed")
-                    continue
-                store: MediaStore = await self.ctx.shared(f"media:{self.cfg.media.path.resolve()}", self._media)
-                name = image_name(self.cfg.id, data)
-                await store.store(name, data)
-                taken[channel] = name
-            pictures[str(index)] = taken[channel]
+            name = taken[channel]
+            if name:
+                pictures[str(index)] = name
         return pictures
-
-    async def _media(self) -> MediaStore:
-        store = MediaStore(self.cfg.media.path, self.cfg.media.max_bytes, uri_prefix=self.cfg.media.uri_prefix)
-        await asyncio.to_thread(store.scan)
-        return store
 
     # -- the loop --
 
-    async def run(self) -> None:
-        """Subscribe, pull, renew; reconnects are the supervisor's (raise `DeviceUnavailable`)."""
-        self._session = aiohttp.ClientSession()
+    async def serve(self) -> None:
+        """Pull until cancelled; renew on time. Raises `DeviceUnavailable` for the supervisor to reconnect."""
         try:
+            await self.open()
+        except soap.SoapFault as exc:
+            if exc.auth:
+                self.ctx.counters.inc("camera.auth_failed")
+            raise DeviceUnavailable(f"ONVIF setup refused: {exc}") from exc
+        except (soap.SoapError, SoapCallError) as exc:
+            raise DeviceUnavailable(f"ONVIF setup failed: {exc}") from exc
+        await self.ctx.set_online(True, reason="PullPoint subscription open")
+        while True:
             try:
-                await self._open()
+                if time.monotonic() >= self._renew_at:
+                    await self.renew()
+                answer = await self.pull()
             except soap.SoapFault as exc:
+                if exc.unknown_subscription:
+                    self.ctx.counters.inc("camera.onvif.subscription_lost")
+                    self.subscription = None  # gone on the camera: nothing to unsubscribe
                 if exc.auth:
-                    self.ctx.counters.inc("camera.auth_failures")
-                raise DeviceUnavailable(f"ONVIF setup refused: {exc}") from exc
+                    self.ctx.counters.inc("camera.auth_failed")
+                raise DeviceUnavailable(f"ONVIF: {exc}") from exc
             except (soap.SoapError, SoapCallError) as exc:
-                raise DeviceUnavailable(f"ONVIF setup failed: {exc}") from exc
-            await self.ctx.set_online(True)
-            while True:
-                try:
-                    if time.monotonic() >= self._renew_at:
-                        await self._renew()
-                    answer = await self._pull()
-                except soap.SoapFault as exc:
-                    if exc.unknown_subscription:
-                        self.ctx.counters.inc("camera.onvif.subscription_lost")
-                        self.subscription = None  # gone on the camera: nothing to unsubscribe
-                    raise DeviceUnavailable(f"ONVIF: {exc}") from exc
-                except (soap.SoapError, SoapCallError) as exc:
-                    raise DeviceUnavailable(f"ONVIF pull/renew failed: {exc}") from exc
-                if answer is not None and answer["messages"]:
-                    answer["pictures"] = await self._pictures(answer["messages"])
-                    answer["skew_s"] = round(self.skew.total_seconds(), 3)
-                    unknown = sum(1 for m in answer["messages"] if classify_message(m, self.fmap)[0] is None)
-                    if unknown:
-                        self.ctx.counters.inc("camera.onvif.unknown_topics", unknown)
-                    await self._ingest("onvif", answer)
-                    self.ctx.counters.inc("camera.onvif.messages", len(answer["messages"]))
-                due = self.decoder.next_expiry()
-                if due is not None and due <= self.ctx.now():
-                    await self._ingest("tick", {})
-        finally:
-            await asyncio.shield(self._close())
+                raise DeviceUnavailable(f"ONVIF pull/renew failed: {exc}") from exc
+            if answer is None or not answer["messages"]:
+                continue
+            messages = answer["messages"]
+            unknown = sum(1 for m in messages if classify_message(m, self.fmap)[0] is None)
+            if unknown:
+                self.ctx.counters.inc("camera.onvif.unknown_topics", unknown)
+            raw = {"messages": messages, "pictures": await self.pictures(messages),
+                   "skew_s": round(self.skew.total_seconds(), 3)}
+            await self.driver.ingest("onvif", raw)
 
-    async def _close(self) -> None:
+
+async def run_onvif(driver: CameraDriver) -> None:
+    """The `onvif` protocol of the camera driver: one PullPoint session, unsubscribed however it ends."""
+    async with driver.client() as http:
+        session = OnvifSession(driver, http)
+        driver.onvif = session  # type: ignore[attr-defined]  # for tests and benches to look at
         try:
-            await self._unsubscribe()
+            await session.serve()
         finally:
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
+            await asyncio.shield(session.unsubscribe())
