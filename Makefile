@@ -5,7 +5,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_APT  := mosquitto influxdb victoria-metrics openssl
-DEMO_APT  := mosquitto
+DEMO_APT  := mosquitto mosquitto-clients
 
 .PHONY: demo test install deps-test deps-demo lint typecheck unit schema bench clean
 
@@ -33,7 +33,7 @@ deps-test:
 	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl)
 
 deps-demo:
-	$(call apt_install,$(DEMO_APT),mosquitto)
+	$(call apt_install,$(DEMO_APT),mosquitto mosquitto_sub)
 
 lint: install
 	$(VENV)/bin/ruff check .

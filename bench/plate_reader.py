@@ -4,9 +4,11 @@ The gateway runs as its own process (`python -m gateway run`) with four Zhenshi 
 one shared listener and the real SQLite outbox (MQTT and InfluxDB off, so the figure is the
 gateway's own: decode, validate, decide, store the image, commit, reply). This process is
 the cameras: an open-loop phase pushes at a fixed rate (default 200/s) and reports latency
-percentiles; a closed-loop phase measures the maximum rate with N pushes in flight.
+percentiles; a closed-loop phase measures the maximum rate with N pushes in flight. A last
+phase sends 300 unauthenticated 4 MiB uploads (wrong token, 50 at a time) and prints the
+gateway's RSS before and after: the listener refuses them on their headers, so RSS must stay flat.
 
-    .venv/bin/python bench/plate_reader.py [--rate 200] [--seconds 10] [--image-bytes 20000]
+    .venv/bin/python bench/plate_reader.py [--rate 200] [--seconds 10] [--image-bytes 20000] [--uploads 300]
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ def write_config(tmp: Path, port: int) -> Path:
             "rate_limit_per_s": 10_000,
             "rate_burst": 10_000,
             "access": {"allowlist": ["京A12345"], "unknown": "deny"},
+            "rate_limit_total_per_s": 10_000,
+            "rate_total_burst": 10_000,
             "media": {"path": str(tmp / "media"), "max_bytes": 200_000_000},
+            # This process plays four cameras from one address, far faster than cameras push.
+            "listener": {"max_connections_per_source": 256, "max_requests_per_s": 100_000, "requests_burst": 100_000},
         }
         for cam in CAMERAS
     ]
@@ -156,6 +162,44 @@ async def closed_loop(cams: list[Camera], payloads: list[bytes], in_flight: int,
     )
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def unauthenticated_uploads(url: str, pid: int, count: int, size: int, in_flight: int = 50) -> None:
+    """`count` uploads of `size` bytes with a wrong token; RSS of the gateway before and after."""
+    before = rss_mb(pid)
+    body = b"x" * size
+    statuses: dict[int | str, int] = {}
+    gate = asyncio.Semaphore(in_flight)
+    peak = before
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal peak
+        async with gate:
+            try:
+                async with session.post(url, data=body, headers={"X-Auth-Token": "wrong-token"}) as resp:
+                    key: int | str = resp.status
+                    await resp.read()
+            except aiohttp.ClientError as exc:
+                key = type(exc).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+            peak = max(peak, rss_mb(pid))
+
+    start = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
+        await asyncio.gather(*(one(session) for _ in range(count)))
+    print(
+        f"unauthenticated uploads: {count} x {size / 2**20:g} MiB, {in_flight} at a time, "
+        f"{time.monotonic() - start:.1f} s, statuses {statuses}"
+    )
+    print(f"  gateway RSS MB: before {before:.0f}  peak {peak:.0f}  after {rss_mb(pid):.0f}")
+
+
 async def main(args: argparse.Namespace) -> None:
     """Start the gateway, run both phases, stop the gateway (by its pid)."""
     tmp = Path(tempfile.mkdtemp(prefix="courtyard-bench-lpr-"))
@@ -189,6 +233,9 @@ async def main(args: argparse.Namespace) -> None:
             await open_loop(cams, payloads, 50, 1)  # warm-up
             await open_loop(cams, payloads, args.rate, args.seconds)
             await closed_loop(cams, payloads, args.in_flight, args.seconds)
+        if args.uploads:
+            target = f"http://127.0.0.1:{port}/lpr/{CAMERAS[0]}"
+            await unauthenticated_uploads(target, proc.pid, args.uploads, 4 << 20, args.upload_in_flight)
     finally:
         proc.terminate()
         try:
@@ -206,4 +253,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--image-bytes", type=int, default=20_000)
     parser.add_argument("--in-flight", type=int, default=16)
+    parser.add_argument("--uploads", type=int, default=300, help="unauthenticated 4 MiB uploads (0: skip)")
+    parser.add_argument("--upload-in-flight", type=int, default=50)
     asyncio.run(main(parser.parse_args()))

@@ -1,4 +1,4 @@
-"""Access-control payload: gates, turnstiles and door controllers (DOMAIN.md section 2b)."""
+"""Access-control payload: gates, turnstiles and door controllers (docs/domain.md, "Access gates")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Elevator payload (DOMAIN.md section 1b)."""
+"""Elevator payload (docs/domain.md, "Elevators")."""
 
 from __future__ import annotations
 

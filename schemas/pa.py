@@ -1,4 +1,4 @@
-"""PA / broadcast amplifier payload (DOMAIN.md section 4b)."""
+"""PA / broadcast amplifier payload (docs/domain.md, "PA and voice-alarm amplifiers")."""
 
 from __future__ import annotations
 

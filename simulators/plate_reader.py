@@ -360,7 +360,7 @@ class CameraAuth:
         if self.token:
             headers[self.token_header] = self.token + spoil
         if self.hmac_secret:
-            stamp = str(int(time.time()))
+            stamp = f"{time.time():.3f}"  # a fresh signature even for the same body twice in a second
             headers["X-Timestamp"] = stamp
             headers["X-Signature"] = sign(self.hmac_secret + spoil, stamp, body)
         if self.basic:

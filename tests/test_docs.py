@@ -33,9 +33,12 @@ def anchors(path: Path) -> set[str]:
     return {slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
 
 
-def test_no_markdown_refers_to_documents_outside_the_repository() -> None:
+def test_nothing_refers_to_documents_outside_the_repository() -> None:
     offenders = []
-    for path in repo_files("*.md"):
+    shipped = [*repo_files("*.md"), *repo_files("*.py"), *repo_files("*.yaml"), *repo_files("*.json")]
+    for path in shipped:
+        if path == Path(__file__).resolve():  # this file names the pattern it looks for
+            continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if OUTSIDE_DOCS.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")

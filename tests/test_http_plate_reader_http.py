@@ -399,6 +399,44 @@ async def test_hmac_replay_outside_window_refused(site: Site) -> None:
     assert result.status == 401 and "off gateway time" in result.json()["reason"]
 
 
+async def test_hmac_replay_inside_window_refused_and_barrier_not_opened_twice(site: Site) -> None:
+    ctx = await site.add("cam-in", auth={"mode": "hmac", "secret": "hmac-secret-1"}, dedupe_s=0)
+    from drivers.http_plate_reader.listener import sign
+
+    body = zhenshi_plate_body(ALLOWED)
+    stamp = str(int(datetime.now(UTC).timestamp()))
+    headers = {"X-Timestamp": stamp, "X-Signature": sign("hmac-secret-1", stamp, body)}
+    first = await site.camera("cam-in").post(body, headers=headers)
+    replay = await site.camera("cam-in").post(body, headers=headers)  # captured and sent again, same second
+    assert first.opened
+    assert replay.status == 409 and replay.json()["error"] == "replayed" and not replay.opened
+    assert len(ctx.of_type("lpr.gate_decision")) == 1
+    assert ctx.counters.values["lpr.refused.replayed"] == 1
+
+
+async def test_camera_auth_as_shipped_url_token_digest_and_allowlist(site: Site) -> None:
+    token = "zhenshi-url-token-0123"
+    zs = await site.add("zs-in", auth={"mode": "url_token", "token": token})
+    hik = await site.add("hik-in", protocol="hikvision", auth={"mode": "digest", "username": "cam", "password": "pw"})
+    only = await site.add("zs-lan", allow_sources=["127.0.0.2/32"])
+    base = f"http://127.0.0.1:{site.port}/lpr"
+    async with site.session.post(f"{base}/zs-in/{token}", data=zhenshi_plate_body(ALLOWED)) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"Response_AlarmInfoPlate": {"info": "ok", "plateid": 1}}
+    body, ctype = hikvision_plate_body(ALLOWED)
+    digest = aiohttp.DigestAuthMiddleware("cam", "pw")
+    async with (
+        aiohttp.ClientSession(middlewares=(digest,)) as session,
+        session.post(f"{base}/hik-in", data=body, headers={"Content-Type": ctype}) as resp,
+    ):
+        assert resp.status == 200 and b"/lpr/hik-in" in await resp.read()  # the reply names the path
+    async with site.session.post(f"{base}/zs-lan", data=zhenshi_plate_body(ALLOWED)) as resp:
+        assert resp.status == 403 and (await resp.json())["error"] == "source_not_allowed"
+    assert [e.type for e in zs.events] == ["lpr.plate_read", "lpr.gate_decision"]
+    assert [e.type for e in hik.events] == ["lpr.plate_read", "lpr.gate_decision"]
+    assert hik.counters.values["lpr.refused.unauthorized"] == 1  # the client's first try, answered with a challenge
+    assert only.events == [] and only.counters.values["lpr.refused.source_not_allowed"] == 1
+
+
 async def test_body_and_image_size_limits(site: Site) -> None:
     ctx = await site.add("cam-in", max_body_bytes=50_000)
     cam = site.camera("cam-in")
@@ -881,13 +919,14 @@ def test_basic_header_helper_roundtrip() -> None:
         assert "X-Auth-Token" not in headers
 
 
-def test_listener_refuses_second_camera_on_same_path() -> None:
+def test_listener_refuses_second_camera_on_same_path(tmp_path: Path) -> None:
     listener = PlateListener("127.0.0.1", 0)
-    a, b = object(), object()
-    listener.register("/lpr/x", a)  # type: ignore[arg-type]
+    cfg = camera_config(tmp_path, 8088, "x")
+    a, b = HttpPlateReader(cfg, FakeContext(cfg, Shared())), HttpPlateReader(cfg, FakeContext(cfg, Shared()))
+    listener.register("/lpr/x", a)
     with pytest.raises(ValueError, match="already used"):
-        listener.register("/lpr/x", b)  # type: ignore[arg-type]
-    listener.unregister("/lpr/x", b)  # type: ignore[arg-type]
+        listener.register("/lpr/x", b)
+    listener.unregister("/lpr/x", b)
     assert listener.paths == ["/lpr/x"]
 
 

@@ -13,8 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 # The push listener and its auth modes are the plate readers': one listener, one set of defences.
-from drivers.http_plate_reader.config import Auth as PushAuth
-from drivers.http_plate_reader.config import LprNoAuth as NoPushAuth
+from drivers.http_plate_reader.listener_config import Auth as PushAuth
+from drivers.http_plate_reader.listener_config import ListenerSettings, SourceNetwork, unauthenticated_network_problem
+from drivers.http_plate_reader.listener_config import NoAuth as NoPushAuth
 from gateway.driver import DeviceConfig
 from schemas.camera import EbikeWhere
 from schemas.common import Location
@@ -89,12 +90,23 @@ class CameraConfig(DeviceConfig):
     )
     media: CameraMediaConfig = CameraMediaConfig()
     # isapi_push: where the camera posts (the listener shared with plate readers)
-    listen_host: str = "0.0.0.0"
+    listen_host: str = Field(
+        "127.0.0.1", description="Listener address (isapi_push); a non-loopback one needs push_auth or allow_sources"
+    )
     listen_port: int = Field(8088, ge=1, le=65535)
     path: str | None = Field(None, pattern=r"^/[^?# ]*$", description="Push path; default /camera/<device id>")
     push_auth: PushAuth = Field(NoPushAuth(), description="How the camera authenticates its posts (isapi_push)")
     push_rate_per_s: float = Field(20.0, gt=0, description="Sustained posts per second per source address")
     push_burst: int = Field(40, ge=1)
+    push_rate_total_per_s: float = Field(50.0, gt=0, description="Authenticated posts per second, all sources")
+    push_total_burst: int = Field(100, ge=1)
+    allow_sources: list[SourceNetwork] = Field(
+        default_factory=list, description="Addresses (CIDRs) the camera may post from (isapi_push); empty: any"
+    )
+    listener: ListenerSettings = Field(
+        default_factory=ListenerSettings,
+        description="Limits of the shared listener; devices on the same address and port must agree",
+    )
     onvif: OnvifOptions = OnvifOptions()
 
     @model_validator(mode="after")
@@ -103,6 +115,10 @@ class CameraConfig(DeviceConfig):
             raise ValueError(f"protocol {self.protocol} needs url (the camera's base URL)")
         if self.protocol != "isapi_push" and self.password is None:
             raise ValueError(f"protocol {self.protocol} needs password (the camera account's)")
+        if self.protocol == "isapi_push":
+            problem = unauthenticated_network_problem(self.listen_host, self.push_auth, self.allow_sources)
+            if problem is not None:
+                raise ValueError(problem.replace("auth is none", "push_auth is none"))
         from drivers.camera.events import DETECTIONS
 
         bad = sorted(v for v in self.codes.values() if v not in DETECTIONS)

@@ -119,7 +119,7 @@ class CameraDriver(PushDriver):
         if cfg.auth == "digest":
             digest = aiohttp.DigestAuthMiddleware(login=cfg.username, password=password)
             return aiohttp.ClientSession(middlewares=(digest,))
-        return aiohttp.ClientSession(auth=aiohttp.BasicAuth(cfg.username, password))
+        return aiohttp.ClientSession(headers={"Authorization": aiohttp.encode_basic_auth(cfg.username, password)})
 
     def url(self, path: str) -> str:
         """A camera URL: the configured base (its path prefix kept) plus `path`."""
@@ -203,7 +203,6 @@ class CameraDriver(PushDriver):
                     await self.reject("bad_boundary", f"no boundary in {ctype[:80]!r}")
                     raise DeviceUnavailable("event stream without a boundary")
                 splitter = MultipartSplitter(boundary, max_part_bytes=cfg.max_part_bytes)
-                await self.ctx.set_online(True, reason="event stream open")
                 await self._read_parts(resp, splitter, "dahua" if dahua else "isapi")
         except CameraInputError as exc:
             await self.reject(exc.error, exc.detail)
@@ -215,6 +214,7 @@ class CameraDriver(PushDriver):
 
     async def _read_parts(self, resp: aiohttp.ClientResponse, splitter: MultipartSplitter, channel: str) -> None:
         loop = asyncio.get_running_loop()
+        online = False  # a link is up once a well-framed part came, not when headers did
         pending: dict[str, Any] | None = None  # an alert waiting for the pictures it announced
         wanted = 0
         deadline = 0.0
@@ -236,6 +236,9 @@ class CameraDriver(PushDriver):
                 if isinstance(item, Rejected):
                     await self.reject(item.error, item.detail)
                     continue
+                if not online:
+                    online = True
+                    await self.ctx.set_online(True, reason="event stream open")
                 if item.content_type.startswith("image/"):
                     if pending is None:
                         self.ctx.counters.inc("camera.orphan_picture")
@@ -294,11 +297,14 @@ class CameraDriver(PushDriver):
         cfg = self.cfg
         key = f"http_plate_reader:{cfg.listen_host}:{cfg.listen_port}"  # the plate readers' listener
         try:
-            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port))
+            listener = await self.ctx.shared(
+                key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
         except OSError as exc:
             raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         self.policy = Policy(auth=cfg.push_auth, max_body_bytes=cfg.max_part_bytes * 2,
-                             rate_per_s=cfg.push_rate_per_s, burst=cfg.push_burst)
+                             rate_per_s=cfg.push_rate_per_s, burst=cfg.push_burst,
+                             allow_sources=tuple(cfg.allow_sources), total_rate_per_s=cfg.push_rate_total_per_s,
+                             total_burst=cfg.push_total_burst, settings=cfg.listener)
         try:
             listener.register(cfg.push_path, self)
         except ValueError as exc:

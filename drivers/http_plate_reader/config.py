@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from drivers.http_plate_reader.listener_config import (
+    Auth,
+    BasicAuth,
+    HmacAuth,
+    ListenerSettings,
+    NoAuth,
+    SourceNetwork,
+    TokenAuth,
+    unauthenticated_network_problem,
+)
 from drivers.http_plate_reader.plates import canonical
 from gateway.driver import DeviceConfig
 
@@ -15,39 +25,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LprNoAuth(_Strict):
-    """No authentication: only for a camera VLAN nobody else can reach."""
-
-    mode: Literal["none"] = "none"
-
-
-class LprTokenAuth(_Strict):
-    """A shared token the camera sends in a header."""
-
-    mode: Literal["token"]
-    header: str = "X-Auth-Token"
-    token: SecretStr = Field(min_length=8)
-
-
-class LprHmacAuth(_Strict):
-    """HMAC-SHA256 over `<timestamp>.<body>`, hex in `header`; the timestamp bounds replays."""
-
-    mode: Literal["hmac"]
-    header: str = "X-Signature"
-    timestamp_header: str = "X-Timestamp"
-    secret: SecretStr = Field(min_length=8)
-    max_skew_s: float = Field(300.0, gt=0)
-
-
-class LprBasicAuth(_Strict):
-    """HTTP Basic auth, the only option many camera firmwares offer."""
-
-    mode: Literal["basic"]
-    username: str = Field(min_length=1)
-    password: SecretStr = Field(min_length=1)
-
-
-Auth = Annotated[LprNoAuth | LprTokenAuth | LprHmacAuth | LprBasicAuth, Field(discriminator="mode")]
+# Authentication and listener limits are generic (shared with other push drivers): see listener_config.
+LprNoAuth = NoAuth
+LprTokenAuth = TokenAuth
+LprHmacAuth = HmacAuth
+LprBasicAuth = BasicAuth
 
 
 class LprVisitorPass(_Strict):
@@ -109,7 +91,11 @@ class HttpPlateReaderConfig(DeviceConfig):
 
     driver: Literal["http_plate_reader"]
     protocol: Literal["zhenshi", "hikvision", "dahua"] = "zhenshi"
-    listen_host: str = Field("0.0.0.0", description="Address of the listener shared by cameras on the same port")
+    listen_host: str = Field(
+        "127.0.0.1",
+        description="Address of the listener shared by cameras on the same port; a non-loopback address needs"
+        " auth, allow_sources or explicit consent",
+    )
     listen_port: int = Field(8088, ge=1, le=65535)
     path: str | None = Field(
         None,
@@ -118,7 +104,15 @@ class HttpPlateReaderConfig(DeviceConfig):
             "/NotificationInfo/TollgateInfo and /NotificationInfo/KeepAlive, under `path` if set (default: /)"
         ),
     )
-    auth: Auth = LprNoAuth()
+    auth: Auth = NoAuth()
+    allow_sources: list[SourceNetwork] = Field(
+        default_factory=list,
+        description="Source addresses (CIDRs) this camera may push from; empty: any. Others get 403",
+    )
+    listener: ListenerSettings = Field(
+        default_factory=ListenerSettings,
+        description="Limits of the shared listener; cameras on the same address and port must agree",
+    )
     serial: str | None = Field(None, description="Expected camera serial number; pushes from others get 403")
     lane: str | None = Field(None, description="Lane name; default: the camera's own channel/lane field")
     direction: Literal["entry", "exit", "unknown"] | None = Field(
@@ -139,6 +133,10 @@ class HttpPlateReaderConfig(DeviceConfig):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     rate_limit_per_s: float = Field(20.0, gt=0, description="Sustained pushes per second per source address")
     rate_burst: int = Field(40, ge=1)
+    rate_limit_total_per_s: float = Field(
+        50.0, gt=0, description="Sustained authenticated pushes per second to this camera's path, all sources"
+    )
+    rate_total_burst: int = Field(100, ge=1)
     heartbeat_interval_s: float = Field(10.0, gt=0, description="Camera keep-alive period")
     dedupe_s: float = Field(10.0, ge=0, description="Same plate, same lane within this window: suppressed")
     min_confidence: float = Field(0.7, ge=0, le=1, description="Reads below this are marked suspect")
@@ -181,6 +179,13 @@ class HttpPlateReaderConfig(DeviceConfig):
             if self.type_table not in tables:
                 known = ", ".join(sorted(tables)) or f"none for {self.protocol}"
                 raise ValueError(f"type_table {self.type_table!r} unknown; tables: {known}")
+        return self
+
+    @model_validator(mode="after")
+    def _no_open_network_listener(self) -> HttpPlateReaderConfig:
+        problem = unauthenticated_network_problem(self.listen_host, self.auth, self.allow_sources)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

@@ -100,7 +100,10 @@ class HttpPlateReader(PushDriver):
         self.maps = vendor_maps()[config.protocol]
         self.scale = config.confidence_scale or self.maps.confidence_scale
         self.rules = GateRules(config.access)
-        self.policy = Policy(config.auth, config.max_body_bytes, config.rate_limit_per_s, config.rate_burst)
+        self.policy = Policy(
+            config.auth, config.max_body_bytes, config.rate_limit_per_s, config.rate_burst,
+            tuple(config.allow_sources), config.rate_limit_total_per_s, config.rate_total_burst, config.listener,
+        )
         self.media: MediaStore | None = None  # the shared, writing store; set by run()
         # URIs come from this camera's own settings, so a replay (no run()) names images identically.
         self._uris = MediaStore(config.media.path, config.media.max_bytes, uri_prefix=config.media.uri_prefix)
@@ -121,7 +124,7 @@ class HttpPlateReader(PushDriver):
         cfg = self.cfg
         key = f"http_plate_reader:{cfg.listen_host}:{cfg.listen_port}"
         try:
-            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port))
+            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
         except OSError as exc:
             raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         try:

@@ -1,4 +1,4 @@
-"""Plate normalization and validation (GA 36 conventions, DOMAIN.md 3d). Pure: no I/O.
+"""Plate normalization and validation (GA 36 conventions; docs/domain.md). Pure: no I/O.
 
 Cameras send plates full-width or half-width, with spaces, dots or middle dots, as UTF-8,
 GBK, base64 of either, or as GBK bytes someone decoded as Latin-1. Everything that follows

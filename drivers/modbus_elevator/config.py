@@ -12,7 +12,7 @@ from gateway.errors import ConfigError
 
 
 class Thresholds(BaseModel):
-    """Windows for alarms the gateway derives from status (DOMAIN.md 1d; per-site tunable)."""
+    """Windows for alarms the gateway derives from status (docs/domain.md, "Elevators"; per-site tunable)."""
 
     model_config = ConfigDict(extra="forbid")
 

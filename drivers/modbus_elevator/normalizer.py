@@ -49,7 +49,7 @@ class ElevatorNormalizer:
     # --- validation -----------------------------------------------------------------------
 
     def _validate(self, values: dict[str, Any], problems: list[str], now: datetime) -> tuple[list[str], list[str]]:
-        """Split into (rejecting reasons, suspect reasons) per DOMAIN.md 1d."""
+        """Split into (rejecting reasons, suspect reasons) (docs/domain.md, "Elevators")."""
         cfg = self.cfg
         rejected = list(problems)
         suspect: list[str] = []

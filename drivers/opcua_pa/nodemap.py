@@ -19,7 +19,7 @@ MAPS_DIR = Path(__file__).parent / "maps"
 PointType = Literal["number", "enum", "bool", "text", "texts"]
 DataType = Literal["Boolean", "Int16", "UInt16", "Int32", "UInt32", "Float", "Double", "String"]
 
-#: Vocabulary each enumerated role must translate into (DOMAIN.md 4b).
+#: Vocabulary each enumerated role must translate into (docs/domain.md, "PA").
 ROLE_VOCAB: dict[str, frozenset[str]] = {
     "zone_state": frozenset({"idle", "background", "paging", "emergency", "fault"}),
     "amp_fault": frozenset({"ok", "overheat", "overload", "channel_failure"}),

@@ -14,20 +14,24 @@ import logging
 import aiohttp
 
 from simulators.camera.model import SimCamera, SimDetection, SimSite
-from simulators.camera.server import hik_alert, hik_code
+from simulators.camera.server import hik_alert, hik_code, part
 
 log = logging.getLogger("courtyard.sim.camera.push")
 
 
-def push_form(cam: SimCamera, det: SimDetection) -> aiohttp.FormData:
-    """The multipart body a camera posts for one detection."""
-    form = aiohttp.FormData()
+FORM_BOUNDARY = "MIME_boundary"
+
+
+def push_form(cam: SimCamera, det: SimDetection) -> tuple[bytes, str]:
+    """The multipart/form-data body (and its Content-Type) a camera posts for one detection."""
     code = hik_code(det)
     ctype = "application/json" if cam.json_alerts else "application/xml"
-    form.add_field(code, hik_alert(cam, det, as_json=cam.json_alerts), content_type=ctype)
+    body = part(ctype, hik_alert(cam, det, as_json=cam.json_alerts), FORM_BOUNDARY,
+                f'Content-Disposition: form-data; name="{code}"\r\n')
     if det.picture:
-        form.add_field(f"{code}Image", det.picture, content_type="image/jpeg", filename=f"{det.seq}.jpg")
-    return form
+        body += part("image/jpeg", det.picture, FORM_BOUNDARY,
+                     f'Content-Disposition: form-data; name="{code}Image"; filename="{det.seq}.jpg"\r\n')
+    return body + f"--{FORM_BOUNDARY}--\r\n".encode(), f"multipart/form-data; boundary={FORM_BOUNDARY}"
 
 
 class Pusher:
@@ -37,7 +41,7 @@ class Pusher:
                  heartbeat_s: float = 5.0, path: str = "/camera/{id}") -> None:
         self.site = site
         self.target = target.rstrip("/")
-        self.auth = aiohttp.BasicAuth(user, password or "") if user else None
+        self.headers = {"Authorization": aiohttp.encode_basic_auth(user, password or "")} if user else {}
         self.heartbeat_s = heartbeat_s
         self.path = path
         self.sent = 0
@@ -45,7 +49,7 @@ class Pusher:
 
     async def run(self) -> None:
         """Push until cancelled."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), auth=self.auth) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), headers=self.headers) as session:
             cams = [c for c in self.site.cameras.values() if c.brand == "hikvision"]
             await asyncio.gather(*(self._camera(session, c) for c in cams))
 
@@ -76,7 +80,8 @@ class Pusher:
                     continue
                 if det is None:
                     return
-                await self._post(session, url, data=push_form(cam, det))
+                body, ctype = push_form(cam, det)
+                await self._post(session, url, data=body, headers={"Content-Type": ctype})
         finally:
             with contextlib.suppress(Exception):
                 cam.unsubscribe(queue)

@@ -210,6 +210,7 @@ class CameraServer:
         self.guard = DigestGuard(site.realm)
         self.handlers: dict[str, Handler] = {}
         self.streams = 0
+        self.cuts = 0  # streams closed mid-part (cut_mid_part)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self.port = 0
@@ -221,9 +222,9 @@ class CameraServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen; returns the bound port."""
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
@@ -297,11 +298,12 @@ class CameraServer:
                 else:
                     if det is None:
                         break
-                n += 1
+                    n += 1  # detections on this stream (faults pick every 3rd)
                 chunks = render(det, n)
                 data = b"".join(chunks).replace(f"--{boundary}\r\n".encode(), f"--{sent_boundary}\r\n".encode())
                 if "cut_mid_part" in cam.faults and det is not None and n % 3 == 0:
                     await resp.write(data[: max(len(data) // 2, 1)])
+                    self.cuts += 1
                     break
                 await self._write(resp, cam, data)
         except (ConnectionResetError, RuntimeError):
