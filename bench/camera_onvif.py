@@ -72,9 +72,9 @@ async def run(count: int, cameras: int, snapshots: bool, pull_timeout_s: float, 
                 for _ in range(count):
                     await asyncio.sleep(random.uniform(0.02, 0.3))
                     cam = random.choice(sorted(site.cameras))
-                    state = "stop" if cam in burning else "start"
+                    stop = cam in burning
                     burning.symmetric_difference_update({cam})
-                    det = site.detect(cam, "fire", state=state, channel=1, picture=False)
+                    det = site.detect(cam, "fire", state="stop" if stop else "start", channel=1, picture=False)
                     got_cam, got_state, t1 = await asyncio.wait_for(arrivals.get(), 15)
                     assert got_cam == cam, (got_cam, cam)
                     out[got_state].append((t1 - det.sent_at) * 1000)
