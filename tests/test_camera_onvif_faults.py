@@ -4,7 +4,8 @@
   once the fault is lifted;
 * a malformed PullMessages answer: one counted `camera.input_rejected`, the subscription goes on;
 * a topic no map knows: `camera.event.unknown` with the raw topic, counted;
-* the camera's clock 7 h off: tokens carry the camera's time, so nothing is refused.
+* the camera's clock 7 h off: tokens carry the camera's time, so nothing is refused;
+* subscriptions the camera ends early (`pullpoint_expiry`): lost, counted, subscribed again.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def _types(col: MqttCollector, cam: str) -> list[str]:
 
 async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
     cams = [SimCamera(name, "onvif", channels=1, password=PASSWORD)
-            for name in ("cam-auth", "cam-silent", "cam-bad", "cam-skew")]
+            for name in ("cam-auth", "cam-silent", "cam-bad", "cam-skew", "cam-expiry")]
     site = SimSite(cams, rate_per_min=0)
     site.cameras["cam-skew"].faults.add("clock_skew")
+    site.cameras["cam-expiry"].faults.add("pullpoint_expiry")  # every subscription dies after 2 s
     server = CameraServer(site)
     port = await server.start()
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto,
@@ -83,6 +85,9 @@ async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> 
         assert services["cam-auth"].stats.auth_failures >= 2 and services["cam-skew"].stats.auth_failures == 0
         assert services["cam-auth"].stats.subscriptions >= 2  # re-subscribed once the credentials worked again
         assert "device.offline" not in _types(col, "cam-skew") and "device.offline" not in _types(col, "cam-bad")
+        # Subscriptions that the camera drops are re-created, each loss counted.
+        assert services["cam-expiry"].stats.subscriptions >= 3
+        assert counts["device.cam-expiry.camera.onvif.subscription_lost"] >= 2
         assert counts["device.cam-bad.camera.onvif.malformed"] >= 1
         assert counts["device.cam-bad.camera.onvif.unknown_topics"] == 1
         assert counts["device.cam-auth.camera.auth_failed"] >= 1

@@ -248,3 +248,23 @@ def test_decoder_is_total_on_any_json(raw: dict[str, Any]) -> None:
     drafts = decoder.feed("onvif", raw, NOW)
     parser_bugs = [d for d in drafts if d.raw_code and "parser_error" in d.raw_code]
     assert not parser_bugs, [d.payload for d in parser_bugs]
+
+
+def test_replaying_the_same_inputs_gives_the_same_events() -> None:
+    inputs = [
+        _raw(note("tns1:VideoSource/SignalLoss", {"State": "true"}), pictures={"0": "cam-1/a.jpg"}),
+        _raw(note("tns1:RuleEngine/LineDetector/Crossed", {"ObjectId": "1"})),
+        _raw(note("tns1:VideoSource/SignalLoss", {"State": "false"})),
+    ]
+
+    def run() -> list[tuple[str, str, str | None, str | None]]:
+        decoder = CameraDecoder(config())
+        out = []
+        for i, raw in enumerate(inputs):
+            for d in decoder.feed("onvif", raw, NOW + timedelta(seconds=i)):
+                out.append((d.type, d.state, d.alarm_id, d.payload.snapshot_uri))  # type: ignore[attr-defined]
+        return out
+
+    first = run()
+    assert first == run() and len(first) == 3
+    assert first[0][3] is not None and first[0][3].endswith("cam-1/a.jpg")
