@@ -122,7 +122,7 @@ async def test_e2e_isapi_arming_and_dahua_attach(tmp_path: Path, mosquitto: Mosq
 async def test_e2e_isapi_push(tmp_path: Path, mosquitto: Mosquitto, influx_v1: InfluxV1) -> None:
     site = SimSite([SimCamera("hik-gate", "hikvision", channels=1, password=PASSWORD)], rate_per_min=0)
     port = free_port()
-    auth = {"mode": "basic", "username": "cam", "password": "push-pass-9"}
+    auth = {"mode": "digest", "username": "cam", "password": "push-pass-9"}
     device = {"id": "hik-gate", "driver": "camera", "protocol": "isapi_push", "listen_host": "127.0.0.1",
               "listen_port": port, "push_auth": auth, "pulse_hold_s": 1.0, "heartbeat_timeout_s": 2,
               "location": {"building": "2", "zone": "north gate"}, "media": {"path": str(tmp_path / "media")}}
@@ -130,7 +130,8 @@ async def test_e2e_isapi_push(tmp_path: Path, mosquitto: Mosquitto, influx_v1: I
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, influx=influx, devices=[device]))
     async with MqttCollector(mosquitto.host, mosquitto.port, "courtyard/test-site/camera/#") as col, Gateway(cfg) as gw:
         wrong = Pusher(site, f"http://127.0.0.1:{port}", user="cam", password="nope", heartbeat_s=0.3)
-        pusher = Pusher(site, f"http://127.0.0.1:{port}", user="cam", password="push-pass-9", heartbeat_s=0.3)
+        pusher = Pusher(site, f"http://127.0.0.1:{port}", user="cam", password="push-pass-9", heartbeat_s=0.3,
+                        digest=True)
         tasks = [asyncio.create_task(wrong.run()), asyncio.create_task(pusher.run())]
         try:
             await _online(col, "hik-gate")
@@ -146,7 +147,7 @@ async def test_e2e_isapi_push(tmp_path: Path, mosquitto: Mosquitto, influx_v1: I
     assert raised.state == "raised" and cleared.state == "cleared" and raised.alarm_id == cleared.alarm_id
     assert raised.payload.rule == "line_crossing" and raised.payload.region == "fence"  # type: ignore[union-attr]
     assert _stored(raised.payload.snapshot_uri) == det.picture  # type: ignore[union-attr]
-    assert wrong.failed > 0 and wrong.sent == 0  # the listener's auth refused the wrong password
+    assert wrong.failed > 0 and wrong.sent == 0  # the listener's Digest refused Basic with a wrong password
     assert len(_of(col, "hik-gate", "camera.intrusion")) == 2  # the refused copy never became an event
     rows = await eventually(lambda: _influx_rows(influx_v1, "hik-gate", 2), 15)
     assert {r["alarm_id"] for r in rows} == {raised.alarm_id}

@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between idle heartbeats")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--push", metavar="URL", help="also POST Hikvision alerts to URL/camera/<id>")
-    parser.add_argument("--push-user", help="Basic auth user for --push")
-    parser.add_argument("--push-password", help="Basic auth password for --push")
+    parser.add_argument("--push-user", help="user for --push (Basic, or Digest with --push-digest)")
+    parser.add_argument("--push-password", help="password for --push")
+    parser.add_argument("--push-digest", action="store_true", help="--push with HTTP Digest instead of Basic")
 
 
 def build_site(args: argparse.Namespace) -> SimSite:
@@ -67,7 +68,8 @@ async def serve(args: argparse.Namespace) -> None:
         from simulators.camera.push import Pusher
 
         tasks.append(asyncio.create_task(Pusher(site, args.push, user=args.push_user,
-                                                password=args.push_password, heartbeat_s=args.heartbeat).run()))
+                                                password=args.push_password, heartbeat_s=args.heartbeat,
+                                                digest=args.push_digest).run()))
     try:
         await asyncio.gather(*tasks)
     finally:

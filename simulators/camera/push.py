@@ -38,19 +38,26 @@ class Pusher:
     """Posts every Hikvision camera's detections to `target/camera/<id>`."""
 
     def __init__(self, site: SimSite, target: str, *, user: str | None = None, password: str | None = None,
-                 heartbeat_s: float = 5.0, path: str = "/camera/{id}") -> None:
+                 heartbeat_s: float = 5.0, path: str = "/camera/{id}", digest: bool = False,
+                 cameras: list[str] | None = None) -> None:
         self.site = site
         self.target = target.rstrip("/")
-        self.headers = {"Authorization": aiohttp.encode_basic_auth(user, password or "")} if user else {}
+        self.digest = aiohttp.DigestAuthMiddleware(user, password or "") if user and digest else None
+        basic = user and not digest
+        self.headers = {"Authorization": aiohttp.encode_basic_auth(user, password or "")} if basic else {}
         self.heartbeat_s = heartbeat_s
         self.path = path
+        self.only = set(cameras) if cameras is not None else None
         self.sent = 0
         self.failed = 0
 
     async def run(self) -> None:
         """Push until cancelled."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), headers=self.headers) as session:
-            cams = [c for c in self.site.cameras.values() if c.brand == "hikvision"]
+        middlewares = (self.digest,) if self.digest is not None else ()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), headers=self.headers,
+                                         middlewares=middlewares) as session:
+            cams = [c for c in self.site.cameras.values()
+                    if c.brand == "hikvision" and (self.only is None or c.id in self.only)]
             await asyncio.gather(*(self._camera(session, c) for c in cams))
 
     async def _post(self, session: aiohttp.ClientSession, url: str, **kw: object) -> None:

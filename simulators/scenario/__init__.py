@@ -6,4 +6,5 @@ ADAPTERS: dict[str, str] = {
     "access_gate": "simulators.scenario.access_gate:AccessGateAdapter",
     "pa": "simulators.scenario.pa:PaAdapter",
     "plate_reader": "simulators.scenario.plate_reader:PlateReaderAdapter",
+    "camera": "simulators.scenario.camera:CameraAdapter",
 }

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from schemas.common import Location  # the envelope's own location block: scenarios place devices the same way
 
-Kind = Literal["elevator", "access_gate", "pa", "plate_reader"]
+Kind = Literal["elevator", "access_gate", "pa", "plate_reader", "camera"]
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
