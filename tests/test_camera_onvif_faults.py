@@ -2,7 +2,8 @@
 
 * auth failure and a silent camera: misses, `device.offline` after `offline_after`, back online
   once the fault is lifted;
-* a malformed PullMessages answer: one counted `camera.input_rejected`, the subscription goes on;
+* a malformed PullMessages answer, or one over the size bound: one counted `camera.input_rejected`
+  each, the subscription goes on;
 * a topic no map knows: `camera.event.unknown` with the raw topic, counted;
 * the camera's clock 7 h off: tokens carry the camera's time, so nothing is refused;
 * subscriptions the camera ends early (`pullpoint_expiry`): lost, counted, subscribed again.
@@ -45,8 +46,9 @@ async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> 
     site.cameras["cam-expiry"].faults.add("pullpoint_expiry")  # every subscription dies after 2 s
     server = CameraServer(site)
     port = await server.start()
-    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto,
-                                   devices=[device(port, tmp_path, c.id) for c in cams]))
+    big_pulls = {"pull_timeout_s": 1, "termination_s": 30, "message_limit": 1024}
+    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, devices=[
+        device(port, tmp_path, c.id, **({"onvif": big_pulls} if c.id == "cam-bad" else {})) for c in cams]))
     services = server.onvif  # type: ignore[attr-defined]
     try:
         async with MqttCollector(mosquitto.host, mosquitto.port, "courtyard/test-site/camera/#") as col, \
@@ -68,6 +70,13 @@ async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> 
             await col.wait_for(lambda c: "camera.event.unknown" in _types(c, "cam-bad")
                                and "camera.smoke_detected" in _types(c, "cam-skew"), 15)
 
+            # An answer over the 1 MiB bound is refused while it is read, not buffered: one rejection.
+            huge = Notification("tns1:VideoSource/SignalLoss", services["cam-bad"].now(), "Changed",
+                                {"Source": "1"}, {"State": "x" * 5000})
+            for _ in range(300):
+                services["cam-bad"].deliver(huge)
+            await col.wait_for(lambda c: _types(c, "cam-bad").count("camera.input_rejected") >= 2, 15)
+
             site.cameras["cam-auth"].faults.discard("auth_failure")
             site.cameras["cam-silent"].faults.discard("silent")
             await col.wait_for(lambda c: _types(c, "cam-auth").count("device.online") >= 2
@@ -76,8 +85,9 @@ async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> 
             counts = gw.counters.snapshot()
 
         events = [e for e in col.events() if e["device"]["id"] == "cam-bad"]
-        rejected = next(e for e in events if e["type"] == "camera.input_rejected")
-        assert rejected["quality"]["status"] == "rejected" and "malformed_soap" in rejected["payload"]["detail"]
+        rejected = [e for e in events if e["type"] == "camera.input_rejected"]
+        assert rejected[0]["quality"]["status"] == "rejected" and "malformed_soap" in rejected[0]["payload"]["detail"]
+        assert "over 1048576 bytes" in rejected[-1]["payload"]["detail"]
         unknown = next(e for e in events if e["type"] == "camera.event.unknown")
         assert unknown["payload"]["code"] == "onvif:tns1:RuleEngine/Acme:Spaceship/Landed"
         # The malformed answer did not cost the subscription: one subscription for the whole run.
