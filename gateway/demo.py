@@ -243,8 +243,9 @@ def _camera_detail(p: dict[str, Any]) -> list[str]:
     redundant = {loc.get("zone"), "other", "garage" if loc.get("garage") else None}
     if p.get("where") and p["where"] not in redundant:
         parts.append(_words(p["where"]))
-    if p.get("channel_name") or p.get("channel"):
-        parts.append(str(p.get("channel_name") or f"channel {p['channel']}"))
+    channel = p.get("channel_name") or (f"channel {p['channel']}" if p.get("channel") else None)
+    if channel and channel != loc.get("zone"):
+        parts.append(str(channel))
     if p.get("region"):
         parts.append(str(p["region"]))
     if "confidence" in p:
