@@ -8,11 +8,15 @@ the gateway stops.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from gateway.config import parse_config
+from gateway.history import query
+from gateway.recorder import JsonlRecorder
+from gateway.replay import recording_header, replay_events
 from gateway.runtime import Gateway
 from schemas.event import Event
 from simulators.camera.model import SimCamera, SimSite
@@ -115,3 +119,38 @@ async def test_e2e_onvif_pullpoint_renew_expiry_unsubscribe(tmp_path: Path, mosq
         assert {r["alarm_id"] for r in rows if r["type"] == "camera.fire_detected"} == {fire[0].alarm_id}
     finally:
         await server.aclose()
+
+
+async def test_onvif_recording_replays_to_the_same_events(tmp_path: Path) -> None:
+    """`--record` keeps each PullMessages answer as parsed data; replay decodes it to the same events."""
+    site = SimSite([SimCamera("onvif-rec", "dahua", channels=4, password=PASSWORD)], rate_per_min=0)
+    server = CameraServer(site)
+    port = await server.start()
+    cfg = parse_config(base_config(tmp_path, devices=[onvif_device(port, tmp_path, "onvif-rec", "dahua")]))
+    rec = tmp_path / "recording.jsonl"
+    recorder = JsonlRecorder(rec, recording_header(cfg, None))
+    services = server.onvif  # type: ignore[attr-defined]
+    try:
+        async with Gateway(cfg, recorder=recorder) as gw:
+            await eventually(lambda: "onvif-rec" in services and services["onvif-rec"].subscriptions, 15)
+            site.detect("onvif-rec", "smoke", state="start", channel=3)
+            site.detect("onvif-rec", "intrusion", state="pulse", channel=2, region="Ramp", rule="line")
+            site.detect("onvif-rec", "smoke", state="stop", channel=3, picture=False)
+            await eventually(lambda: len([r for r in query(tmp_path / "outbox.db")
+                                          if json.loads(r.body)["type"].startswith("camera.")]) >= 3, 15)
+            assert await gw.drain(10)
+        recorder.close()
+    finally:
+        await server.aclose()
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return (e["type"], e["state"], e["alarm_id"], e["time"], e["payload"].get("snapshot_uri"),
+                e["payload"].get("channel"))
+
+    live = [key(json.loads(r.body)) for r in query(tmp_path / "outbox.db")]
+    live = [k for k in live if k[0].startswith("camera.")]
+    again = [key(e.model_dump(mode="json", by_alias=True)) async for e in replay_events(rec)]
+    again = [k for k in again if k[0].startswith("camera.")]
+    assert live == again
+    assert ("camera.smoke_detected", "raised") in {k[:2] for k in live}
+    assert any(k[0] == "camera.intrusion" and k[5] == 2 for k in live)  # Dahua's 0-based source, as channel 2
