@@ -268,3 +268,25 @@ def test_replaying_the_same_inputs_gives_the_same_events() -> None:
     first = run()
     assert first == run() and len(first) == 3
     assert first[0][3] is not None and first[0][3].endswith("cam-1/a.jpg")
+
+
+async def test_an_unknown_family_is_a_named_link_failure_not_a_crash() -> None:
+    from drivers.camera.onvif import run_onvif
+    from gateway.errors import DeviceUnavailable
+
+    class Counted:
+        def __init__(self) -> None:
+            self.counts: dict[str, int] = {}
+
+        def inc(self, name: str, n: int = 1) -> None:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    class Driver:  # run_onvif needs only the config and the counters before any I/O
+        cfg = config("no-such-family")
+
+        class ctx:  # noqa: N801
+            counters = Counted()
+
+    with pytest.raises(DeviceUnavailable, match="no ONVIF topic map 'no-such-family'"):
+        await run_onvif(Driver())  # type: ignore[arg-type]
+    assert Driver.ctx.counters.counts == {"camera.onvif.bad_family": 1}

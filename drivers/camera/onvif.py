@@ -1,6 +1,7 @@
 """ONVIF events over PullPoint: the pure parser (`parse`) and the I/O-only session (`run_onvif`).
 
-`CameraDriver` runs `run_onvif(driver)` for `protocol: onvif`. It talks SOAP (drivers/camera/onvif_soap.py) to the camera:
+`CameraDriver` runs `run_onvif(driver)` for `protocol: onvif`. It talks SOAP
+(drivers/camera/onvif_soap.py) to the camera:
 
 1. `GetSystemDateAndTime` (no auth): the camera's clock, so every UsernameToken's `Created` is
    on the camera's time however far its clock is off (the skew is re-measured on each connect);
@@ -502,6 +503,11 @@ class OnvifSession:
 
 async def run_onvif(driver: CameraDriver) -> None:
     """The `onvif` protocol of the camera driver: one PullPoint session, unsubscribed however it ends."""
+    try:
+        load_family(driver.cfg.onvif.family)
+    except MapError as exc:  # a config problem: say so on every retry, it will not heal by itself
+        driver.ctx.counters.inc("camera.onvif.bad_family")
+        raise DeviceUnavailable(f"ONVIF topic map: {exc}") from exc
     async with driver.client() as http:
         session = OnvifSession(driver, http)
         driver.onvif = session  # type: ignore[attr-defined]  # for tests and benches to look at
