@@ -66,6 +66,25 @@ async def test_zeep_client_subscribes_pulls_renews_and_unsubscribes(sim: tuple[S
         await cam.close()
 
 
+async def test_home_assistant_style_pullpoint_manager(sim: tuple[SimSite, CameraServer, int]) -> None:
+    """The library's PullPointManager, what Home Assistant's ONVIF integration runs."""
+    site, server, port = sim
+    lost: list[bool] = []
+    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=True)
+    try:
+        await cam.update_xaddrs()
+        manager = await cam.create_pullpoint_manager(dt.timedelta(seconds=60), lambda: lost.append(True))
+        await manager.set_synchronization_point()
+        site.detect("onvif-1", "tamper", state="start")
+        got = await manager.get_service().PullMessages({"Timeout": dt.timedelta(seconds=2), "MessageLimit": 5})
+        assert got.NotificationMessage[0].Topic._value_1 == "tns1:VideoSource/GlobalSceneChange/ImagingService"
+        await manager.shutdown()  # unsubscribes
+        svc = server.onvif["onvif-1"]  # type: ignore[attr-defined]
+        assert svc.stats.unsubscribes == 1 and not svc.subscriptions and not lost
+    finally:
+        await cam.close()
+
+
 async def test_zeep_without_skew_correction_is_refused(sim: tuple[SimSite, CameraServer, int]) -> None:
     site, server, port = sim
     site.cameras["onvif-1"].faults.add("clock_skew")

@@ -8,7 +8,7 @@ Per camera, under its path prefix (`/<camera>` on the one-port server):
     POST {prefix}/onvif/device_service        GetSystemDateAndTime (no auth), GetCapabilities, GetServices
     POST {prefix}/onvif/media_service         GetProfiles, GetSnapshotUri
     POST {prefix}/onvif/event_service         CreatePullPointSubscription
-    POST {prefix}/onvif/subscription/<n>      PullMessages, Renew, Unsubscribe
+    POST {prefix}/onvif/subscription/<n>      PullMessages, Renew, Unsubscribe, SetSynchronizationPoint
     GET  {prefix}/onvif/snapshot.jpg          the current picture
 
 Every operation but GetSystemDateAndTime needs a WS-UsernameToken with a PasswordDigest whose
@@ -528,6 +528,9 @@ class OnvifCamera:
                 f"<wsnt:CurrentTime>{_iso(self.now())}</wsnt:CurrentTime></wsnt:RenewResponse>",
                 "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager/RenewResponse",
             )
+        if name == "SetSynchronizationPoint":  # nothing is latched here: no states to re-send
+            return ("<tev:SetSynchronizationPointResponse/>",
+                    "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription/SetSynchronizationPointResponse")
         if name == "Unsubscribe":
             self._drop(sub)
             self.stats.unsubscribes += 1
