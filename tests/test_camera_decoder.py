@@ -101,12 +101,20 @@ def test_bad_input_is_a_counted_rejected_event() -> None:
     assert odd.quality.reasons == ("unknown_channel",)
 
 
-def test_forget_reraises_and_replay_gives_the_same_ids() -> None:
+def test_forget_reports_open_alarms_again_with_their_ids() -> None:
     dec = CameraDecoder(_cfg())
-    [first] = dec.feed("dahua", _dahua("fire", "start"), T0)
-    dec.forget()  # the commit of that raise failed
-    [again] = dec.feed("dahua", _dahua("fire", "start"), T0 + timedelta(seconds=1))
-    assert again.state == "raised"
+    [fire] = dec.feed("dahua", _dahua("fire", "start"), T0)  # committed
+    [bike] = dec.feed("dahua", _dahua("ebike", "pulse", channel=2), T0)
+    dec.forget()  # the commit of the e-bike raise failed
+    [again] = dec.feed("dahua", _dahua("ebike", "pulse", channel=2), T0 + timedelta(seconds=1))
+    assert (again.state, again.alarm_id) == ("raised", bike.alarm_id)  # re-sent, same id
+    assert dec.feed("dahua", _dahua("ebike", "pulse", channel=2), T0 + timedelta(seconds=2)) == []
+    [cleared] = dec.feed("dahua", _dahua("fire", "stop"), T0 + timedelta(seconds=3))
+    assert (cleared.state, cleared.alarm_id) == ("cleared", fire.alarm_id)  # not left open for ever
+
+
+def test_replay_gives_the_same_ids() -> None:
+    first = CameraDecoder(_cfg()).feed("dahua", _dahua("fire", "start"), T0)[0]
     inputs = [("dahua", _dahua("fire", "start"), T0), ("isapi", _hik("ebike", channel=2), T0),
               ("tick", {}, T0 + timedelta(seconds=11)), ("dahua", _dahua("fire", "stop"), T0 + timedelta(seconds=12))]
     runs = []

@@ -120,7 +120,9 @@ async def test_e2e_isapi_arming_and_dahua_attach(tmp_path: Path, mosquitto: Mosq
 
 
 async def test_e2e_isapi_push(tmp_path: Path, mosquitto: Mosquitto, influx_v1: InfluxV1) -> None:
-    site = SimSite([SimCamera("hik-gate", "hikvision", channels=1, password=PASSWORD)], rate_per_min=0)
+    # JSON alerts this time (HTTP listening firmwares post either form)
+    site = SimSite([SimCamera("hik-gate", "hikvision", channels=1, password=PASSWORD, json_alerts=True)],
+                   rate_per_min=0)
     port = free_port()
     auth = {"mode": "digest", "username": "cam", "password": "push-pass-9"}
     device = {"id": "hik-gate", "driver": "camera", "protocol": "isapi_push", "listen_host": "127.0.0.1",

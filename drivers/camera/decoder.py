@@ -100,7 +100,7 @@ class CameraDecoder:
             return []
 
     def forget(self) -> None:
-        """A commit failed: open alarms are dropped, so the next signal of each raises again."""
+        """A commit failed: open alarms are reported again by their next signal (same alarm ids)."""
         self.book.forget()
 
     def next_expiry(self) -> datetime | None:

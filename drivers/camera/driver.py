@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from typing import Any
 
@@ -28,7 +29,7 @@ from drivers.camera.events import EVENT_KINDS, CameraInputError
 from drivers.camera.multipart import MultipartSplitter, Part, Rejected, boundary_of
 from drivers.http_plate_reader.listener import Policy, PushReply, PushRequest, error_body, open_listener
 from gateway.driver import DeviceContext, EventDraft, PushDriver
-from gateway.errors import DeviceUnavailable
+from gateway.errors import DeviceUnavailable, OutboxFull
 from gateway.media import MediaStore, image_name
 
 ALERT_STREAM = "/ISAPI/Event/notification/alertStream"
@@ -39,6 +40,8 @@ SNAPSHOT_PATHS = {
     "onvif": None,
     "isapi_push": None,
 }
+#: Pictures kept per alert (cameras send one to three: scene, target close-up, plate).
+MAX_PICTURES = 4
 #: How long an alert that announced pictures waits for them before it is ingested without.
 PICTURE_WAIT_S = 1.0
 _PICTURES = re.compile(rb"detectionPicturesNumber\"?\s*[>:]\s*\"?(\d{1,2})")
@@ -243,7 +246,11 @@ class CameraDriver(PushDriver):
                     if pending is None:
                         self.ctx.counters.inc("camera.orphan_picture")
                         continue
-                    name = await self.store_picture(item.body)
+                    if len(pending["pictures"]) >= MAX_PICTURES:
+                        self.ctx.counters.inc("camera.pictures_dropped")
+                        name = None
+                    else:
+                        name = await self.store_picture(item.body)
                     if name is not None:
                         pending["pictures"].append(name)
                     wanted -= 1
@@ -372,11 +379,21 @@ class CameraDriver(PushDriver):
             return PushReply(400, error_body("no_alert", "no alert part"))
         raw = self._raw(alert)
         assert raw is not None
-        for data in pictures[:4]:
+        if len(pictures) > MAX_PICTURES:
+            self.ctx.counters.inc("camera.pictures_dropped", len(pictures) - MAX_PICTURES)
+        for data in pictures[:MAX_PICTURES]:
             name = await self.store_picture(data)
             if name is not None:
                 raw["pictures"].append(name)
-        drafts = await self.ingest("isapi_push", raw)
+        try:
+            drafts = await self.ingest("isapi_push", raw)
+        except OutboxFull as exc:  # nothing committed: the camera posts it again later
+            self.ctx.counters.inc("camera.outbox_full")
+            return PushReply(503, error_body("outbox_full", str(exc)),
+                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        except Exception as exc:
+            self.ctx.log.error("alert not committed: %s", exc)
+            return PushReply(503, error_body("not_committed", f"{type(exc).__name__}: alert not committed"))
         if any(d.quality.status == "rejected" for d in drafts):
             return PushReply(400, error_body("rejected", "alert not understood"))
         return PushReply(200, b'{"statusCode": 1, "statusString": "OK"}')

@@ -147,6 +147,7 @@ class _Open:
     last: datetime
     pulse: bool
     signal: Signal
+    confirmed: bool = True  # False after a failed commit: the raise may not have reached the outbox
 
 
 @dataclass
@@ -186,8 +187,14 @@ class SignalBook:
         return min(due) if due else None
 
     def forget(self) -> None:
-        """A commit failed: drop open alarms, so the next signal of each raises again."""
-        self._open.clear()
+        """A commit failed: every open alarm becomes unconfirmed, and its next signal reports it again.
+
+        Still active, the raise is sent again with the same id (consumers treat a repeated raise
+        as one); gone, the clear is sent. Dropping the alarms instead would leave one whose raise
+        was committed earlier open for ever on the platform.
+        """
+        for alarm in self._open.values():
+            alarm.confirmed = False
 
     def expire(self, now: datetime) -> list[EventDraft]:
         """Clear every pulse-held alarm whose hold ran out by `now`."""
@@ -225,6 +232,9 @@ class SignalBook:
         if current is not None:
             current.last = now
             current.pulse = current.pulse and pulse
+            if not current.confirmed:
+                current.confirmed = True
+                drafts.append(self._draft(current.signal, "raised", current.alarm_id, now))
             return drafts
         alarm_id = uuid7_from(now, self.ctx.device, key)  # a replay of the same input gives the same id
         self._open[key] = _Open(alarm_id, now, now, pulse, signal)

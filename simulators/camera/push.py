@@ -43,8 +43,8 @@ class Pusher:
         self.site = site
         self.target = target.rstrip("/")
         self.digest = aiohttp.DigestAuthMiddleware(user, password or "") if user and digest else None
-        basic = user and not digest
-        self.headers = {"Authorization": aiohttp.encode_basic_auth(user, password or "")} if basic else {}
+        basic = user is not None and not digest
+        self.headers = {"Authorization": aiohttp.encode_basic_auth(user or "", password or "")} if basic else {}
         self.heartbeat_s = heartbeat_s
         self.path = path
         self.only = set(cameras) if cameras is not None else None
