@@ -6,7 +6,8 @@
   each, the subscription goes on;
 * a topic no map knows: `camera.event.unknown` with the raw topic, counted;
 * the camera's clock 7 h off: tokens carry the camera's time, so nothing is refused;
-* subscriptions the camera ends early (`pullpoint_expiry`): lost, counted, subscribed again.
+* subscriptions the camera ends early (`pullpoint_expiry`): lost, counted, subscribed again;
+* a refused Renew: reconnect, unsubscribing the old subscription rather than leaking it.
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ def _types(col: MqttCollector, cam: str) -> list[str]:
 
 async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
     cams = [SimCamera(name, "onvif", channels=1, password=PASSWORD)
-            for name in ("cam-auth", "cam-silent", "cam-bad", "cam-skew", "cam-expiry")]
+            for name in ("cam-auth", "cam-silent", "cam-bad", "cam-skew", "cam-expiry", "cam-renew")]
     site = SimSite(cams, rate_per_min=0)
     site.cameras["cam-skew"].faults.add("clock_skew")
     site.cameras["cam-expiry"].faults.add("pullpoint_expiry")  # every subscription dies after 2 s
+    site.cameras["cam-renew"].faults.add("renew_refused")  # Renew faults; the subscription itself lives on
     server = CameraServer(site)
     port = await server.start()
-    big_pulls = {"pull_timeout_s": 1, "termination_s": 30, "message_limit": 1024}
+    special = {"cam-bad": {"onvif": {"pull_timeout_s": 1, "termination_s": 30, "message_limit": 1024}},
+               "cam-renew": {"onvif": {"pull_timeout_s": 1, "termination_s": 3}}}
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, devices=[
-        device(port, tmp_path, c.id, **({"onvif": big_pulls} if c.id == "cam-bad" else {})) for c in cams]))
+        device(port, tmp_path, c.id, **special.get(c.id, {})) for c in cams]))
     services = server.onvif  # type: ignore[attr-defined]
     try:
         async with MqttCollector(mosquitto.host, mosquitto.port, "courtyard/test-site/camera/#") as col, \
@@ -95,6 +98,10 @@ async def test_onvif_faults_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> 
         assert services["cam-auth"].stats.auth_failures >= 2 and services["cam-skew"].stats.auth_failures == 0
         assert services["cam-auth"].stats.subscriptions >= 2  # re-subscribed once the credentials worked again
         assert "device.offline" not in _types(col, "cam-skew") and "device.offline" not in _types(col, "cam-bad")
+        # A refused Renew: reconnect, and the old subscription, still alive on the camera, is unsubscribed.
+        renew = services["cam-renew"].stats
+        assert counts["device.cam-renew.camera.onvif.renew_failed"] >= 1
+        assert renew.subscriptions >= 2 and renew.unsubscribes >= renew.subscriptions - 1
         # Subscriptions that the camera drops are re-created, each loss counted.
         assert services["cam-expiry"].stats.subscriptions >= 3
         assert counts["device.cam-expiry.camera.onvif.subscription_lost"] >= 2

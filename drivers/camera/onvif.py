@@ -477,19 +477,24 @@ class OnvifSession:
             raise DeviceUnavailable(f"ONVIF setup failed: {exc}") from exc
         await self.ctx.set_online(True, reason="PullPoint subscription open")
         while True:
+            step = "pull"
             try:
                 if time.monotonic() >= self._renew_at:
+                    step = "renew"
                     await self.renew()
+                    step = "pull"
                 answer = await self.pull()
             except soap.SoapFault as exc:
+                self.ctx.counters.inc(f"camera.onvif.{step}_failed")
                 if exc.unknown_subscription:
                     self.ctx.counters.inc("camera.onvif.subscription_lost")
                     self.subscription = None  # gone on the camera: nothing to unsubscribe
                 if exc.auth:
                     self.ctx.counters.inc("camera.auth_failed")
-                raise DeviceUnavailable(f"ONVIF: {exc}") from exc
+                raise DeviceUnavailable(f"ONVIF {step}: {exc}") from exc
             except (soap.SoapError, SoapCallError) as exc:
-                raise DeviceUnavailable(f"ONVIF pull/renew failed: {exc}") from exc
+                self.ctx.counters.inc(f"camera.onvif.{step}_failed")
+                raise DeviceUnavailable(f"ONVIF {step} failed: {exc}") from exc
             if answer is None or not answer["messages"]:
                 continue
             messages = answer["messages"]

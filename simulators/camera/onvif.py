@@ -16,10 +16,11 @@ Every operation but GetSystemDateAndTime needs a WS-UsernameToken with a Passwor
 real time) and whose nonce was not seen before. A subscription lives until its termination
 time (camera clock); PullMessages on an expired one answers `ResourceUnknownFault`.
 
-Faults (set with `OnvifCamera.faults`): `expire` (every subscription ends now),
-`auth_failure` (every token refused), `malformed_xml` (the next PullMessages answer is
-broken XML), `silent` (requests hang until the client gives up), `clock_skew` is the
-`clock_skew_s` setting.
+Faults (the camera model's fault set): `auth_failure` (every token refused), `clock_skew`
+(the camera's clock 7 h off), `pullpoint_expiry` (subscriptions end 2 s after creation),
+`malformed_xml` (every third PullMessages answer is cut short), `silent` (requests hang until
+the client gives up), and, for tests only, `renew_refused` (Renew answers a fault while the
+subscription lives on). `OnvifCamera.expire_all()` ends every subscription at once.
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ XMLNS = (
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_QUEUE = 1000
 MAX_PULL_TIMEOUT_S = 60.0
-FAULTS = ("expire", "auth_failure", "malformed_xml", "silent")
+#: Faults this module honours beyond the model's list (tests set them on the camera's fault set).
+EXTRA_FAULTS = ("renew_refused",)
 
 #: detection -> (topic, data item, source items) per camera family, as those families publish them.
-#: `{on}`/`{off}` in a data item are filled with the family's boolean words.
 TOPICS: dict[str, dict[str, tuple[str, str, dict[str, str]]]] = {
     "generic": {
         "intrusion": ("tns1:RuleEngine/FieldDetector/ObjectsInside", "IsInside",
@@ -520,6 +521,8 @@ class OnvifCamera:
         if name == "PullMessages":
             return await self._pull(sub, op)
         if name == "Renew":
+            if "renew_refused" in self.faults:
+                raise SoapFaultReply(400, "Receiver", "wsnt:UnacceptableTerminationTimeFault", "renew refused")
             sub.termination = self._termination(op.findtext(f"{{{WSNT}}}TerminationTime"), 60.0)
             sub.renewals += 1
             self.stats.renewals += 1
