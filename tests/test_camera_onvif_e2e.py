@@ -18,6 +18,7 @@ from gateway.history import query
 from gateway.recorder import JsonlRecorder
 from gateway.replay import recording_header, replay_events
 from gateway.runtime import Gateway
+from schemas.camera import CameraPayload
 from schemas.event import Event
 from simulators.camera.model import SimCamera, SimSite
 from simulators.camera.server import CameraServer
@@ -101,16 +102,18 @@ async def test_e2e_onvif_pullpoint_renew_expiry_unsubscribe(tmp_path: Path, mosq
         raised, cleared = intrusion[0], intrusion[1]
         assert (raised.state, cleared.state) == ("raised", "cleared") and raised.alarm_id == cleared.alarm_id
         p = raised.payload
-        assert p.protocol == "onvif" and p.channel == 2 and p.region == "Door"  # type: ignore[union-attr]
-        assert p.rule == "intrusion" and p.channel_name == "lift lobby"  # type: ignore[union-attr]
-        assert p.location.zone == "lift lobby" and p.location.building == "2"  # type: ignore[union-attr]
+        assert isinstance(p, CameraPayload)
+        assert p.protocol == "onvif" and p.channel == 2 and p.region == "Door"
+        assert p.rule == "intrusion" and p.channel_name == "lift lobby"
+        assert p.location is not None and p.location.zone == "lift lobby" and p.location.building == "2"
         assert raised.raw_code == "onvif:tns1:RuleEngine/FieldDetector/ObjectsInside"
-        assert _stored(p.snapshot_uri)[:2] == b"\xff\xd8"  # GetSnapshotUri, fetched with Digest  # type: ignore[union-attr]
+        assert _stored(p.snapshot_uri)[:2] == b"\xff\xd8"  # GetSnapshotUri, fetched with Digest
 
         fire = _of(col, "hik-garage", "camera.fire_detected")
         assert [e.state for e in fire] == ["raised", "cleared"] and fire[0].severity == "critical"
         fp = fire[0].payload
-        assert fp.confidence == 0.91 and fire[0].raw_code == "onvif:tns1:RuleEngine/tnshik:FireDetection/FireDetection"  # type: ignore[union-attr]
+        assert isinstance(fp, CameraPayload)
+        assert fp.confidence == 0.91 and fire[0].raw_code == "onvif:tns1:RuleEngine/tnshik:FireDetection/FireDetection"
         # 7 h of clock skew: the token was accepted (events came) and the event time is corrected.
         assert fire[0].time is not None and abs((fire[0].time - fire[0].received).total_seconds()) < 60
         assert fire[0].quality.status == "valid"
