@@ -298,3 +298,21 @@ def test_live_view_fits_the_terminal(width: int, height: int) -> None:
         assert "lift-23" in text and "more" not in text.split("Active alarms")[0]
     else:
         assert "more" in text, "a short terminal says devices were left out"
+
+
+def test_demo_with_its_own_broker_exits_without_asyncio_complaints_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM to the whole process group (systemd, `timeout`, a terminal's Ctrl-C does the same with
+    SIGINT): the private broker dies while the gateway shuts down; nothing may be left unretrieved."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MQTT_HOST", "MQTT_PORT")}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--headless", "--data", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        time.sleep(10)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped cleanly" in out
+    assert "never retrieved" not in err and "Traceback" not in err, err[-2000:]

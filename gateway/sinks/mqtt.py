@@ -146,6 +146,7 @@ class MqttSink(Sink):
             try:
                 client = self._make_client()
                 client.pending_calls_threshold = 100_000  # we bound in-flight ourselves (one batch)
+                _retrieve_disconnect(client)
                 async with client:
                     self._client = client
                     await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
@@ -350,3 +351,16 @@ def state_part(payload: Mapping[str, Any]) -> str:
         if value is not None:
             return f"{name}/{value}"
     return "device"
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect outcome as seen, whenever it arrives.
+
+    aiomqtt sets an exception on its private `_disconnected` future when the broker drops the
+    link; if that happens after our `async with` has ended (a broker stopped during shutdown),
+    nobody awaits it and asyncio logs "Future exception was never retrieved". The sink already
+    handles the lost link through the exceptions its own calls raise.
+    """
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future):
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
