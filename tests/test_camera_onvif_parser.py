@@ -290,3 +290,15 @@ async def test_an_unknown_family_is_a_named_link_failure_not_a_crash() -> None:
     with pytest.raises(DeviceUnavailable, match="no ONVIF topic map 'no-such-family'"):
         await run_onvif(Driver())  # type: ignore[arg-type]
     assert Driver.ctx.counters.counts == {"camera.onvif.bad_family": 1}
+
+
+def test_initialized_state_after_a_reconnect_reconciles_open_alarms() -> None:
+    decoder = CameraDecoder(config())
+    topic = "tns1:VideoSource/SignalLoss"
+    raised = decoder.feed("onvif", _raw(note(topic, {"State": "true"})), NOW)
+    # reconnect: the new subscription starts with the current state of every property
+    still = decoder.feed("onvif", _raw(note(topic, {"State": "true"}, op="Initialized")), NOW + timedelta(seconds=30))
+    ended = decoder.feed("onvif", _raw(note(topic, {"State": "false"}, op="Initialized")), NOW + timedelta(seconds=60))
+    quiet = decoder.feed("onvif", _raw(note(topic, {"State": "false"}, op="Initialized")), NOW + timedelta(seconds=90))
+    assert [d.state for d in raised] == ["raised"] and still == [] and quiet == []
+    assert [(d.state, d.alarm_id) for d in ended] == [("cleared", raised[0].alarm_id)]
