@@ -37,7 +37,8 @@ def _load(path: str) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate a config file; print every problem with file, line and path."""
+    """Validate a config file; print every problem with file, line and path, and name unusable plugins."""
+    from gateway import registry
     from gateway.config import check_config
 
     try:
@@ -46,6 +47,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _print_problems(exc)
     for problem in report.warnings:
         print(f"warning: {problem}", file=sys.stderr)
+    used = {d.driver for d in report.config.devices}
+    for name, why in registry.problems().items():
+        if name not in used:  # used ones are errors in `report`, at their device's line
+            print(f"warning: driver plugin {name} is unusable: {why}", file=sys.stderr)
     if report.errors:
         return _print_problems(ConfigError(report.errors))
     cfg = report.config
@@ -123,6 +128,10 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    from gateway.registry import problems
+
+    for name, why in problems().items():
+        print(f"unusable driver {name}: {why}", file=sys.stderr)
     return 0
 
 

@@ -123,7 +123,7 @@ def config_model() -> type[GatewayConfigBase]:
     """The full config model: base settings plus `devices`, one union branch per registered driver."""
     from gateway import registry
 
-    models = [spec.config for spec in registry.drivers().values()]
+    models = [registry.device_config_model(name) for name in registry.drivers()]
     device_type: Any = (
         models[0] if len(models) == 1 else Annotated[Union[tuple(models)], Field(discriminator="driver")]  # noqa: UP007
     )

@@ -6,9 +6,11 @@ every secret replaced by `<redacted>` except the ones a decoder needs to reprodu
 events (`REPLAY_SECRETS`: the access gate's `credential_key`, which keys credential
 hashes). Sink settings (MQTT, InfluxDB, outbox) are left out. Then one line per raw input:
 `{"t": <receipt time>, "device": <id>, "channel": <name>, "data": <raw>}`.
-Polling drivers get `decode(data, t)`; push drivers `replay(channel, data, t)`; the
-`link` channel re-creates connectivity events. Events come out as they were published,
-except `id` and `received`.
+Each line goes through the same path as live input, `DeviceRuntime.ingest`, with the
+recording's clock: the device's decoder (`DriverSpec.decoder`; no transport is built when
+the spec names one) is fed `(channel, data, t)`, and the runtime's own `link` channel
+re-creates connectivity events. Events come out as they were published, except `id` and
+`received`.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from gateway import registry
 from gateway.config import GatewayConfigBase, parse_config
-from gateway.driver import DeviceConfig, EventDraft, PollingDriver, PushDriver
 from gateway.errors import ConfigError
 from gateway.metrics import Counters
-from gateway.runtime import LINK_CHANNEL, EventFactory, connectivity_draft, device_ref
+from gateway.runtime import DeviceRuntime, EventFactory, device_ref
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
@@ -68,39 +69,25 @@ def recording_header(config: GatewayConfigBase, scenario: str | None) -> dict[st
     return {"courtyard_recording": RECORDING_VERSION, "scenario": scenario, "config": redact(dump)}
 
 
-class ReplayContext:
-    """A DeviceContext whose clock is the recording's."""
+class _Clock:
+    """The recording's clock: the receipt time of the line being replayed."""
 
-    def __init__(self, config: DeviceConfig, counters: Counters) -> None:
-        self.config = config
-        self.counters = counters
-        self.log = logging.getLogger(f"courtyard.replay.{config.id}")
-        self.recording = False
+    def __init__(self) -> None:
         self.t: datetime | None = None
-        self.pending: list[EventDraft] = []
 
-    def now(self) -> datetime:
+    def __call__(self) -> datetime:
         assert self.t is not None, "replay clock not set"
         return self.t
 
-    async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
-        self.pending.extend(drafts)
 
-    async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
-        """Link state during replay comes from the `link` channel, not from the driver."""
-
-    def record(self, channel: str, data: Any) -> None:
-        """Nothing is recorded during a replay."""
-
-    async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        raise RuntimeError("shared resources are not available during replay")
+async def _no_shared(key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+    raise RuntimeError("shared resources are not available during replay")
 
 
 @dataclass
 class _Device:
-    ctx: ReplayContext
-    driver: PollingDriver | PushDriver
-    factory: EventFactory
+    runtime: DeviceRuntime
+    out: list[Event]
 
 
 def read_recording(fh: IO[str]) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
@@ -136,13 +123,21 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
             config = parse_config(header["config"], source=f"{path} (header)")
         except (KeyError, ConfigError) as exc:
             raise ValueError(f"{path}: the header's configuration is unusable: {exc}") from None
+        clock = _Clock()
         devices: dict[str, _Device] = {}
         for dev in config.devices:
             spec = registry.get(dev.driver)
-            ctx = ReplayContext(dev, counters.child(f"device.{dev.id}."))
             factory = EventFactory(site=config.site, gateway=config.gateway_id, device=device_ref(dev, spec.kind),
                                    simulated=dev.simulated, scenario=header.get("scenario"))
-            devices[dev.id] = _Device(ctx, spec.build(dev, ctx), factory)
+            out: list[Event] = []
+
+            async def collect(events: Sequence[Event], out: list[Event] = out, **_: Any) -> None:
+                out.extend(events)
+
+            runtime = DeviceRuntime(dev, factory, collect, counters=counters.child(f"device.{dev.id}."),
+                                    shared=_no_shared, clock=clock)
+            runtime.bind(spec.build_decoder(dev, runtime))
+            devices[dev.id] = _Device(runtime, out)
         last: datetime | None = None
         for rec in lines:
             if not isinstance(rec, dict):
@@ -163,32 +158,8 @@ async def replay_events(path: Path, *, speed: float = 0.0, counters: Counters | 
             if speed > 0 and last is not None and t > last:
                 await asyncio.sleep((t - last).total_seconds() / speed)
             last = t
-            for event in _decode(dev_entry, str(rec.get("channel")), rec.get("data"), t, counters):
+            clock.t = t
+            await dev_entry.runtime.ingest(str(rec.get("channel")), rec.get("data"))
+            for event in dev_entry.out:
                 yield event
-
-
-def _decode(dev: _Device, channel: str, data: Any, t: datetime, counters: Counters) -> list[Event]:
-    ctx, driver = dev.ctx, dev.driver
-    ctx.t = t
-    drafts: list[EventDraft] = []
-    try:
-        if channel == LINK_CHANNEL:
-            drafts = [connectivity_draft(bool(data["online"]), reason=data.get("reason"),
-                                         misses=int(data.get("misses", 0)), alarm_id=data.get("alarm_id"))]
-        elif isinstance(driver, PollingDriver):
-            drafts = driver.decode(data, t)
-        else:
-            drafts = driver.replay(channel, data, t)
-    except Exception:  # a recording is untrusted input: count, log, go on
-        counters.inc("replay.decoder_errors")
-        log.exception("replay: %s/%s could not be decoded", ctx.config.id, channel)
-    drafts = ctx.pending + list(drafts)
-    ctx.pending = []
-    out = []
-    for d in drafts:
-        try:
-            out.append(dev.factory.build(d, t))
-        except ValidationError as exc:
-            counters.inc("replay.invalid_drafts")
-            log.error("replay: invalid %s event: %s", d.type, exc)
-    return out
+            dev_entry.out.clear()

@@ -14,20 +14,22 @@ from pydantic import ValidationError
 
 from gateway import registry
 from gateway.alarms import RestartConfirmation, restart_clear
+from gateway.backoff import backoff_delays
 from gateway.config import GatewayConfigBase
-from gateway.driver import DeviceConfig, EventDraft, PollingDriver, Recorder
+from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested, Recorder
 from gateway.errors import OutboxError, OutboxFull
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
 from gateway.sinks.base import Sink
-from gateway.supervisor import backoff_delays, supervise
+from gateway.supervisor import supervise
 from schemas.common import ConnectivityPayload, DeviceRef
 from schemas.event import Event
 
 log = logging.getLogger(__name__)
 
 LINK_CHANNEL = "link"
+POLL_CHANNEL = "poll"
 
 Clock = Callable[[], datetime]
 
@@ -46,10 +48,11 @@ class EventFactory:
         self.device = device
         self.simulated = simulated
         self.scenario = scenario
+        self.model = registry.event_model()  # the envelope for every registered kind and payload
 
     def build(self, draft: EventDraft, received: datetime) -> Event:
         """One full event; raises ValidationError when the driver produced something invalid."""
-        return Event.model_validate({
+        return self.model.model_validate({
             "id": uuid7(),
             "time": draft.time or received,
             "received": received,
@@ -94,16 +97,21 @@ def stopped_draft() -> EventDraft:
                       payload=ConnectivityPayload(online=False, misses=0, reason=STOPPED_REASON))
 
 
-def device_ref(config: DeviceConfig, kind: Any) -> DeviceRef:
+def device_ref(config: DeviceConfig, kind: str) -> DeviceRef:
     """The envelope's device block for a configured device."""
-    return DeviceRef(
+    return registry.device_ref_model()(
         id=config.id, kind=kind, driver=config.driver, vendor=config.vendor, model=config.model,
         location=config.location,
     )
 
 
 class DeviceRuntime:
-    """The `DeviceContext` given to one driver instance."""
+    """The `DeviceContext` given to one driver: everything that happens after a raw input.
+
+    `ingest` is the one path of every input, live or replayed: record it, decode it at its
+    receipt time, stamp the drafts, commit them, and make the decoder forget when the commit
+    fails. Replays use the same class with the recording's clock and a collecting sink.
+    """
 
     def __init__(
         self,
@@ -124,7 +132,7 @@ class DeviceRuntime:
         self._recorder = recorder
         self.recording = recorder is not None
         self._clock = clock
-        self._input_time: datetime | None = None
+        self.decoder: Decoder | None = None
         self.log = logging.getLogger(f"courtyard.device.{config.id}")
         self.online: bool | None = None
         self._offline_alarm: str | None = None
@@ -136,17 +144,68 @@ class DeviceRuntime:
     # DeviceContext -----------------------------------------------------------------------
 
     def now(self) -> datetime:
-        """Gateway time; while an input is being decoded, the time that input was received."""
-        return self._input_time or self._clock()
+        """Gateway time (the recording's during a replay)."""
+        return self._clock()
 
-    async def emit(
-        self, drafts: Sequence[EventDraft], *, received: datetime | None = None, wait_s: float | None = None
-    ) -> None:
-        """Stamp drafts and commit them; invalid drafts (driver bugs) are counted, logged and skipped.
+    def bind(self, decoder: Decoder) -> None:
+        """The decoder `ingest` feeds."""
+        self.decoder = decoder
 
-        `wait_s` bounds the wait for room under `overflow: block` (then `OutboxFull`).
+    async def ingest(self, channel: str, raw: Any, *, before_commit: BeforeCommit | None = None,
+                     wait_s: float | None = None) -> Ingested:
+        """Record, decode at receipt time, stamp, commit; on a failed commit the decoder forgets.
+
+        A decoder crash is a bug: counted and logged, the input decodes to nothing. What the
+        commit (or `before_commit`) raises is raised again, after `forget()`; except
+        `OutboxFull` (only lane-1 events, never alarms, wait `wait_s` for room and are refused
+        under `overflow: block`): alarm derivation is intact and goes on, so nothing is forgotten.
         """
-        received = received or self.now()
+        (done,) = await self.ingest_many([(channel, raw)], before_commit=before_commit, wait_s=wait_s)
+        return done
+
+    async def ingest_many(self, inputs: Sequence[tuple[str, Any]], *, before_commit: BeforeCommit | None = None,
+                          wait_s: float | None = None) -> list[Ingested]:
+        """`ingest` for a burst: each input recorded and decoded at its own receipt time, one commit."""
+        done: list[Ingested] = []
+        events: list[Event] = []
+        for channel, raw in inputs:
+            now = self._clock()
+            if self._recorder is not None:
+                self._recorder.record(self.config.id, channel, raw, now)
+            drafts = self._decode(channel, raw, now)
+            done.append(Ingested(drafts, now))
+            events += self._stamp(drafts, now)
+        if before_commit is None and not events:
+            return done
+        try:
+            if before_commit is not None:
+                await before_commit(done)
+            if events:
+                await self._sink(events, wait_s=wait_s)
+                self.counters.inc("events", len(events))
+        except OutboxFull:
+            raise
+        except BaseException:
+            if self.decoder is not None and any(channel != LINK_CHANNEL for channel, _ in inputs):
+                self.decoder.forget()
+            raise
+        return done
+
+    def _decode(self, channel: str, raw: Any, now: datetime) -> list[EventDraft]:
+        try:
+            if channel == LINK_CHANNEL:  # the runtime's own input: link state, as set_online saw it
+                return [connectivity_draft(bool(raw["online"]), reason=raw.get("reason"),
+                                           misses=int(raw.get("misses", 0)), alarm_id=raw.get("alarm_id"))]
+            if self.decoder is None:
+                raise TypeError(f"no decoder bound for device {self.config.id}")
+            return self.decoder.feed(channel, raw, now)
+        except Exception:
+            self.counters.inc("decoder_crashes")
+            self.log.exception("decoder crashed on %s input %.200r", channel, raw)
+            return []
+
+    def _stamp(self, drafts: Sequence[EventDraft], received: datetime) -> list[Event]:
+        """Envelopes for drafts; invalid drafts (driver bugs) are counted, logged and skipped."""
         events = []
         for draft in drafts:
             try:
@@ -154,6 +213,16 @@ class DeviceRuntime:
             except ValidationError as exc:
                 self.counters.inc("invalid_drafts")
                 self.log.error("driver produced an invalid %s event: %s", draft.type, exc)
+        return events
+
+    async def emit(
+        self, drafts: Sequence[EventDraft], *, received: datetime | None = None, wait_s: float | None = None
+    ) -> None:
+        """Stamp and commit drafts that come from no recorded input (prefer `ingest`).
+
+        `wait_s` bounds the wait for room under `overflow: block` (then `OutboxFull`).
+        """
+        events = self._stamp(drafts, received or self.now())
         if events:
             await self._sink(events, wait_s=wait_s)
             self.counters.inc("events", len(events))
@@ -166,30 +235,12 @@ class DeviceRuntime:
         if online == self.online:
             return
         self.online = online
-        # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
         if online:
             alarm_id, self._offline_alarm = self._offline_alarm, None
         else:
             alarm_id = self._offline_alarm = uuid7_from(self._clock(), self.config.id, "link")
-        self.record(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses, "alarm_id": alarm_id})
-        await self.emit([connectivity_draft(online, reason=reason, misses=misses, alarm_id=alarm_id)])
-
-    def record(self, channel: str, data: Any) -> None:
-        """Mark one raw input as received now, and record it when recording is on.
-
-        Until the driver next yields to the event loop, `now()` and the events it emits carry
-        this receipt time: so `courtyard replay`, which feeds the same input at its recorded
-        time, reproduces the same event times.
-        """
-        t = self._clock()
-        if self._input_time is None:
-            asyncio.get_running_loop().call_soon(self._end_input)
-        self._input_time = t
-        if self._recorder is not None:
-            self._recorder.record(self.config.id, channel, data, t)
-
-    def _end_input(self) -> None:
-        self._input_time = None
+        # Link changes are inputs too: recorded, so a replay reproduces the connectivity events.
+        await self.ingest(LINK_CHANNEL, {"online": online, "reason": reason, "misses": misses, "alarm_id": alarm_id})
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         """Runtime-wide shared object."""
@@ -212,42 +263,29 @@ class DeviceRuntime:
         if self.online is not True:
             await self.set_online(True)
 
-    async def poll_answered(self, driver: PollingDriver, raw: Any) -> None:
-        """A poll succeeded: record it, run the pure decoder, report online, commit the events.
+    async def poll_answered(self, raw: Any, *, interval: float | None = None) -> None:
+        """A poll succeeded: report online, then ingest its raw data on channel `poll`.
 
-        A decoder bug is counted and logged, never fatal.
+        A commit that fails is counted and logged, once per episode: the decoder has
+        forgotten (unless the outbox was only full), so the conditions behind these events
+        are reported again from the next poll on.
         """
         await self.answered()  # first: `device.online` precedes what the poll decodes, live and replayed
-        self.record("poll", raw)
-        now = self.now()
         try:
-            drafts = driver.decode(raw, now)
-        except Exception:
-            self.counters.inc("decoder_crashes")
-            self.log.exception("decoder crashed on %r", raw)
-            drafts = []
-        if drafts:
-            try:
-                # Under `overflow: block`, waiting at most one interval keeps polling, and so
-                # alarm derivation, going: lane-0 events never wait for room.
-                await self.emit(drafts, received=now, wait_s=driver.interval)
-            except OutboxError as exc:
-                if self._emit_problem is None:  # once per episode, not a traceback per poll
-                    self.log.warning("events of this poll were not accepted: %s", exc)
-                self._emit_problem = str(exc)
-                if isinstance(exc, OutboxFull):
-                    # Only lane-1 events are ever refused for room, so alarm derivation is intact
-                    # and must go on (forgetting would restart every alarm's debounce each poll).
-                    self.counters.inc("emit_refused_full")
-                else:
-                    # Not accepted: make the driver forget what it derived, so the conditions
-                    # behind these events are reported again from the next poll on.
-                    self.counters.inc("emit_failures")
-                    driver.forget()
-            else:
-                if self._emit_problem is not None:
-                    self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
-                self._emit_problem = None
+            # Under `overflow: block`, waiting at most one interval keeps polling, and so
+            # alarm derivation, going: lane-0 events never wait for room.
+            await self.ingest(POLL_CHANNEL, raw, wait_s=interval)
+        except OutboxError as exc:
+            if self._emit_problem is None:  # once per episode, not a traceback per poll
+                self.log.warning("events of this poll were not accepted: %s", exc)
+            self._emit_problem = str(exc)
+            # OutboxFull refuses only lane-1 events: the decoder keeps its state (alarm derivation
+            # goes on). Any other failure: the decoder has forgotten, and reports again.
+            self.counters.inc("emit_refused_full" if isinstance(exc, OutboxFull) else "emit_failures")
+        else:
+            if self._emit_problem is not None:
+                self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
+            self._emit_problem = None
 
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""
@@ -342,11 +380,12 @@ class Gateway:
         `RestartConfirmation`); unconfirmed ones, and all of them when the grace is 0, are
         cleared with their own `alarm_id` and quality `suspect` (reason `gateway_restarted`).
         """
+        model = registry.event_model()
         mine = {d.id for d in self.config.devices}
         previous = []
         for body in await self.outbox.open_alarms():
             try:
-                raised = Event.model_validate_json(body)
+                raised = model.model_validate_json(body)
             except ValidationError:
                 continue
             if raised.device.id in mine:

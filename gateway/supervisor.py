@@ -11,30 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from gateway.driver import BackoffConfig, PollingDriver, PushDriver
+from gateway.backoff import backoff_delays
+from gateway.driver import PollingDriver, PushDriver
 from gateway.errors import DeviceProtocolError, DeviceUnavailable
 
 if TYPE_CHECKING:
     from gateway.runtime import DeviceRuntime
 
+__all__ = ["backoff_delays", "supervise"]  # backoff_delays: re-exported for old imports
+
 log = logging.getLogger(__name__)
 
 #: How back-off waits are slept (tests substitute a recorder); poll ticks use asyncio.sleep.
 backoff_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-
-
-def backoff_delays(cfg: BackoffConfig, rng: random.Random | None = None) -> Iterator[float]:
-    """Yield reconnect delays: initial, x factor each time, capped, each jittered by +/- `jitter`."""
-    rng = rng or random.Random()
-    delay = cfg.initial_s
-    while True:
-        spread = delay * cfg.jitter
-        yield max(0.0, delay + rng.uniform(-spread, spread))
-        delay = min(cfg.max_s, delay * cfg.factor)
 
 
 async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
@@ -95,7 +87,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
-                await ctx.poll_answered(driver, raw)
+                await ctx.poll_answered(raw, interval=driver.interval)
             next_at += driver.interval
             now = loop.time()
             if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst

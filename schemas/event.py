@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, create_model, model_validator
 
 from schemas.access import AccessPayload
 from schemas.camera import CameraPayload
@@ -15,6 +15,7 @@ from schemas.common import (
     VALID,
     AlarmState,
     ConnectivityPayload,
+    DeviceKind,
     DeviceRef,
     EventClass,
     Frozen,
@@ -104,6 +105,36 @@ class Event(Frozen):
 
 def _unstorable(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX
+
+
+#: What the models above cover: the built-in kinds and payloads.
+BUILTIN_KINDS: tuple[str, ...] = get_args(DeviceKind)
+BUILTIN_PAYLOADS: frozenset[type[BaseModel]] = frozenset(get_args(get_args(Payload)[0]))
+
+
+def payload_kind(model: type[BaseModel]) -> str | None:
+    """The discriminator value of a payload model (its `kind: Literal["..."]`), None when it has none."""
+    field = model.model_fields.get("kind")
+    args = get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 and isinstance(args[0], str) and field.default == args[0] else None  # type: ignore[union-attr]
+
+
+def build_event_model(kinds: tuple[str, ...], payloads: tuple[type[BaseModel], ...]) -> type[Event]:
+    """The envelope for a set of device kinds and payload models (the driver registry's).
+
+    For exactly the built-in set this is `Event` itself, so its JSON Schema stays as published;
+    otherwise a subclass whose `device.kind` and `payload` union also admit what plugins add.
+    """
+    payload_set = frozenset(payloads) | {ConnectivityPayload}
+    if set(kinds) <= set(BUILTIN_KINDS) and payload_set <= BUILTIN_PAYLOADS:
+        return Event
+    all_kinds = tuple(dict.fromkeys((*BUILTIN_KINDS, *kinds)))
+    ordered = [*get_args(get_args(Payload)[0]), *sorted(payload_set - BUILTIN_PAYLOADS, key=lambda m: m.__name__)]
+    kind: Any = Literal[all_kinds]
+    ref: Any = create_model("DeviceRef", __base__=DeviceRef, kind=(kind, ...))
+    payload: Any = Annotated[Union[tuple(ordered)], Field(discriminator="kind")]  # noqa: UP007
+    model: type[Event] = create_model("Event", __base__=Event, device=(ref, ...), payload=(payload, ...))
+    return model
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

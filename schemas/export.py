@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from schemas.common import SCHEMA_ID
-from schemas.event import Event
 
 HERE = Path(__file__).parent
 EVENT_SCHEMA_PATH = HERE / "event.schema.json"
@@ -17,8 +16,13 @@ SCENARIO_SCHEMA_PATH = HERE / "scenario.schema.json"
 
 
 def event_json_schema() -> dict[str, Any]:
-    """JSON Schema of `courtyard.event/1`, as published (aliases: `schema`, `class`)."""
-    schema = Event.model_json_schema(by_alias=True, mode="serialization")
+    """JSON Schema of `courtyard.event/1`, as published (aliases: `schema`, `class`).
+
+    Built from the driver registry: installed plugins' kinds and payloads are in it.
+    """
+    from gateway.registry import event_model
+
+    schema = event_model().model_json_schema(by_alias=True, mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"https://courtyard.dev/schemas/{SCHEMA_ID}.json"
     return schema

@@ -21,6 +21,7 @@ from bleak.backends.client import BaseBleakClient
 from drivers.ble_access_gate import DRIVER, codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
 from drivers.ble_access_gate.driver import BleAccessGateDriver
+from gateway import registry
 from gateway.errors import DeviceUnavailable
 from schemas.access import AccessPayload
 from simulators.access_gate import backend as sim
@@ -38,7 +39,9 @@ def make_config(address: str, **over: Any) -> BleAccessGateConfig:
         "id": "gate-east", "driver": "ble_access_gate", "address": address, "credential_key": KEY,
         "backend": "simulated", "heartbeat_s": 30, "history_timeout_s": 2,
     }
-    return BleAccessGateConfig.model_validate(base | over)
+    model = registry.device_config_model("ble_access_gate")  # with the simulated backend's `simulation`
+    config: BleAccessGateConfig = model.model_validate(base | over)
+    return config
 
 
 class Rig:
@@ -253,7 +256,7 @@ async def test_replay_gives_the_same_events(rig: Callable[..., Rig]) -> None:
     fresh = BleAccessGateDriver(cfg, CollectingContext(cfg), backend=SimulatedBleakClient)
     replayed = []
     for channel, data in r.ctx.recorded:
-        replayed.extend(fresh.replay(channel, data, datetime.now(UTC)))
+        replayed.extend(fresh.decoder.feed(channel, data, datetime.now(UTC)))
     assert [(d.type, d.seq, d.state) for d in replayed] == [(d.type, d.seq, d.state) for d in r.ctx.drafts]
 
 

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.http_plate_reader import HttpPlateReaderConfig
+from drivers.http_plate_reader.decoder import PlateDecoder
 from drivers.http_plate_reader.driver import HttpPlateReader
 from drivers.http_plate_reader.listener import PlateListener
 from drivers.http_plate_reader.media import MediaStore
 from gateway.driver import EventDraft
-from gateway.errors import OutboxError
+from gateway.errors import OutboxError, OutboxFull
+from gateway.testing import IngestingContext
 from schemas.lpr import LprPayload
 from simulators.plate_reader import (
     RESIDENTS,
@@ -81,7 +84,7 @@ class Shared:
             await obj.aclose()
 
 
-class FakeContext:
+class FakeContext(IngestingContext):
     """A DeviceContext that keeps what it is given; `gate` can hold `emit()` to test ordering."""
 
     def __init__(self, config: HttpPlateReaderConfig, shared: Shared) -> None:
@@ -92,19 +95,19 @@ class FakeContext:
         self.online: list[tuple[bool, str | None, int]] = []
         self.recorded: list[tuple[str, Any]] = []
         self.received: list[datetime] = []
-        self._input_time: datetime | None = None
         self.gate: asyncio.Event | None = None
-        self.fail_emit = False
+        self.fail_emit: bool | Exception = False
         self._shared = shared
 
     def now(self) -> datetime:
-        return self._input_time or datetime.now(UTC)
+        self.input_time = datetime.now(UTC)  # the ingest path asks once per input, then records it
+        return self.input_time
 
     async def emit(self, drafts: Sequence[EventDraft], *, wait_s: float | None = None) -> None:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_emit:
-            raise OutboxError("disk full")
+            raise self.fail_emit if isinstance(self.fail_emit, Exception) else OutboxError("disk full")
         self.events.extend(drafts)
 
     async def set_online(self, online: bool, *, reason: str | None = None, misses: int = 0) -> None:
@@ -113,15 +116,9 @@ class FakeContext:
     recording = True
 
     def record(self, channel: str, data: Any) -> None:
-        """Like the runtime: the input's receipt time holds until the driver next yields."""
-        if self._input_time is None:
-            asyncio.get_running_loop().call_soon(self._end_input)
-        self._input_time = datetime.now(UTC)
+        """Keep the input and its receipt time (what a recording keeps)."""
         self.recorded.append((channel, data))
-        self.received.append(self._input_time)
-
-    def _end_input(self) -> None:
-        self._input_time = None
+        self.received.append(self.input_time)
 
     async def shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         return await self._shared.get(key, factory)
@@ -314,12 +311,13 @@ async def test_reply_is_sent_only_after_events_are_committed(site: Site) -> None
     assert [e.type for e in ctx.events] == ["lpr.plate_read", "lpr.gate_decision"]
 
 
-async def test_commit_failure_answers_503_and_never_opens(site: Site) -> None:
+@pytest.mark.parametrize("failure", [OutboxError("disk full"), OutboxFull("over budget", retry_after_s=2.0)])
+async def test_commit_failure_answers_503_and_never_opens(site: Site, failure: Exception) -> None:
     ctx = await site.add("cam-in")
-    ctx.fail_emit = True
+    ctx.fail_emit = failure
     result = await site.camera("cam-in").post(zhenshi_plate_body(ALLOWED))
     assert result.status == 503
-    assert result.json()["error"] == "not_committed"
+    assert result.json()["error"] == ("outbox_full" if isinstance(failure, OutboxFull) else "not_committed")
     ctx.fail_emit = False  # the camera's retry is not mistaken for a duplicate
     assert (await site.camera("cam-in").post(zhenshi_plate_body(ALLOWED))).opened
 
@@ -474,7 +472,7 @@ async def test_handler_crash_is_that_cameras_500_only(site: Site) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    site.drivers["cam-broken"].process = boom  # type: ignore[method-assign]
+    site.drivers["cam-broken"].plates.process = boom  # type: ignore[method-assign]
     broken = await site.camera("cam-broken").post(zhenshi_plate_body(ALLOWED))
     assert broken.status == 500 and broken.json() == {"error": "internal", "reason": "RuntimeError"}
     assert (await site.camera("cam-good").post(zhenshi_plate_body(ALLOWED))).opened
@@ -529,12 +527,19 @@ async def test_barrier_state_and_stuck_fault(site: Site) -> None:
     assert_replays(ctx)  # the timer's alarm is recorded: a replay raises and clears the same alarm_id
 
 
-def assert_replays(ctx: FakeContext) -> None:
-    """Every recorded input, fed at its receipt time to a fresh driver, gives the events the live one did."""
-    replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
+def replay(ctx: FakeContext) -> list[EventDraft]:
+    """Feed what `ctx` recorded, at its receipt times, to a fresh decoder, as `courtyard replay` does."""
+    decoder = PlateDecoder(ctx.config, FakeContext(ctx.config, Shared()))
     replayed: list[EventDraft] = []
     for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
-        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
+        drafts = decoder.feed(channel, json.loads(json.dumps(data)), when)
+        replayed += [d if d.time else replace(d, time=when) for d in drafts]
+    return replayed
+
+
+def assert_replays(ctx: FakeContext) -> None:
+    """Every recorded input, fed at its receipt time to a fresh decoder, gives the events the live driver did."""
+    replayed = replay(ctx)
     assert replayed == ctx.events
 
 
@@ -627,10 +632,7 @@ async def test_replay_gives_the_same_events(site: Site, tmp_path: Path) -> None:
     await cam.post(zhenshi_plate_body(ALLOWED, image=fake_jpeg(1000), when=1_700_000_000))
     await cam.post(zhenshi_plate_body("京AO1234", when=1_700_000_001))
     await cam.post(b"{not json")
-    replayer = HttpPlateReader(ctx.config, FakeContext(ctx.config, Shared()))
-    replayed: list[EventDraft] = []
-    for (channel, data), when in zip(ctx.recorded, ctx.received, strict=True):
-        replayed += replayer.replay(channel, json.loads(json.dumps(data)), when)
+    replayed = replay(ctx)
     assert [(e.type, e.payload, e.quality, e.time) for e in replayed] == [
         (e.type, e.payload, e.quality, e.time) for e in ctx.events
     ]
@@ -888,7 +890,7 @@ def test_no_request_crashes_the_listener(
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_body_crashes_the_normalizer(tmp_path: Path, body: bytes, ctype: str, protocol: str) -> None:
     cfg = camera_config(tmp_path, 8088, "cam", protocol=protocol)
-    outcome = HttpPlateReader(cfg, FakeContext(cfg, Shared())).process(ctype, body, datetime.now(UTC), 0.0, "/p")
+    outcome = PlateDecoder(cfg, FakeContext(cfg, Shared())).process(ctype, body, datetime.now(UTC), 0.0, "/p")
     assert outcome.reply.status in (200, 400, 403, 413, 422)
     for draft in outcome.drafts:
         assert draft.quality.status != "rejected" or draft.quality.reasons
@@ -904,7 +906,7 @@ def test_no_body_crashes_the_normalizer(tmp_path: Path, body: bytes, ctype: str,
 def test_any_license_string_gives_publishable_events(tmp_path: Path, license: str) -> None:
     cfg = camera_config(tmp_path, 8088, "cam")
     body = json.dumps({"AlarmInfoPlate": {"result": {"PlateResult": {"license": license, "confidence": 90}}}})
-    outcome = HttpPlateReader(cfg, FakeContext(cfg, Shared())).process(
+    outcome = PlateDecoder(cfg, FakeContext(cfg, Shared())).process(
         "application/json", body.encode(), datetime.now(UTC), 0.0, "/p"
     )
     assert outcome.reply.status == 200

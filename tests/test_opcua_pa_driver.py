@@ -18,6 +18,7 @@ from drivers.opcua_pa.config import OpcUaPaConfig
 from drivers.opcua_pa.driver import OpcUaPaDriver
 from gateway.driver import EventDraft
 from gateway.errors import DeviceUnavailable
+from gateway.testing import IngestingContext
 from simulators.broadcast import BroadcastSimulator
 from tests.helpers import eventually
 from tests.servers import free_port
@@ -31,7 +32,7 @@ class FakeCounters:
         self.values[name] = self.values.get(name, 0) + n
 
 
-class FakeContext:
+class FakeContext(IngestingContext):
     """Collects what the driver emits; stands in for the runtime."""
 
     def __init__(self, config: OpcUaPaConfig) -> None:
@@ -163,7 +164,7 @@ async def test_restart_reconciles_faults_changed_while_away(sim: BroadcastSimula
         await eventually(lambda: ctx.online)
         await sim.set_line_fault("l1", "short")
         await sim.mains_loss()
-        await eventually(lambda: len(driver.normalizer.active_alarms()) == 2)
+        await eventually(lambda: len(driver.decoder.normalizer.active_alarms()) == 2)
         mark = len(ctx.events)
 
         async def while_down() -> None:
@@ -231,7 +232,7 @@ def test_replay_matches_live_decoding() -> None:
     snap = {"values": {"line.l1.status": 0, "power.mains_fault": False}}
     change = {"changes": [["line.l1.status", 3], ["power.mains_fault", True]]}
     now = datetime.now(UTC)
-    first = driver.replay("snapshot", snap, now) + driver.replay("changes", change, now)
-    second = twin.replay("snapshot", snap, now) + twin.replay("changes", change, now)
+    first = driver.decoder.feed("snapshot", snap, now) + driver.decoder.feed("changes", change, now)
+    second = twin.decoder.feed("snapshot", snap, now) + twin.decoder.feed("changes", change, now)
     assert [(e.type, e.state, e.payload) for e in first] == [(e.type, e.state, e.payload) for e in second]
     assert [(e.type, e.state) for e in first] == [("pa.line_fault", "raised"), ("pa.mains_fault", "raised")]

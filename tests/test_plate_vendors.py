@@ -1,7 +1,7 @@
 """Plate cameras as shipped: colour-prefixed plates, Zhenshi type tables by firmware, offline
 re-push replies, documented heartbeats, Hikvision JSON alerts and lane direction, Dahua ITSAPI.
 
-These run the driver's decoding (`HttpPlateReader.process`) on bodies shaped as the vendors
+These run the driver's decoding (`PlateDecoder.process`) on bodies shaped as the vendors
 document them; the HTTP and outbox paths are covered in test_plate_fixtures / test_plate_offline.
 """
 
@@ -25,7 +25,7 @@ from drivers.http_plate_reader.codec import (
     vendor_maps,
 )
 from drivers.http_plate_reader.config import HttpPlateReaderConfig
-from drivers.http_plate_reader.driver import HttpPlateReader, Outcome
+from drivers.http_plate_reader.decoder import Outcome, PlateDecoder
 from drivers.http_plate_reader.plates import check_plate, split_color_prefix
 from gateway.metrics import Counters
 from schemas.lpr import LprPayload
@@ -59,14 +59,14 @@ class _Ctx:
         self.log = logging.getLogger("test.plate_vendors")
 
 
-def driver(protocol: str = "zhenshi", **extra: Any) -> HttpPlateReader:
+def driver(protocol: str = "zhenshi", **extra: Any) -> PlateDecoder:
     config = HttpPlateReaderConfig.model_validate(
         {"id": f"cam-{protocol}", "driver": "http_plate_reader", "protocol": protocol, **extra}
     )
-    return HttpPlateReader(config, _Ctx())  # type: ignore[arg-type]
+    return PlateDecoder(config, _Ctx())  # type: ignore[arg-type]
 
 
-def run(drv: HttpPlateReader, body: bytes, ctype: str = "application/json", path: str | None = None) -> Outcome:
+def run(drv: PlateDecoder, body: bytes, ctype: str = "application/json", path: str | None = None) -> Outcome:
     now = datetime.now(UTC)
     return drv.process(ctype, body, now, now.timestamp(), path or drv.cfg.url_paths[0])
 
@@ -199,7 +199,7 @@ def test_offline_record_reply_says_continue_and_a_resent_record_is_kept_once() -
     assert reply["plateid"] == 123 and reply["info"] == "no"  # a buffered read never opens the barrier now
     assert [d.type for d in first.drafts] == ["lpr.plate_read"]
     assert read_of(first).is_offline_replay is True
-    drv._committed(first)
+    drv.committed(first)
     again = run(drv, zhenshi_plate_body("京A12345", plateid=123, offline=True))
     assert again.duplicate and again.drafts == []
     assert json.loads(again.reply.body)["Response_AlarmInfoPlate"]["ContinuePushOffline"]["plateid"] == 123
@@ -216,7 +216,7 @@ def test_zhenshi_heartbeat_forms_are_liveness_only(urlencoded: bool) -> None:
     observation = decode_zhenshi(body, ctype)
     assert observation == Heartbeat("zhenshi", "d85b1269-8f942256")
     ctx = _Ctx()
-    drv = HttpPlateReader(driver("zhenshi").cfg, ctx)  # type: ignore[arg-type]
+    drv = PlateDecoder(driver("zhenshi").cfg, ctx)  # type: ignore[arg-type]
     outcome = run(drv, body, ctype)
     assert outcome.reply.status == 200 and outcome.drafts == [] and outcome.alive
     assert ctx.counters.snapshot().get("lpr.heartbeats") == 1
@@ -356,11 +356,11 @@ def test_dahua_replay_uses_the_recorded_path() -> None:
         "body_b64": base64.b64encode(body).decode(),
         "path": "/NotificationInfo/TollgateInfo",
     }
-    assert [d.type for d in drv.replay("push", read, now)] == ["lpr.plate_read", "lpr.gate_decision"]
+    assert [d.type for d in drv.feed("push", read, now)] == ["lpr.plate_read", "lpr.gate_decision"]
     beat_body, beat_type = dahua_keepalive_body()
     beat = {
         "content_type": beat_type,
         "body_b64": base64.b64encode(beat_body).decode(),
         "path": "/NotificationInfo/KeepAlive",
     }
-    assert drv.replay("push", beat, now) == []
+    assert drv.feed("push", beat, now) == []

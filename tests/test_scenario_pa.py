@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from drivers.opcua_pa.config import OpcUaPaConfig
-from drivers.opcua_pa.driver import OpcUaPaDriver
+from drivers.opcua_pa.decoder import PaDecoder
 from gateway import history
 from gateway.config import parse_config
 from gateway.recorder import JsonlRecorder
@@ -226,7 +226,7 @@ def test_replay_keeps_device_timestamps_with_device_time() -> None:
     batch = {"changes": [["line.l1.status", 1, stamp]]}
     for device_time, expected in ((True, datetime.fromisoformat(stamp)), (False, None)):
         cfg = OpcUaPaConfig.model_validate(base | {"device_time": device_time})
-        (draft,) = OpcUaPaDriver(cfg, None).replay("changes", batch, when)  # type: ignore[arg-type]
+        (draft,) = PaDecoder(cfg, None).feed("changes", batch, when)  # type: ignore[arg-type]
         assert (draft.type, draft.state, draft.time) == ("pa.line_fault", "raised", expected)
 
 

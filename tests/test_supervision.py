@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import parse_config
-from gateway.driver import BackoffConfig
 from gateway.runtime import Gateway
-from gateway.supervisor import backoff_delays
 from simulators.elevator import ElevatorModel, ElevatorSimulator
 from tests.helpers import base_config, eventually
 from tests.servers import free_port

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.driver import DeviceConfig
-
-
-class SimulationConfig(BaseModel):
-    """Gate model used when `backend: simulated` (no radio): the peripheral runs in-process."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 1
-    arrivals_per_min: float = Field(6.0, gt=0, le=6000)
-    speed: float = Field(1.0, gt=0, le=1000, description="Simulated seconds per wall-clock second")
-    clock_skew_s: float = Field(0.0, description="Offset of the simulated device clock")
 
 
 class BleAccessGateConfig(DeviceConfig):
@@ -30,8 +19,8 @@ class BleAccessGateConfig(DeviceConfig):
     scan_name: str | None = Field(None, description="Find the device by advertised name instead of address")
     backend: str = Field(
         "native",
-        description="native (bleak's platform backend), simulated (in-process gate), bumble "
-        "(virtual radio, tests), or module:Class of a BaseBleakClient subclass",
+        description="native (bleak's platform backend), a registered backend (simulated: in-process "
+        "gate; bumble: virtual radio, tests), or module:Class of a BaseBleakClient subclass",
     )
     code_table: str = Field("cogp", description="cogp, hik, or a path to a table YAML file")
     credential_key: SecretStr = Field(description="HMAC key for credential ids; keep it in an env var")
@@ -43,7 +32,6 @@ class BleAccessGateConfig(DeviceConfig):
     history_batch: int = Field(64, ge=1, le=0xFFFF, description="Records asked per history request")
     history_timeout_s: float = Field(5.0, gt=0)
     dedupe_window: int = Field(4096, ge=16, description="Sequence numbers remembered for gap tracking")
-    simulation: SimulationConfig = SimulationConfig()
 
     @field_validator("code_table")
     @classmethod
@@ -68,8 +56,12 @@ class BleAccessGateConfig(DeviceConfig):
     def _target(self) -> BleAccessGateConfig:
         if not self.address and not self.scan_name:
             raise ValueError("set `address` or `scan_name`")
-        if self.backend not in ("native", "simulated", "bumble") and ":" not in self.backend:
-            raise ValueError("backend must be native, simulated, bumble or module:Class")
+        if self.backend != "native" and ":" not in self.backend:
+            from gateway.registry import backends  # named backends (simulated, bumble) are registered
+
+            if self.backend not in backends("ble_access_gate"):
+                known = ", ".join(["native", *sorted(backends("ble_access_gate")), "module:Class"])
+                raise ValueError(f"backend must be one of {known}")
         return self
 
     @property

@@ -1,7 +1,7 @@
-"""BLE transport for COGP gates: connect, subscribe, feed the normalizer, backfill holes.
+"""BLE transport for COGP gates: connect, subscribe, hand notifications to `ctx.ingest`, backfill holes.
 
 One `run()` is one BLE connection. Any link failure becomes `DeviceUnavailable` so the
-supervisor reconnects with back-off; the normalizer (sequence state, open alarms) lives on the
+supervisor reconnects with back-off; the decoder (sequence state, open alarms) lives on the
 driver instance and survives reconnects, which is what makes reconnect backfill possible.
 """
 
@@ -11,8 +11,6 @@ import asyncio
 import importlib
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import replace
-from datetime import datetime
 from typing import Any, Protocol
 
 from bleak import BleakClient, BleakScanner
@@ -24,8 +22,10 @@ from bleak.exc import BleakError
 
 from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
-from drivers.ble_access_gate.normalize import Channel, Normalizer
-from gateway.driver import DeviceContext, EventDraft, PushDriver
+from drivers.ble_access_gate.decoder import GateDecoder
+from drivers.ble_access_gate.normalize import Channel
+from gateway import registry
+from gateway.driver import DeviceContext, PushDriver
 from gateway.errors import DeviceUnavailable
 
 #: Errors that mean "the radio link is gone or never came up" on any bleak backend.
@@ -62,18 +62,25 @@ def default_client_factory(
     )
 
 
+class GateBackend(Protocol):
+    """A registered non-radio backend (`gateway.registry.backend("ble_access_gate", name)`)."""
+
+    client: type[BaseBleakClient]
+    scanner: type[BaseBleakScanner] | None
+    in_process: bool
+
+    async def start(self, config: BleAccessGateConfig) -> Any:
+        """Start the device in this process (for `in_process` backends); closed by the runtime."""
+        ...
+
+
 def resolve_backend(name: str) -> tuple[type[BaseBleakClient] | None, type[BaseBleakScanner] | None]:
     """Map the config's `backend` to (client class, scanner class); None means bleak's default."""
     if name == "native":
         return None, None
-    if name == "simulated":
-        from simulators.access_gate.backend import SimulatedBleakClient, SimulatedBleakScanner
-
-        return SimulatedBleakClient, SimulatedBleakScanner
-    if name == "bumble":
-        from simulators.access_gate.bumble_link import BumbleBleakClient
-
-        return BumbleBleakClient, None
+    if ":" not in name:
+        found: GateBackend = registry.backend("ble_access_gate", name)
+        return found.client, found.scanner
     module, _, attr = name.partition(":")
     obj = getattr(importlib.import_module(module), attr)
     if not (isinstance(obj, type) and issubclass(obj, BaseBleakClient)):
@@ -96,10 +103,13 @@ class BleAccessGateDriver(PushDriver):
     ) -> None:
         super().__init__(config, ctx)
         self.config = config
-        self.normalizer = Normalizer(config, ctx.counters)
+        self.decoder = self.gate = GateDecoder(config, ctx)
         self._factory = client_factory
         self._backend, self._scanner = (backend, None) if backend else resolve_backend(config.backend)
-        self._spawn_simulated = config.backend == "simulated" and backend is None
+        self._in_process: GateBackend | None = None
+        if backend is None and config.backend != "native" and ":" not in config.backend:
+            named: GateBackend = registry.backend("ble_access_gate", config.backend)
+            self._in_process = named if named.in_process else None
 
     # --- public -------------------------------------------------------------------------------
 
@@ -121,8 +131,8 @@ class BleAccessGateDriver(PushDriver):
 
             return deliver
 
-        if self._spawn_simulated:
-            await self.ctx.shared(f"ble_access_gate.simulated:{cfg.target}", self._spawn)
+        if self._in_process is not None:  # e.g. `backend: simulated`: the gate runs in this process
+            await self.ctx.shared(f"ble_access_gate.{cfg.backend}:{cfg.target}", self._start_in_process)
         target = await self._locate()
         client = self._factory(
             target,
@@ -151,35 +161,14 @@ class BleAccessGateDriver(PushDriver):
             except LINK_ERRORS as exc:
                 raise DeviceUnavailable(f"link to {cfg.target} lost: {exc or type(exc).__name__}") from exc
         finally:
-            self.normalizer.history_abandoned()
+            self.gate.normalizer.history_abandoned()
             await _disconnect(client)
-
-    def replay(self, channel: str, data: Any, now: datetime) -> list[EventDraft]:
-        """Decode a recorded notification (hex string) through the same normalizer."""
-        if channel not in ("event", "history", "status") or not isinstance(data, str):
-            return []
-        try:
-            raw = bytes.fromhex(data)
-        except ValueError:
-            return []
-        return self.normalizer.feed(channel, raw, now)  # type: ignore[arg-type]
 
     # --- internals ----------------------------------------------------------------------------
 
-    async def _spawn(self) -> Any:
-        """`backend: simulated`: one in-process gate per address, stopped by the runtime at shutdown."""
-        from simulators.access_gate.backend import spawn
-
-        sim = self.config.simulation
-        return await spawn(
-            self.config.target,
-            seed=sim.seed,
-            doors=self.config.doors,
-            arrivals_per_min=sim.arrivals_per_min,
-            speed=sim.speed,
-            clock_skew_s=sim.clock_skew_s,
-            table=self.config.code_table,
-        )
+    async def _start_in_process(self) -> Any:
+        assert self._in_process is not None
+        return await self._in_process.start(self.config)
 
     async def _locate(self) -> BLEDevice | str:
         cfg = self.config
@@ -205,9 +194,9 @@ class BleAccessGateDriver(PushDriver):
         next_heartbeat = loop.time() + cfg.heartbeat_s
         while True:
             await self._maybe_backfill(client)
-            if self.normalizer.history_pending and history_deadline is None:
+            if self.gate.normalizer.history_pending and history_deadline is None:
                 history_deadline = loop.time() + cfg.history_timeout_s
-            elif not self.normalizer.history_pending:
+            elif not self.gate.normalizer.history_pending:
                 history_deadline = None
             wake = next_heartbeat if history_deadline is None else min(next_heartbeat, history_deadline)
             try:
@@ -217,7 +206,7 @@ class BleAccessGateDriver(PushDriver):
                 now = loop.time()
                 if history_deadline is not None and now >= history_deadline:
                     self.ctx.counters.inc("history_timeout")
-                    self.normalizer.history_abandoned()
+                    self.gate.normalizer.history_abandoned()
                     history_deadline = None
                 if now >= next_heartbeat:
                     async with asyncio.timeout(cfg.connect_timeout_s):
@@ -235,34 +224,26 @@ class BleAccessGateDriver(PushDriver):
         await self._handle_batch([(channel, data)])
 
     async def _handle_batch(self, batch: list[tuple[Channel | None, bytes]]) -> None:
-        """Normalize a burst in arrival order and commit it at once; a drop marker ends the link.
-
-        Each input is recorded before it is decoded and decoded at `ctx.now()`, the receipt
-        time the runtime pinned for it, with no await until the emit: a replay feeding the
-        recording at its recorded times reproduces every event's `time`.
-        """
-        drafts: list[EventDraft] = []
+        """Ingest a burst in arrival order with one commit; a drop marker ends the link."""
+        inputs: list[tuple[str, Any]] = []
         lost = False
         for channel, data in batch:
             if channel is None:  # queued after the notifications that preceded the drop
                 lost = True
                 break
-            self.ctx.record(channel, data.hex())
-            now = self.ctx.now()
-            # Pin gateway-timed events to their own input: the batch's emit time must not leak in.
-            drafts.extend(d if d.time else replace(d, time=now) for d in self.normalizer.feed(channel, data, now))
-        if drafts:
-            await self.ctx.emit(drafts)
+            inputs.append((channel, data.hex()))
+        if inputs:
+            await self.ctx.ingest_many(inputs)
         if lost:
             raise DeviceUnavailable(f"{self.config.target} disconnected")
 
     async def _maybe_backfill(self, client: BleakClient) -> None:
-        start = self.normalizer.backfill_from()
-        if start is None or self.normalizer.history_pending:
+        start = self.gate.normalizer.backfill_from()
+        if start is None or self.gate.normalizer.history_pending:
             return
-        self.normalizer.history_requested()
+        self.gate.normalizer.history_requested()
         self.ctx.counters.inc("history_requests")
-        count = min(self.config.history_batch, self.normalizer.backfill_span())
+        count = min(self.config.history_batch, self.gate.normalizer.backfill_span())
         request = codec.encode_history_request(start, count)
         async with asyncio.timeout(self.config.connect_timeout_s):
             await client.write_gatt_char(codec.HISTORY_UUID, request, response=True)

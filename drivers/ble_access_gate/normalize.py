@@ -1,22 +1,21 @@
 """From COGP frames to event drafts: interpretation, sequence tracking, alarms, hashing, clock trust.
 
-No I/O: the driver feeds it notifications and acts on `backfill_from()`; replay feeds it
-recorded frames. It never raises on device data: bad frames become `rejected` drafts.
+No I/O: the decoder feeds it notifications (live and replayed alike); the transport acts on
+`backfill_from()`. It never raises on device data: bad frames become `rejected` drafts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
 from drivers.ble_access_gate.tables import CodeTable, Enumerations, TableEntry, load_enumerations, load_table
+from gateway.alarms import AlarmTracker
 from gateway.driver import Counters, EventDraft
-from gateway.ids import uuid7_from
 from schemas.access import AccessPayload
 from schemas.common import Quality
 
@@ -90,12 +89,6 @@ class SeqTracker:
             self.missing = set(keep)
 
 
-@dataclass(slots=True)
-class _ActiveAlarm:
-    alarm_id: str
-    entry: TableEntry
-
-
 def credential_hash(key: bytes, credential_type: str, credential: bytes) -> str | None:
     """Keyed hash of a credential id; leading zero bytes are ignored so 0x00001234 == 0x1234."""
     ident = credential.lstrip(b"\x00")
@@ -123,7 +116,7 @@ class Normalizer:
         self.seq = SeqTracker(config.dedupe_window)
         self._key = config.credential_key.get_secret_value().encode()
         self._skew = timedelta(seconds=config.max_clock_skew_s)
-        self._alarms: dict[tuple[str, int], _ActiveAlarm] = {}
+        self.alarms = AlarmTracker(config.id)  # keyed `<alarm>:<door>`; data: the raising TableEntry
         self._last_status: AccessPayload | None = None
         self.clock_offset: timedelta | None = None  # device clock minus gateway clock, from status
         self._batch_last: int | None = None
@@ -143,6 +136,15 @@ class Normalizer:
             self._history_end(frame)
             return []
         return self._record(frame, now)
+
+    def forget(self) -> None:
+        """The last drafts were not committed: report status again; open alarms become unconfirmed.
+
+        Records already counted as seen are not asked for again: the gate's history is for
+        holes the radio left, not for the gateway's own storage failures.
+        """
+        self._last_status = None
+        self.alarms.forget()
 
     def backfill_from(self) -> int | None:
         """Where a history request should start, or None when nothing is missing."""
@@ -240,17 +242,15 @@ class Normalizer:
         now: datetime,
     ) -> list[EventDraft]:
         alarm_id: str | None = None
+        when = time or now
         if entry.alarm is not None:
-            key = (entry.alarm, door)
+            key = f"{entry.alarm}:{door}"
             # Derived from the raising record, not drawn: a replay gives the alarm the same id.
-            new_id = uuid7_from(time or now, self.config.id, entry.alarm, str(door), str(seq))
-            if entry.state == "raised":
-                active = self._alarms.get(key)
-                alarm_id = active.alarm_id if active else new_id
-                self._alarms[key] = _ActiveAlarm(alarm_id, entry)
+            if entry.state == "raised":  # a repeated raise keeps the open alarm's id
+                alarm_id = self.alarms.ensure(key, when, str(seq), data=entry).alarm_id
             elif entry.state == "cleared":
-                active = self._alarms.pop(key, None)
-                alarm_id = active.alarm_id if active else new_id
+                active = self.alarms.clear(key)
+                alarm_id = active.alarm_id if active else self.alarms.new_id(when, key, str(seq))
         drafts = [
             EventDraft(
                 type=entry.type, cls=entry.cls, payload=payload, severity=entry.severity,
@@ -258,12 +258,13 @@ class Normalizer:
             )
         ]
         for cleared in entry.clears:
-            active = self._alarms.pop((cleared, door), None)
-            if active is not None:
+            gone = self.alarms.clear(f"{cleared}:{door}")
+            if gone is not None:
+                raised: TableEntry = gone.data
                 drafts.append(
                     EventDraft(
-                        type=active.entry.type, cls=active.entry.cls, payload=payload,
-                        severity=active.entry.severity, state="cleared", alarm_id=active.alarm_id,
+                        type=raised.type, cls=raised.cls, payload=payload,
+                        severity=raised.severity, state="cleared", alarm_id=gone.alarm_id,
                         raw_code=raw_code, seq=seq, quality=quality, time=time,
                     )
                 )

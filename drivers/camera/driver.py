@@ -54,7 +54,8 @@ class CameraDriver(PushDriver):
     def __init__(self, config: CameraConfig, ctx: DeviceContext) -> None:
         super().__init__(config, ctx)
         self.cfg = config
-        self.decoder = CameraDecoder(config, ctx)
+        self.camera = CameraDecoder(config, ctx)
+        self.decoder = self.camera  # binds it: ctx.ingest feeds it
         self.media: MediaStore | None = None
         self.session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
@@ -63,21 +64,11 @@ class CameraDriver(PushDriver):
     # --- the one way in ------------------------------------------------------------------
 
     async def ingest(self, channel: str, raw: Any) -> list[EventDraft]:
-        """Record one raw input, decode it at its receipt time, commit; durable on return."""
-        self.ctx.record(channel, raw)
-        drafts = self.decoder.feed(channel, raw, self.ctx.now())
-        if drafts:
-            try:
-                await self.ctx.emit(drafts)
-            except BaseException:
-                self.decoder.forget()
-                raise
-        self._wake.set()  # a pulse hold may have started: the ticker re-plans
-        return drafts
-
-    def replay(self, channel: str, data: Any, now: Any) -> list[EventDraft]:
-        """Decode one recorded input (`courtyard replay`)."""
-        return self.decoder.feed(channel, data, now)
+        """Hand one raw input to the runtime (recorded, decoded at its receipt time, committed)."""
+        try:
+            return (await self.ctx.ingest(channel, raw)).drafts
+        finally:
+            self._wake.set()  # a pulse hold may have started or ended: the ticker re-plans
 
     async def reject(self, error: str, detail: str) -> None:
         """A transport-level refusal (framing, content type): counted and kept as an event."""
@@ -131,7 +122,7 @@ class CameraDriver(PushDriver):
     async def _tick(self) -> None:
         """Clear pulse-held alarms when their hold runs out, even if the camera says nothing more."""
         while True:
-            due = self.decoder.next_expiry()
+            due = self.camera.next_expiry()
             self._wake.clear()
             if due is None:
                 await self._wake.wait()
@@ -293,8 +284,8 @@ class CameraDriver(PushDriver):
 
     def _raising(self, channel: str, raw: dict[str, Any]) -> tuple[bool, int | None]:
         """Whether this input would newly raise an alarm, and on which video channel."""
-        for sig in self.decoder.signals(channel, raw):
-            if sig.state != "stop" and EVENT_KINDS[sig.detection].alarm and not self.decoder.is_open(sig):
+        for sig in self.camera.signals(channel, raw):
+            if sig.state != "stop" and EVENT_KINDS[sig.detection].alarm and not self.camera.is_open(sig):
                 return True, sig.channel
         return False, None
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
+from gateway.alarms import AlarmTracker, OpenAlarm
 from gateway.driver import EventDraft
-from gateway.ids import uuid7_from
 from schemas.camera import CameraPayload, CameraProtocol, Detection, Rule
 from schemas.common import EventClass, Quality, Severity
 
@@ -141,13 +141,12 @@ class Signal:
 
 
 @dataclass(slots=True)
-class _Open:
-    alarm_id: str
-    since: datetime
+class _Hold:
+    """What an open alarm needs beyond the tracker's bookkeeping: its signal and pulse hold."""
+
     last: datetime
     pulse: bool
     signal: Signal
-    confirmed: bool = True  # False after a failed commit: the raise may not have reached the outbox
 
 
 @dataclass
@@ -162,11 +161,11 @@ class Context:
 
 
 class SignalBook:
-    """Open alarms of one camera; turns signals into raise/clear drafts with one alarm id each."""
+    """Open alarms of one camera (in the gateway's `AlarmTracker`); signals in, raise/clear drafts out."""
 
     def __init__(self, ctx: Context, *, place: PlaceFn | None = None, snapshot_uri: UriFn | None = None) -> None:
         self.ctx = ctx
-        self._open: dict[str, _Open] = {}
+        self.alarms = AlarmTracker(ctx.device)  # ids derive from (receipt time, device, key)
         self._place = place or (lambda channel: {})
         self._uri = snapshot_uri or (lambda name: name)
         self.heartbeats = 0
@@ -174,16 +173,19 @@ class SignalBook:
 
     def is_open(self, key: str) -> bool:
         """True when the condition `key` has an open alarm (a raise needs no new snapshot then)."""
-        return key in self._open
+        return self.alarms.get(key) is not None
 
     def open_keys(self) -> list[str]:
         """Keys of every open alarm."""
-        return list(self._open)
+        return list(self.alarms.open_alarms())
+
+    def _holds(self) -> list[tuple[str, OpenAlarm, _Hold]]:
+        return [(k, a, a.data) for k, a in self.alarms.open_alarms().items() if isinstance(a.data, _Hold)]
 
     def next_expiry(self) -> datetime | None:
         """When the earliest pulse-held alarm is due to clear (None: nothing to expire)."""
         hold = timedelta(seconds=self.ctx.pulse_hold_s)
-        due = [o.last + hold for o in self._open.values() if o.pulse]
+        due = [h.last + hold for _, _, h in self._holds() if h.pulse]
         return min(due) if due else None
 
     def forget(self) -> None:
@@ -193,18 +195,17 @@ class SignalBook:
         as one); gone, the clear is sent. Dropping the alarms instead would leave one whose raise
         was committed earlier open for ever on the platform.
         """
-        for alarm in self._open.values():
-            alarm.confirmed = False
+        self.alarms.forget()
 
     def expire(self, now: datetime) -> list[EventDraft]:
         """Clear every pulse-held alarm whose hold ran out by `now`."""
         hold = timedelta(seconds=self.ctx.pulse_hold_s)
         drafts: list[EventDraft] = []
-        for key, alarm in list(self._open.items()):
-            if alarm.pulse and now - alarm.last >= hold:
-                del self._open[key]
-                drafts.append(self._draft(alarm.signal, "cleared", alarm.alarm_id, now, since=alarm.since,
-                                          at=alarm.last + hold))
+        for key, alarm, h in self._holds():
+            if h.pulse and now - h.last >= hold:
+                self.alarms.clear(key)
+                drafts.append(self._draft(h.signal, "cleared", alarm.alarm_id, now, since=alarm.since,
+                                          at=h.last + hold))
         return drafts
 
     def feed(self, signal: Signal, now: datetime) -> list[EventDraft]:
@@ -219,26 +220,24 @@ class SignalBook:
                 drafts.append(self._draft(signal, "momentary", None, now))
             return drafts
         key = signal.key
-        current = self._open.get(key)
         if signal.state == "stop":
-            if current is None:
+            gone = self.alarms.clear(key)
+            if gone is None:
                 self.heartbeats += 1  # e.g. Hikvision's videoloss/inactive keep-alive
                 return drafts
-            del self._open[key]
-            drafts.append(self._draft(current.signal, "cleared", current.alarm_id, now, since=current.since,
+            first = gone.data.signal if isinstance(gone.data, _Hold) else signal
+            drafts.append(self._draft(first, "cleared", gone.alarm_id, now, since=gone.since,
                                       pictures=signal.pictures))
             return drafts
         pulse = signal.state == "pulse"
-        if current is not None:
-            current.last = now
-            current.pulse = current.pulse and pulse
-            if not current.confirmed:
-                current.confirmed = True
-                drafts.append(self._draft(current.signal, "raised", current.alarm_id, now))
-            return drafts
-        alarm_id = uuid7_from(now, self.ctx.device, key)  # a replay of the same input gives the same id
-        self._open[key] = _Open(alarm_id, now, now, pulse, signal)
-        drafts.append(self._draft(signal, "raised", alarm_id, now))
+        current = self.alarms.get(key)
+        if current is not None and isinstance(current.data, _Hold):
+            current.data.last = now
+            current.data.pulse = current.data.pulse and pulse
+        alarm = self.alarms.raise_(key, now, data=_Hold(now, pulse, signal))
+        if alarm is not None:  # new, or unconfirmed after a failed commit: (re-)raise with its id
+            first = alarm.data.signal if isinstance(alarm.data, _Hold) else signal
+            drafts.append(self._draft(first, "raised", alarm.alarm_id, now))
         return drafts
 
     def _draft(self, signal: Signal, state: Literal["raised", "cleared", "momentary"], alarm_id: str | None,

@@ -1,39 +1,19 @@
-"""Elevator over Modbus TCP: a thin pymodbus adapter around the pure map + normalizer."""
+"""Elevator over Modbus TCP: the transport, a thin pymodbus adapter (decoding is in decoder.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
-from drivers.modbus_elevator.normalizer import ElevatorNormalizer
+from drivers.modbus_elevator.decoder import ElevatorDecoder, words_from_raw
 from drivers.modbus_elevator.regmap import load_map
-from gateway.driver import DeviceContext, EventDraft, PollingDriver
+from gateway.driver import DeviceContext, PollingDriver
 from gateway.errors import DeviceProtocolError, DeviceUnavailable
-from schemas.common import Quality
-from schemas.elevator import ElevatorPayload
 
-
-def words_from_raw(raw: Any) -> dict[int, int]:
-    """Registers by address from a recorded poll `{"blocks": [[address, [words...]], ...]}`.
-
-    Raises ValueError on any other shape (recordings and replays are untrusted input).
-    """
-    if not isinstance(raw, dict) or not isinstance(raw.get("blocks"), list):
-        raise ValueError("raw poll must be {'blocks': [[address, [words]], ...]}")
-    words: dict[int, int] = {}
-    for block in raw["blocks"]:
-        if not (isinstance(block, list | tuple) and len(block) == 2 and isinstance(block[0], int)
-                and isinstance(block[1], list)):
-            raise ValueError(f"bad block {block!r}")
-        for i, w in enumerate(block[1]):
-            if not isinstance(w, int) or not 0 <= w <= 0xFFFF:
-                raise ValueError(f"register {block[0] + i} holds {w!r}, not a 16-bit word")
-            words[block[0] + i] = w
-    return words
+__all__ = ["ModbusElevatorDriver", "words_from_raw"]  # words_from_raw: re-exported for old imports
 
 
 class ModbusElevatorDriver(PollingDriver):
@@ -43,7 +23,7 @@ class ModbusElevatorDriver(PollingDriver):
         super().__init__(config, ctx)
         self.cfg = config
         self.map = load_map(config.map)
-        self.normalizer = ElevatorNormalizer(config, self.map)
+        self.decoder = ElevatorDecoder(config, ctx, self.map)
         self.client: AsyncModbusTcpClient | None = None
 
     @property
@@ -75,26 +55,6 @@ class ModbusElevatorDriver(PollingDriver):
                 raise DeviceProtocolError(f"Modbus exception code {getattr(rr, 'exception_code', '?')}")
             blocks.append([block.address, list(rr.registers)])
         return {"blocks": blocks}
-
-    def decode(self, raw: Any, now: datetime) -> list[EventDraft]:
-        """Registers -> events; malformed raw data becomes a `rejected` status event."""
-        try:
-            words = words_from_raw(raw)
-        except ValueError as exc:
-            self.ctx.counters.inc("rejected")
-            return [EventDraft(type="elevator.status", cls="status", payload=ElevatorPayload(),
-                               quality=Quality(status="rejected", reasons=(f"malformed_raw:{exc}"[:200],)))]
-        drafts = self.normalizer.process(words, now)
-        for d in drafts:
-            if d.quality.status == "rejected":
-                self.ctx.counters.inc("rejected")
-            elif d.quality.status == "suspect":
-                self.ctx.counters.inc("suspect")
-        return drafts
-
-    def forget(self) -> None:
-        """Start validation and alarm derivation afresh (their last events were not accepted)."""
-        self.normalizer = ElevatorNormalizer(self.cfg, self.map)
 
     async def close(self) -> None:
         """Close the link."""

@@ -46,6 +46,13 @@ class ElevatorNormalizer:
         self.map = regmap
         self.state = ElevatorState(alarms=AlarmTracker(scope=config.id))
 
+    def forget(self) -> None:
+        """The last events were not committed: validate and report status afresh; open alarms
+        (and the codes behind them) are kept, unconfirmed, so the next poll re-raises or clears them."""
+        alarms, codes = self.state.alarms, self.state.code_entries
+        alarms.forget()
+        self.state = ElevatorState(alarms=alarms, code_entries=codes)
+
     # --- validation -----------------------------------------------------------------------
 
     def _validate(self, values: dict[str, Any], problems: list[str], now: datetime) -> tuple[list[str], list[str]]:

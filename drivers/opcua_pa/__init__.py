@@ -2,16 +2,21 @@
 
 from drivers.opcua_pa.config import OpcUaPaConfig
 from gateway.driver import DriverSpec
+from schemas.pa import PaPayload
 
 DRIVER = DriverSpec(
     name="opcua_pa",
     kind="pa",
+    payload=PaPayload,
     transport="opcua",
     shape="push",
     config=OpcUaPaConfig,
     factory="drivers.opcua_pa.driver:OpcUaPaDriver",
+    decoder="drivers.opcua_pa.decoder:PaDecoder",
     summary="PA / broadcast amplifiers over OPC UA subscriptions; vendors described by YAML node maps",
     simulator="broadcast",
+    simulator_module="simulators.broadcast",
+    scenario_adapter="simulators.scenario.pa:PaAdapter",
 )
 
 __all__ = ["DRIVER", "OpcUaPaConfig"]

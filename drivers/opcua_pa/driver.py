@@ -2,9 +2,9 @@
 
 One `run()` is one OPC UA session. It resolves the node map, reads a full snapshot (which
 reconciles remembered faults against the device), then subscribes and turns data changes
-into events. Any sign of link loss (failed keep-alive probe, subscription status change,
+into inputs for `ctx.ingest`. Any sign of link loss (failed keep-alive probe, subscription status change,
 transport error) raises `DeviceUnavailable`; the supervisor reconnects with back-off and the
-next `run()` reconciles again. The normalizer lives on the driver, so it survives reconnects.
+next `run()` reconciles again. The decoder (decoder.py) lives on the driver, so it survives reconnects.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from drivers.opcua_pa.codec import jsonable
 from drivers.opcua_pa.config import OpcUaPaConfig
+from drivers.opcua_pa.decoder import PaDecoder
 from drivers.opcua_pa.nodemap import NodeMap, Point, load_map
-from drivers.opcua_pa.normalizer import PaNormalizer
-from gateway.driver import DeviceContext, EventDraft, PushDriver
+from gateway.driver import DeviceContext, PushDriver
 from gateway.errors import DeviceUnavailable
 
 _LINK_ERRORS = (OSError, TimeoutError, ConnectionError, UaError)
@@ -95,26 +95,9 @@ class OpcUaPaDriver(PushDriver):
         super().__init__(config, ctx)
         self.config = config
         self.map: NodeMap = load_map(config.map)
-        self.normalizer = PaNormalizer(
-            self.map, temperature_deadband_c=config.temperature_deadband_c,
-            load_deadband_pct=config.load_deadband_pct, on_reject=self._rejected, scope=config.id)
+        self.decoder = PaDecoder(config, ctx, self.map)
         self.lost_reason = ""
         self.connects = 0
-
-    def _rejected(self, key: str) -> None:
-        self.ctx.counters.inc("rejected")
-        self.ctx.log.warning("%s: rejected value for %s", self.config.id, key)
-
-    # ------------------------------------------------------------------ replay
-
-    def replay(self, channel: str, data: Any, now: datetime) -> list[EventDraft]:
-        """Feed a recorded snapshot or change batch through the same normalizer."""
-        if channel == "snapshot":
-            return self.normalizer.apply([(str(k), v) for k, v in data.get("values", {}).items()], now=now)
-        rows = data.get("changes", [])
-        stamps = [datetime.fromisoformat(r[2]) for r in rows if len(r) > 2 and r[2]]
-        when = _aware(stamps[-1]) if self.config.device_time and stamps else None
-        return self.normalizer.apply([(str(r[0]), r[1]) for r in rows], time=when, now=now)
 
     # ------------------------------------------------------------------ run
 
@@ -196,10 +179,7 @@ class OpcUaPaDriver(PushDriver):
                 self.ctx.counters.inc("opcua_bad_status")
                 continue
             values[key] = jsonable(dv.Value.Value if dv.Value is not None else None)
-        self.ctx.record("snapshot", {"values": values})
-        drafts = self.normalizer.apply(values.items(), time=None, now=self.ctx.now())
-        if drafts:
-            await self.ctx.emit(drafts)
+        await self.ctx.ingest("snapshot", {"values": values})
 
     async def _pump(self, queue: asyncio.Queue[Change], lost: asyncio.Event) -> None:
         """Drain data changes in batches until the link is lost."""
@@ -217,13 +197,9 @@ class OpcUaPaDriver(PushDriver):
                     batch.append(queue.get_nowait())
                 # one publish carries items grouped per node: restore device order by timestamp
                 batch.sort(key=lambda c: _aware(c[2]))
-                # Source timestamps are recorded too: with `device_time` they are the event time.
-                self.ctx.record("changes", {"changes": [[k, v, _aware(t).isoformat() if t else None]
-                                                        for k, v, t in batch]})
-                when = _aware(batch[-1][2]) if self.config.device_time and batch[-1][2] is not None else None
-                drafts = self.normalizer.apply([(k, v) for k, v, _ in batch], time=when, now=self.ctx.now())
-                if drafts:
-                    await self.ctx.emit(drafts)
+                # Source timestamps go along: with `device_time` they are the event time.
+                await self.ctx.ingest("changes", {"changes": [[k, v, _aware(t).isoformat() if t else None]
+                                                              for k, v, t in batch]})
                 if lost.is_set():
                     raise DeviceUnavailable(self.lost_reason or "link lost")
         finally:

@@ -15,8 +15,8 @@ from typing import Any
 
 from drivers.opcua_pa.codec import Decoded, decode
 from drivers.opcua_pa.nodemap import LINE_FAULTS, NodeMap
+from gateway.alarms import AlarmTracker, OpenAlarm
 from gateway.driver import EventDraft
-from gateway.ids import uuid7, uuid7_from
 from schemas.common import VALID, EventClass, Quality, Severity
 from schemas.pa import PaPayload
 
@@ -27,10 +27,9 @@ _EMERGENCY_META = ("emergency.source", "emergency.zones", "emergency.message")
 
 
 @dataclass(slots=True)
-class OpenAlarm:
-    """An alarm or fault raised and not yet cleared."""
+class Raised:
+    """What a raise carried, for its clear (kept as the tracker's `OpenAlarm.data`)."""
 
-    alarm_id: str
     type: str
     cls: EventClass
     severity: Severity
@@ -44,7 +43,7 @@ class PaNormalizer:
                  load_deadband_pct: float = 5.0, on_reject: Callable[[str], None] | None = None,
                  scope: str = "") -> None:
         self.map = nodemap
-        self.scope = scope  # the device id: part of every alarm id
+        self.alarms = AlarmTracker(scope)  # scope: the device id, part of every alarm id
         self._now: datetime | None = None
         self._raises = 0
         self.table = nodemap.point_table()
@@ -53,7 +52,6 @@ class PaNormalizer:
         self._on_reject = on_reject
         self.raw: dict[str, Any] = {}
         self.values: dict[str, Any] = {}
-        self.open: dict[str, OpenAlarm] = {}
         self._amp_reported: dict[str, tuple[float | None, float | None, tuple[str, ...]]] = {}
         self._dirty: dict[tuple[str, str], tuple[str, Decoded[Any]]] = {}
 
@@ -85,7 +83,14 @@ class PaNormalizer:
 
     def active_alarms(self) -> dict[str, OpenAlarm]:
         """Open alarms by condition key, e.g. `line_fault:l1:short`."""
-        return dict(self.open)
+        return self.alarms.open_alarms()
+
+    def forget(self) -> None:
+        """The last events were not committed: forget the values seen (the next snapshot or
+        change re-derives every status) and re-confirm open alarms on their next observation."""
+        self.raw.clear()
+        self._amp_reported.clear()
+        self.alarms.forget()
 
     # ------------------------------------------------------------------ internals
 
@@ -283,17 +288,19 @@ class PaNormalizer:
                    payload: PaPayload, raw_code: str, time: datetime | None,
                    quality: Quality = VALID) -> list[EventDraft]:
         """Raise or clear one condition; no event when its state did not change."""
-        current = self.open.get(cid)
-        if active and current is None:
-            self._raises += 1
-            aid = uuid7() if self._now is None else uuid7_from(self._now, self.scope, cid, str(self._raises))
-            alarm = OpenAlarm(aid, typ, cls, severity, payload)
-            self.open[cid] = alarm
+        if active:
+            self._raises += 1  # part of the id: the same input raising twice gets two ids
+            alarm = self.alarms.raise_(cid, self._now, str(self._raises),
+                                       data=Raised(typ, cls, severity, payload))
+            if alarm is None:
+                self._raises -= 1
+                return []
             return [EventDraft(type=typ, cls=cls, severity=severity, state="raised", alarm_id=alarm.alarm_id,
                                payload=payload, raw_code=raw_code, quality=quality, time=time)]
-        if not active and current is not None:
-            del self.open[cid]
-            return [EventDraft(type=typ, cls=cls, severity=severity, state="cleared",
-                               alarm_id=current.alarm_id, payload=current.payload, raw_code=raw_code,
-                               quality=quality, time=time)]
-        return []
+        current = self.alarms.clear(cid)
+        if current is None:
+            return []
+        raised: Raised = current.data
+        return [EventDraft(type=raised.type, cls=raised.cls, severity=raised.severity, state="cleared",
+                           alarm_id=current.alarm_id, payload=raised.payload, raw_code=raw_code,
+                           quality=quality, time=time)]

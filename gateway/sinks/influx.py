@@ -29,12 +29,11 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
+from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import InfluxConfig
-from gateway.driver import BackoffConfig
 from gateway.metrics import Counters
 from gateway.outbox import Outbox, Stored
 from gateway.sinks.base import Sink
-from gateway.supervisor import backoff_delays
 
 log = logging.getLogger(__name__)
 

@@ -36,12 +36,11 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import MqttConfig
-from gateway.driver import BackoffConfig
 from gateway.metrics import Counters
 from gateway.outbox import Outbox, Stored
 from gateway.sinks.base import Sink
-from gateway.supervisor import backoff_delays
 from schemas.event import Event
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.driver import DeviceConfig, EventDraft
+from gateway.testing import IngestingContext
 
 
 class CountingCounters:
@@ -23,7 +24,7 @@ class CountingCounters:
         self.values[name] += n
 
 
-class CollectingContext:
+class CollectingContext(IngestingContext):
     """Collects emitted drafts, link-state reports and recordings; the clock can be pinned."""
 
     def __init__(self, config: DeviceConfig, *, clock: Callable[[], datetime] | None = None) -> None:

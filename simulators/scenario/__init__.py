@@ -1,10 +1,17 @@
-"""Scenarios: site layouts plus timelines of behaviour and faults, played over real protocols."""
+"""Scenarios: site layouts plus timelines of behaviour and faults, played over real protocols.
 
-#: Device kind -> "module:KindAdapter class".
-ADAPTERS: dict[str, str] = {
-    "elevator": "simulators.scenario.elevator:ElevatorAdapter",
-    "access_gate": "simulators.scenario.access_gate:AccessGateAdapter",
-    "pa": "simulators.scenario.pa:PaAdapter",
-    "plate_reader": "simulators.scenario.plate_reader:PlateReaderAdapter",
-    "camera": "simulators.scenario.camera:CameraAdapter",
-}
+`ADAPTERS` (device kind -> "module:KindAdapter class") comes from the driver registry
+(`DriverSpec.scenario_adapter`), so a plugin's kind can take part in scenarios.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ADAPTERS":
+        from gateway.registry import scenario_adapters
+
+        return scenario_adapters()
+    raise AttributeError(name)

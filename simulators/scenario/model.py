@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.common import Location  # the envelope's own location block: scenarios place devices the same way
 
-Kind = Literal["elevator", "access_gate", "pa", "plate_reader", "camera"]
+
+def _kinds() -> Any:
+    from gateway.registry import scenario_adapters  # kinds with a scenario adapter, plugins' included
+
+    return Literal[tuple(scenario_adapters())]
+
+
+if TYPE_CHECKING:
+    Kind = str
+else:
+    Kind = _kinds()
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 

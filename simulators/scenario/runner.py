@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from simulators.scenario import ADAPTERS
 from simulators.scenario.adapter import KindAdapter, UnknownAction
 from simulators.scenario.model import Expectation, Scenario, Step
 
@@ -36,8 +35,13 @@ class Infra:
 
 
 def adapter_class(kind: str) -> type[KindAdapter]:
-    """The adapter class for a device kind."""
-    module, _, name = ADAPTERS[kind].partition(":")
+    """The adapter class for a device kind (from the driver registry)."""
+    from gateway.registry import scenario_adapters
+
+    adapters = scenario_adapters()
+    if kind not in adapters:
+        raise ValueError(f"no scenario adapter for device kind {kind!r}; known: {', '.join(sorted(adapters))}")
+    module, _, name = adapters[kind].partition(":")
     cls: type[KindAdapter] = getattr(importlib.import_module(module), name)
     return cls
 
