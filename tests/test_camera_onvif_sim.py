@@ -37,7 +37,7 @@ async def sim() -> AsyncIterator[tuple[SimSite, CameraServer, int]]:
 async def test_zeep_client_subscribes_pulls_renews_and_unsubscribes(sim: tuple[SimSite, CameraServer, int]) -> None:
     site, server, port = sim
     site.cameras["onvif-1"].faults.add("clock_skew")  # 7 h off: the client must use the camera's time
-    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=True)
+    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=True, no_cache=True)
     try:
         await cam.update_xaddrs()  # GetSystemDateAndTime (skew), GetServices at the bare /onvif/ path
         assert abs(cam.dt_diff.total_seconds() + 7 * 3600) < 60
@@ -70,7 +70,7 @@ async def test_home_assistant_style_pullpoint_manager(sim: tuple[SimSite, Camera
     """The library's PullPointManager, what Home Assistant's ONVIF integration runs."""
     site, server, port = sim
     lost: list[bool] = []
-    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=True)
+    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=True, no_cache=True)
     try:
         await cam.update_xaddrs()
         manager = await cam.create_pullpoint_manager(dt.timedelta(seconds=60), lambda: lost.append(True))
@@ -88,7 +88,7 @@ async def test_home_assistant_style_pullpoint_manager(sim: tuple[SimSite, Camera
 async def test_zeep_without_skew_correction_is_refused(sim: tuple[SimSite, CameraServer, int]) -> None:
     site, server, port = sim
     site.cameras["onvif-1"].faults.add("clock_skew")
-    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=False)
+    cam = onvif.ONVIFCamera("127.0.0.1", port, "admin", PASSWORD, adjust_time=False, no_cache=True)
     try:
         devicemgmt = await cam.create_devicemgmt_service()
         with pytest.raises(zeep_exceptions.Fault):
