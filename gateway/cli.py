@@ -18,12 +18,10 @@ from gateway import __version__
 from gateway.errors import ConfigError, OutboxError
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from gateway.logs import setup_logging
+
+    setup_logging(level, fmt)  # text or JSON lines on stderr; secrets masked either way
     # pymodbus dumps raw frames at ERROR on every failed request: the supervisor reports those.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if level != "debug":  # asyncua narrates every session and node at INFO; drivers report what matters
@@ -32,8 +30,11 @@ def _setup_logging(level: str) -> None:
 
 def _load(path: str) -> Any:
     from gateway.config import load_config
+    from gateway.logs import register_secrets, secrets_of
 
-    return load_config(path)
+    config = load_config(path)
+    register_secrets(secrets_of(config))  # never in a log line, whatever a library echoes back
+    return config
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -136,10 +137,14 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the event JSON Schema (or the config's with --config)."""
+    """Print the event JSON Schema (the config's with --config, the MQTT contract's AsyncAPI with --asyncapi)."""
     from schemas.export import event_json_schema, render
 
-    if args.config:
+    if args.asyncapi:
+        from gateway.asyncapi import asyncapi_document
+
+        print(render(asyncapi_document()), end="")
+    elif args.config:
         from gateway.config import config_json_schema
 
         print(render(config_json_schema()), end="")
@@ -241,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="courtyard", description="Courtyard IoT gateway for residential communities")
     p.add_argument("--version", action="version", version=f"courtyard {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line (time, level, logger, message, device, sink, event_id)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
@@ -269,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_drivers)
 
     s = sub.add_parser("schema", help="print the event JSON Schema")
-    s.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind = s.add_mutually_exclusive_group()
+    kind.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind.add_argument("--asyncapi", action="store_true",
+                      help="print the AsyncAPI 3 document of the MQTT contract (schemas/asyncapi.json)")
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
@@ -313,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `courtyard` command."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     result: int = args.func(args)
     return result
 
