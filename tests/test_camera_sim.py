@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -58,7 +57,6 @@ def test_urllib_wrong_password_is_refused(sim_port: int) -> None:
     assert err.value.code == 401
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_digest_alert_stream(sim_port: int) -> None:
     out = subprocess.run(["curl", "-sS", "-N", "--digest", "-u", "admin:pw-123", "--max-time", "1.5",
                           f"http://127.0.0.1:{sim_port}/hik-lobby/ISAPI/Event/notification/alertStream"],
