@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -281,8 +282,12 @@ async def test_an_unknown_family_is_a_named_link_failure_not_a_crash() -> None:
         def inc(self, name: str, n: int = 1) -> None:
             self.counts[name] = self.counts.get(name, 0) + n
 
+    # validate refuses unknown families (test below); a map file gone at run time still fails by name
+    valid = config()
+    gone = valid.model_copy(update={"onvif": valid.onvif.model_construct(family="no-such-family")})
+
     class Driver:  # run_onvif needs only the config and the counters before any I/O
-        cfg = config("no-such-family")
+        cfg = gone
 
         class ctx:  # noqa: N801
             counters = Counted()
@@ -302,3 +307,24 @@ def test_initialized_state_after_a_reconnect_reconciles_open_alarms() -> None:
     quiet = decoder.feed("onvif", _raw(note(topic, {"State": "false"}, op="Initialized")), NOW + timedelta(seconds=90))
     assert [d.state for d in raised] == ["raised"] and still == [] and quiet == []
     assert [(d.state, d.alarm_id) for d in ended] == [("cleared", raised[0].alarm_id)]
+
+
+def test_unknown_onvif_family_is_a_config_error_naming_the_shipped_ones(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: s1\n"
+        "devices:\n"
+        "  - id: cam-1\n"
+        "    driver: camera\n"
+        "    protocol: onvif\n"
+        "    url: http://127.0.0.1:1\n"
+        "    onvif:\n"
+        "      family: hikvison\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(site)
+    text = str(err.value)
+    assert "site.yaml:8" in text and "hikvison" in text and "hikvision" in text

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 # The push listener and its auth modes are the plate readers': one listener, one set of defences.
 from drivers.http_plate_reader.listener_config import Auth as PushAuth
@@ -50,6 +50,17 @@ class OnvifOptions(_Strict):
     message_limit: int = Field(32, ge=1, le=1024)
     termination_s: float = Field(60.0, gt=0, description="Subscription lifetime asked for; renewed before")
     service_path: str = Field("/onvif/device_service", pattern=r"^/")
+
+    @field_validator("family")
+    @classmethod
+    def _shipped_family(cls, value: str) -> str:
+        # A typo would otherwise be a link failure at run time; validate names it with its line.
+        from drivers.camera.onvif import families  # the maps folder is read only when ONVIF is configured
+
+        known = families()
+        if value not in known:
+            raise ValueError(f"unknown ONVIF family {value!r}; shipped: {', '.join(known)}")
+        return value
 
 
 class CameraConfig(DeviceConfig):
