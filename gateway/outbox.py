@@ -404,6 +404,8 @@ class Outbox:
                 if self._freed != freed:
                     self._notify_space()
                 self.counters.inc("outbox.accepted", len(rows))
+                for lane in LANES:  # per lane, for /metrics
+                    self.counters.inc(f"outbox.accepted.lane{lane}", sum(1 for r in rows if r[1] == lane))
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
@@ -602,6 +604,8 @@ class Outbox:
         """Advance `sink`'s cursors past `delivered` (a prefix of what `fetch` returned)."""
         if delivered:
             await self._run(self._ack_sync, sink, delivered)
+            for lane in LANES:  # per sink and lane, for /metrics
+                self.counters.inc(f"{sink}.delivered.lane{lane}", sum(1 for r in delivered if r.lane == lane))
             self._notify_space()  # delivered history is reclaimable now
 
     def _ack_sync(self, sink: str, delivered: Sequence[Stored]) -> None:
@@ -663,6 +667,13 @@ class Outbox:
                 ).fetchone()[0]
             out[sink] = n
         return out
+
+    @property
+    def problem(self) -> str | None:
+        """Why the outbox cannot accept events right now (closed, or the last commit failed), else None."""
+        if self._db is None:
+            return "outbox not open"
+        return self._commit_problem
 
     @property
     def count(self) -> int:

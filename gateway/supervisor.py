@@ -65,6 +65,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
         answered = False
         next_at = loop.time()
         while True:
+            started = loop.time()
             try:
                 raw = await driver.read()
             except asyncio.CancelledError:
@@ -87,6 +88,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
+                ctx.observe_poll(loop.time() - started)
                 await ctx.poll_answered(raw, interval=driver.interval)
             next_at += driver.interval
             now = loop.time()

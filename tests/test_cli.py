@@ -121,6 +121,6 @@ def test_standalone_simulator_is_a_real_modbus_server() -> None:
 
 
 def test_validate_counts_devices_in_words() -> None:
-    one = courtyard("validate", "-c", "examples/broadcast.yaml")
+    one = courtyard("validate", "-c", "examples/pa.yaml")
     assert one.returncode == 0, one.stderr
-    assert one.stdout.strip() == "examples/broadcast.yaml: OK (1 device, site demo-community)"
+    assert one.stdout.strip() == "examples/pa.yaml: OK (1 device, site demo-community)"

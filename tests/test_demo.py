@@ -77,7 +77,7 @@ async def test_demo_headless_for_30_seconds(tmp_path: Path, mosquitto: Mosquitto
         await col.wait_for(lambda c: ids <= {e["id"] for e in c.events()}, timeout=20)
 
     kinds = {e["device"]["kind"] for e in accepted if e["class"] != "connectivity"}
-    assert kinds == {"elevator", "access_gate", "pa", "plate_reader"}
+    assert kinds == {"elevator", "access_gate", "pa", "plate_reader", "camera"}
     states: dict[str, set[str]] = {}
     for e in accepted:
         if e["alarm_id"] and e["class"] in ("alarm", "fault"):

@@ -27,7 +27,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from drivers.opcua_pa.codec import encode
 from drivers.opcua_pa.driver import resolve_nodeid
 from drivers.opcua_pa.nodemap import NodeMap, load_map
-from simulators.broadcast.model import PaModel
+from simulators.pa.model import PaModel
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def _delayed_process(self: OPCUAProtocol, header: Any, buf: Any) -> bool:
 OPCUAProtocol._process_one_msg = _delayed_process  # type: ignore[method-assign]
 
 
-class BroadcastSimulator:
+class PaSimulator:
     """A PA system on an OPC UA endpoint; restartable, with device and transport faults."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 4840, nodemap: str | NodeMap = "courtyard_sim",
@@ -94,7 +94,7 @@ class BroadcastSimulator:
         """True while the OPC UA endpoint accepts connections."""
         return self.server is not None
 
-    async def __aenter__(self) -> BroadcastSimulator:
+    async def __aenter__(self) -> PaSimulator:
         await self.start()
         return self
 
