@@ -91,7 +91,7 @@ def test_case_shows_what_its_name_says(case: GoldenCase) -> None:
         rejected = [e for e in events if e["quality"]["status"] == "rejected"]
         assert rejected and all(e["quality"]["reasons"] for e in rejected)
         last_bad = datetime.fromisoformat(rejected[-1]["time"])
-        assert [e for e in events if datetime.fromisoformat(e["time"]) > last_bad and e["quality"]["status"] == "valid"], \
-            "the good input after bad input must still decode"
+        after = [e for e in events if datetime.fromisoformat(e["time"]) > last_bad]
+        assert any(e["quality"]["status"] == "valid" for e in after), "good input after bad input must still decode"
     elif kind != "normal" and case.name not in NOT_ALARMS:
         assert raised, "a fault case raises nothing"
