@@ -18,14 +18,25 @@ from gateway.history import query
 from gateway.runtime import Gateway
 
 
+async def _until(cfg_path: Path, type_: str, state: str, timeout: float = 30.0) -> None:
+    """Wait until the outbox holds such an event (polls, so a loaded machine only takes longer)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if any(row.type == type_ and f'"state":"{state}"' in row.body.replace(" ", "") for row in query(cfg_path)):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no {type_} {state} within {timeout} s")
+
+
 async def main(config_path: Path, port: int) -> None:
     cfg = load_config(config_path)
     async with PumpSimulator(port=port) as sim, Gateway(cfg, sinks=[]):
-        await asyncio.sleep(0.6)
+        await _until(cfg.outbox.path, "water_pump.status", "momentary")
         await sim.inject("dry_run")
-        await asyncio.sleep(0.8)
+        await _until(cfg.outbox.path, "water_pump.dry_run", "raised")
         await sim.clear("dry_run")
-        await asyncio.sleep(0.6)
+        await _until(cfg.outbox.path, "water_pump.dry_run", "cleared")
     for row in query(cfg.outbox.path):
         print(row.body)
 
