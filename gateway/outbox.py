@@ -20,6 +20,10 @@ Budget work touches only the rows it frees (index on `(lane, seq)`), so a commit
 same at 10k and at 1M stored events. A commit's outcome is its INSERT's: budget or history
 maintenance failing afterwards is logged and counted, never reported to the producer.
 
+Beside the exact published JSON body, each row keeps what sinks route and tag by (`alarm_id`,
+`state`, `quality`, `time_ns`), so delivery does not parse bodies to find them. An outbox from
+an older gateway gains these columns on open, filled from its bodies.
+
 The database folder is created 0700 and the database files are kept 0600 (plates are stored
 in clear). A lock file next to the database, held while open, keeps a second gateway off it.
 """
