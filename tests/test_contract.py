@@ -297,6 +297,7 @@ def courtyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
                           check=False)
 
 
+@pytest.mark.slow
 def test_a_plugin_adds_a_kind_with_its_payload_and_an_unusable_one_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     env = install_fake_plugin(tmp_path / "site")

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.history import query
 from gateway.runtime import Gateway
@@ -189,6 +191,7 @@ class AclBroker(Mosquitto):
         return cmd
 
 
+@pytest.mark.slow
 async def test_a_broker_that_lets_us_write_but_not_read_turns_reconciliation_off(tmp_path: Path) -> None:
     broker = AclBroker()
     broker.start()

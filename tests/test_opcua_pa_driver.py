@@ -185,6 +185,7 @@ async def test_restart_reconciles_faults_changed_while_away(sim: PaSimulator) ->
         assert clears == {e.alarm_id for e in ctx.find("pa.line_fault", "raised") if e.payload.line == "l1"}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_session_drop_and_slow_server(sim: PaSimulator) -> None:
     driver, ctx = make_driver(sim.url)
     async with supervised(driver) as losses:

@@ -38,7 +38,6 @@ from gateway.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
-TAGS = ("type", "class", "severity", "state")
 LOCATION_TAGS = ("building", "garage", "zone")
 # Payload keys that are personal data or high cardinality: never written as tags, and
 # personal data not at all (plates are kept as fields: they are the point of a plate reader).
@@ -46,25 +45,30 @@ SKIP_FIELDS = frozenset({"kind", "raw"})
 
 
 def to_line(row: Stored) -> str:
-    """One event as a line-protocol line."""
+    """One event as a line-protocol line.
+
+    Tags, id, alarm id and timestamp come from the row's columns; the body is parsed once,
+    for what only it holds (site, severity, raw code, sequence and the payload's fields).
+    """
     ev = json.loads(row.body)
-    p = Point(row.kind).tag("site", ev["site"]).tag("device", row.device)
-    for t in TAGS:
-        p = p.tag(t, ev[t])
-    p = p.tag("quality", ev["quality"]["status"])
+    p = (Point(row.kind).tag("site", ev["site"]).tag("device", row.device)
+         .tag("type", row.type).tag("class", row.cls).tag("severity", ev["severity"]).tag("state", row.state)
+         .tag("quality", row.quality))
     location = ev["device"].get("location") or {}
     for key in LOCATION_TAGS:  # few values per site: dashboards group alarms by building, garage, zone
         if location.get(key):
             p = p.tag(key, str(location[key]))
-    p = p.field("event_id", ev["id"])
-    for key in ("alarm_id", "raw_code", "seq"):
+    p = p.field("event_id", row.id)
+    if row.alarm_id is not None:
+        p = p.field("alarm_id", row.alarm_id)
+    for key in ("raw_code", "seq"):
         if ev.get(key) is not None:
             p = p.field(key, ev[key])
     for key, value in ev["payload"].items():
         if key in SKIP_FIELDS or value is None or isinstance(value, dict | list):
             continue
         p = p.field(key, value)
-    line: str = p.time(point_time_ns(ev["time"], ev["id"]), WritePrecision.NS).to_line_protocol()
+    line: str = p.time(_point_ns(row.time_ns, row.id), WritePrecision.NS).to_line_protocol()
     return line
 
 
@@ -85,7 +89,10 @@ def _resolution_ns(ts: int) -> int:
 
 def point_time_ns(iso_time: str, event_id: str) -> int:
     """The InfluxDB timestamp of an event: its time plus a stable offset below its precision."""
-    ts = _ns(iso_time)
+    return _point_ns(_ns(iso_time), event_id)
+
+
+def _point_ns(ts: int, event_id: str) -> int:
     return ts + zlib.crc32(event_id.encode()) % _resolution_ns(ts)
 
 

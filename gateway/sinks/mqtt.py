@@ -228,19 +228,17 @@ class MqttSink(Sink):
             self._merge_state(row)
         if row.cls == "connectivity":
             out.append(client.publish(f"{base}/availability", row.body, qos=1, retain=True))
-        if row.cls in ("alarm", "fault", "connectivity"):  # an offline device is an active alarm too
-            ev = json.loads(row.body)
-            if ev.get("alarm_id"):
-                topic = f"{base}/alarm/{ev['alarm_id']}"
-                body = row.body if ev["state"] == "raised" else b""
-                out.append(client.publish(topic, body, qos=1, retain=True))
+        # An offline device is an active alarm too. The row's columns route it: no JSON parse.
+        if row.cls in ("alarm", "fault", "connectivity") and row.alarm_id:
+            body = row.body if row.state == "raised" else b""
+            out.append(client.publish(f"{base}/alarm/{row.alarm_id}", body, qos=1, retain=True))
         return out
 
     def _merge_state(self, row: Stored) -> None:
         """Fold one status event into its device's state; rejected samples change nothing."""
-        ev = json.loads(row.body)
-        if ev["quality"]["status"] == "rejected":
+        if row.quality == "rejected":
             return
+        ev = json.loads(row.body)  # the state document embeds the whole event
         doc = self._states.get(row.device)
         if doc is None:
             doc = self._states[row.device] = {"schema": STATE_SCHEMA, "parts": {}}
