@@ -66,7 +66,6 @@ demo: deps-demo install
 
 schema: install
 	$(PY) -m schemas.export
-	$(PY) -m gateway schema --asyncapi > schemas/asyncapi.json
 
 bench: deps-test install
 	$(PY) bench/elevators.py

@@ -13,6 +13,7 @@ HERE = Path(__file__).parent
 EVENT_SCHEMA_PATH = HERE / "event.schema.json"
 CONFIG_SCHEMA_PATH = HERE / "config.schema.json"
 SCENARIO_SCHEMA_PATH = HERE / "scenario.schema.json"
+ASYNCAPI_PATH = HERE / "asyncapi.json"
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -44,13 +45,16 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    """Write both schema files."""
+    """Write every committed schema: event, config, scenario and the MQTT contract's AsyncAPI."""
+    from gateway.asyncapi import asyncapi_document
     from gateway.config import config_json_schema
 
     EVENT_SCHEMA_PATH.write_text(render(event_json_schema()), encoding="utf-8")
     CONFIG_SCHEMA_PATH.write_text(render(config_json_schema()), encoding="utf-8")
     SCENARIO_SCHEMA_PATH.write_text(render(scenario_json_schema()), encoding="utf-8")
-    print(f"wrote {EVENT_SCHEMA_PATH}, {CONFIG_SCHEMA_PATH} and {SCENARIO_SCHEMA_PATH}", file=sys.stderr)
+    ASYNCAPI_PATH.write_text(render(asyncapi_document()), encoding="utf-8")
+    print(f"wrote {EVENT_SCHEMA_PATH.name}, {CONFIG_SCHEMA_PATH.name}, {SCENARIO_SCHEMA_PATH.name} and"
+          f" {ASYNCAPI_PATH.name} in {HERE}", file=sys.stderr)
     return 0
 
 
