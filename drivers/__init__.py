@@ -5,4 +5,5 @@ BUILTIN: tuple[str, ...] = (
     "drivers.http_plate_reader:DRIVER",
     "drivers.opcua_pa:DRIVER",
     "drivers.ble_access_gate:DRIVER",
+    "drivers.camera:DRIVER",
 )

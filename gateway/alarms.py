@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.driver import EventDraft
 from gateway.ids import uuid7, uuid7_from
-from schemas.common import Quality
+from schemas.common import AlarmState, Quality
 from schemas.event import Event
 
 
@@ -44,7 +44,7 @@ class _Pending:
 
 
 #: Builds the draft for a raise (state="raised") or a clear (state="cleared").
-DraftBuilder = Callable[[str, str, float], EventDraft]  # (state, alarm_id, duration_s)
+DraftBuilder = Callable[[AlarmState, str, float], EventDraft]  # (state, alarm_id, duration_s)
 
 
 class AlarmTracker:

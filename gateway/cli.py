@@ -19,12 +19,10 @@ from gateway import __version__
 from gateway.errors import ConfigError, OutboxError
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from gateway.logs import setup_logging
+
+    setup_logging(level, fmt)  # text or JSON lines on stderr; secrets masked either way
     # pymodbus dumps raw frames at ERROR on every failed request: the supervisor reports those.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if level != "debug":  # asyncua narrates every session and node at INFO; drivers report what matters
@@ -33,8 +31,11 @@ def _setup_logging(level: str) -> None:
 
 def _load(path: str) -> Any:
     from gateway.config import load_config
+    from gateway.logs import register_secrets, secrets_of
 
-    return load_config(path)
+    config = load_config(path)
+    register_secrets(secrets_of(config))  # never in a log line, whatever a library echoes back
+    return config
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -137,10 +138,14 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print the event JSON Schema (or the config's with --config)."""
+    """Print the event JSON Schema (the config's with --config, the MQTT contract's AsyncAPI with --asyncapi)."""
     from schemas.export import event_json_schema, render
 
-    if args.config:
+    if args.asyncapi:
+        from gateway.asyncapi import asyncapi_document
+
+        print(render(asyncapi_document()), end="")
+    elif args.config:
         from gateway.config import config_json_schema
 
         print(render(config_json_schema()), end="")
@@ -151,7 +156,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run one simulator standalone (its module is imported only now: some pull in big stacks)."""
-    from simulators import SIMULATORS
+    from simulators import SIMULATOR_ALIASES, SIMULATORS
 
     if args.scenario:
         from gateway.scenario_run import simulate_scenario
@@ -162,8 +167,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print("courtyard simulate: name a simulator or give --scenario FILE", file=sys.stderr)
         return 2
 
-    module = importlib.import_module(SIMULATORS[args.simulator])
-    parser = argparse.ArgumentParser(prog=f"courtyard simulate {args.simulator}",
+    name = args.simulator
+    if name not in SIMULATORS and name in SIMULATOR_ALIASES:
+        name = SIMULATOR_ALIASES[name]
+        print(f"courtyard simulate {args.simulator}: deprecated name, use `courtyard simulate {name}`",
+              file=sys.stderr)
+    module = importlib.import_module(SIMULATORS[name])
+    parser = argparse.ArgumentParser(prog=f"courtyard simulate {name}",
                                      description=(module.__doc__ or "").strip().split("\n\n")[0])
     module.add_arguments(parser)
     sim_args = parser.parse_args(args.options)
@@ -323,11 +333,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
-    from simulators import SIMULATORS
+    from simulators import SIMULATOR_ALIASES, SIMULATORS
+
+    aliases = {old: new for old, new in SIMULATOR_ALIASES.items() if old not in SIMULATORS}
+    deprecated = "".join(f" ({old}: deprecated name of {new})" for old, new in sorted(aliases.items()))
 
     p = argparse.ArgumentParser(prog="courtyard", description="Courtyard IoT gateway for residential communities")
     p.add_argument("--version", action="version", version=f"courtyard {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line (time, level, logger, message, device, sink, event_id)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="run the gateway until SIGINT/SIGTERM")
@@ -356,18 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_drivers)
 
     s = sub.add_parser("schema", help="print the event JSON Schema")
-    s.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind = s.add_mutually_exclusive_group()
+    kind.add_argument("--config", action="store_true", help="print the configuration's JSON Schema instead")
+    kind.add_argument("--asyncapi", action="store_true",
+                      help="print the AsyncAPI 3 document of the MQTT contract (schemas/asyncapi.json)")
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
-                       description=f"simulators: {', '.join(SIMULATORS)}; `courtyard simulate NAME --help`; "
+                       description=f"simulators: {', '.join(SIMULATORS)}{deprecated}; "
+                       "`courtyard simulate NAME --help`; "
                        "or `courtyard simulate --scenario FILE [--print-config]`")
     s.add_argument("--scenario", metavar="FILE", help="start every simulator of a scenario and play its timeline")
     s.add_argument("--print-config", action="store_true", help="print the gateway config that reaches them")
     s.add_argument("--speed", type=float, help="scenario speed factor")
     s.add_argument("--seed", type=int, help="scenario seed")
     s.add_argument("--loop", action="store_true", help="replay the timeline until interrupted")
-    s.add_argument("simulator", nargs="?", choices=sorted(SIMULATORS))
+    s.add_argument("simulator", nargs="?", choices=sorted([*SIMULATORS, *aliases]))
     s.add_argument("options", nargs=argparse.REMAINDER, help="the simulator's own options")
     s.set_defaults(func=cmd_simulate)
 
@@ -423,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `courtyard` command."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     result: int = args.func(args)
     return result
 

@@ -8,12 +8,22 @@ so each device entry is validated by its own driver's model.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
@@ -64,11 +74,19 @@ class MqttConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Brokers to try in turn (`mqtt://host:port` or `host:port`; a string is split on commas, so"
+        " `urls: ${MQTT_URLS:-}` works); on a lost link or a failed connect the next one is used. Empty: host/port",
+    )
     username: str | None = None
     password: SecretStr | None = None
     client_id: str | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "courtyard"
+    type_separator: Literal[".", "_", "-"] = Field(
+        ".", description="Written for the dots of the event type in `.../event/{type}` topics. NATS Server"
+        " before 2.10 (Debian's 2.9) refuses '.' in MQTT topics: use '_' there. Bodies are unchanged")
     keepalive_s: int = Field(30, ge=5)
     batch: int = Field(200, ge=1, description="Events in flight per batch")
     backoff_max_s: float = Field(15.0, gt=0)
@@ -77,6 +95,40 @@ class MqttConfig(_Strict):
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [u.strip() for u in v.split(",") if u.strip()]
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parse_broker_url(url)
+        return v
+
+    def brokers(self) -> list[tuple[str, int]]:
+        """(host, port) of every broker, in failover order."""
+        return [parse_broker_url(u) for u in self.urls] or [(self.host, self.port)]
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """`mqtt://host:port`, `mqtts://host:port`, `tcp://host:port` or `host:port` -> (host, port)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r}: expected mqtt://host:port")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker URL {url!r}: bad port") from None
+    if parts.username or parts.password or parts.path not in ("", "/"):
+        raise ValueError(f"broker URL {url!r}: only scheme, host and port (credentials go in username/password)")
+    return parts.hostname, port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
 
 
 class InfluxConfig(_Strict):
@@ -144,6 +196,43 @@ class CommandsConfig(_Strict):
                    for r in self.allow)
 
 
+def is_loopback_host(host: str) -> bool:
+    """True when `host` names only the loopback interface (hostnames other than localhost are not)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class OpsConfig(_Strict):
+    """The ops HTTP server: `/metrics` (Prometheus), `/healthz`, `/readyz`. Off unless a port is set."""
+
+    host: str = Field("127.0.0.1", description="Loopback by default; any other address needs `token`")
+    port: int | None = Field(
+        None, ge=0, le=65535, description="Empty or absent: no ops server (`port: ${OPS_PORT:-}`); 0: a free port")
+    token: SecretStr | None = Field(
+        None, description="Bearer token every request must carry (`Authorization: Bearer ...`); required on a"
+        " non-loopback address. Take it from the environment: `token: ${OPS_TOKEN}`")
+    outage_budget_s: float = Field(
+        120.0, ge=0, description="/readyz stays ready while each sink has been down for less than this")
+    max_connections: int = Field(32, ge=1, description="Open connections in total")
+    header_timeout_s: float = Field(5.0, gt=0, description="A request head must arrive this soon")
+
+    @field_validator("port", "token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _network_needs_token(self) -> OpsConfig:
+        if self.port is not None and not is_loopback_host(self.host) and self.token is None:
+            raise ValueError(f"ops.host {self.host} is reachable from the network: set ops.token (a bearer token,"
+                             " e.g. token: ${OPS_TOKEN}) or bind 127.0.0.1")
+        return self
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -154,6 +243,7 @@ class GatewayConfigBase(_Strict):
     influx: InfluxConfig = InfluxConfig()
     alarms: AlarmsConfig = AlarmsConfig()
     commands: CommandsConfig = CommandsConfig()
+    ops: OpsConfig = OpsConfig()
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 

@@ -224,11 +224,35 @@ def event_detail(ev: Event) -> str:
             parts.append(f"barrier {p['gate_state']}")
         if "detail" in p:
             parts.append(str(p["detail"]))
+    elif kind == "camera":
+        parts += _camera_detail(p)
     elif kind == "connectivity" and p.get("reason"):
         parts.append(str(p["reason"]))
     if ev.quality.status != "valid":
         parts.append(f"{ev.quality.status}: {', '.join(ev.quality.reasons)}")
     return ", ".join(parts)
+
+
+def _camera_detail(p: dict[str, Any]) -> list[str]:
+    """Where a camera saw it ("B1 garage, column 14"), on which channel, and how sure it was."""
+    loc = p.get("location") or {}
+    place = [f"{loc['garage']} garage" if loc.get("garage") else "",
+             f"building {loc['building']}" if loc.get("building") and not loc.get("garage") else "",
+             f"unit {loc['unit']}" if loc.get("unit") else "", str(loc.get("zone") or "")]
+    parts = [", ".join(x for x in place if x)] if any(place) else []
+    redundant = {loc.get("zone"), "other", "garage" if loc.get("garage") else None}
+    if p.get("where") and p["where"] not in redundant:
+        parts.append(_words(p["where"]))
+    channel = p.get("channel_name") or (f"channel {p['channel']}" if p.get("channel") else None)
+    if channel and channel != loc.get("zone"):
+        parts.append(str(channel))
+    if p.get("region"):
+        parts.append(str(p["region"]))
+    if "confidence" in p:
+        parts.append(f"{round(p['confidence'] * 100)}%")
+    if p.get("code") or p.get("detail"):
+        parts.append(str(p.get("detail") or p.get("code")))
+    return parts
 
 
 @dataclass
@@ -248,7 +272,7 @@ class DeviceRow:
             return
         if ev.alarm_id:
             if ev.state == "raised":
-                detail = event_detail(ev) if ev.device.kind == "pa" else ""
+                detail = event_detail(ev) if ev.device.kind in ("pa", "camera") else ""
                 self.alarms[ev.alarm_id] = event_title(ev) + (f" ({detail})" if detail else "")
             else:
                 self.alarms.pop(ev.alarm_id, None)
@@ -278,6 +302,9 @@ class DeviceRow:
                 f" ({_words(p['reason'])})" if "reason" in p else "")
         elif ev.type == "lpr.gate_state" and "gate_state" in p:
             self.facts["barrier"] = p["gate_state"]
+        elif ev.device.kind == "camera" and ev.state != "cleared" and ev.type.startswith("camera."):
+            detail = event_detail(ev)
+            self.facts["last_detection"] = f"{_local(ev.time)} {event_title(ev)}" + (f" ({detail})" if detail else "")
 
     def text(self) -> str:
         """The device's current state in words."""
@@ -312,6 +339,8 @@ class DeviceRow:
                 parts.append(f"last {f['last_plate']}" + (f" -> {f['decision']}" if "decision" in f else ""))
             if "barrier" in f:
                 parts.append(f"barrier {f['barrier']}")
+        elif self.kind == "camera":
+            parts.append(f"last {f['last_detection']}" if "last_detection" in f else "watching")
         text = "; ".join(parts)
         if self.alarms:
             text = "ALARM " + ", ".join(self.alarms.values()) + ("; " + text if text else "")
@@ -399,7 +428,7 @@ def render(view: DemoView, broker: Broker, db: Path, *, width: int, height: int)
         shown_alarms = list(view.alarms.values())[-max(1, height // 6):]
         for ev in shown_alarms:
             alarms.add_row(_local(ev.received), ev.device.id, event_title(ev) + (
-                f" ({event_detail(ev)})" if ev.device.kind == "pa" else ""),
+                f" ({event_detail(ev)})" if ev.device.kind in ("pa", "camera") else ""),
                 f"[{_SEVERITY_STYLE.get(ev.severity, '')}]{ev.severity}[/]")
         if len(view.alarms) > len(shown_alarms):
             alarms.add_row("", f"... {len(view.alarms) - len(shown_alarms)} more", "", "")

@@ -20,6 +20,10 @@ Budget work touches only the rows it frees (index on `(lane, seq)`), so a commit
 same at 10k and at 1M stored events. A commit's outcome is its INSERT's: budget or history
 maintenance failing afterwards is logged and counted, never reported to the producer.
 
+Beside the exact published JSON body, each row keeps what sinks route and tag by (`alarm_id`,
+`state`, `quality`, `time_ns`), so delivery does not parse bodies to find them. An outbox from
+an older gateway gains these columns on open, filled from its bodies.
+
 The database folder is created 0700 and the database files are kept 0600 (plates are stored
 in clear). A lock file next to the database, held while open, keeps a second gateway off it.
 """
@@ -37,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from gateway.errors import OutboxError, OutboxFull
 from gateway.files import FILE_MODE, make_private_dirs, make_private_file
@@ -65,7 +69,10 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     type TEXT NOT NULL,
     class TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    alarm_id TEXT,
+    state TEXT,
+    quality TEXT
 );
 CREATE INDEX IF NOT EXISTS events_lane ON events (lane, seq);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_ns);
@@ -88,9 +95,38 @@ CREATE TABLE IF NOT EXISTS open_alarms (alarm_id TEXT PRIMARY KEY, device TEXT N
 """
 
 
+#: Columns an older outbox lacks: added by `_migrate`, filled from the stored bodies.
+_ADDED_COLUMNS = {
+    "alarm_id": "json_extract(body, '$.alarm_id')",
+    "state": "json_extract(body, '$.state')",
+    "quality": "json_extract(body, '$.quality.status')",
+}
+
+
+class Row(NamedTuple):
+    """One event as it is inserted: the body plus the facts sinks and the outbox act on."""
+
+    id: str
+    lane: int
+    time_ns: int
+    received_ns: int
+    device: str
+    kind: str
+    type: str
+    cls: str
+    body: str
+    alarm_id: str | None
+    state: str | None
+    quality: str
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """One committed event as a sink sees it."""
+    """One committed event as a sink sees it.
+
+    The columns beside `body` let a sink route and tag an event without parsing its JSON
+    (retained alarm topics, rejected samples, InfluxDB tags and timestamps).
+    """
 
     seq: int
     lane: int
@@ -99,6 +135,14 @@ class Stored:
     type: str
     cls: str
     body: str
+    id: str
+    time_ns: int
+    alarm_id: str | None
+    state: str | None
+    quality: str
+
+
+_STORED_COLUMNS = "seq, lane, device, kind, type, class, body, id, time_ns, alarm_id, state, quality"
 
 
 def lane_of(event_class: str) -> int:
@@ -172,7 +216,7 @@ class Outbox:
         self.counters = counters or Counters()
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[Row], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._new = {sink: asyncio.Event() for sink in self.sinks}
         self._space_waiters: set[asyncio.Future[None]] = set()
@@ -210,6 +254,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             db.executescript(_SCHEMA)
+            _migrate(db)
             for extra in _db_files(self.path)[1:]:  # an older gateway may have left them 0644
                 if extra.exists():
                     os.chmod(extra, FILE_MODE)
@@ -271,20 +316,21 @@ class Outbox:
     # --- producers -------------------------------------------------------------------------
 
     @staticmethod
-    def row(event: Event) -> tuple[Any, ...]:
+    def row(event: Event) -> Row:
         """The row stored for `event` (body is the exact published JSON)."""
-        return (
-            event.id,
-            lane_of(event.class_),
-            event_time_ns(event.time),
-            event_time_ns(event.received),
-            event.device.id,
-            event.device.kind,
-            event.type,
-            event.class_,
-            event.to_json(),
-            event.alarm_id,
-            event.state,
+        return Row(
+            id=event.id,
+            lane=lane_of(event.class_),
+            time_ns=event_time_ns(event.time),
+            received_ns=event_time_ns(event.received),
+            device=event.device.id,
+            kind=event.device.kind,
+            type=event.type,
+            cls=event.class_,
+            body=event.to_json(),
+            alarm_id=event.alarm_id,
+            state=event.state,
+            quality=event.quality.status,
         )
 
     async def append(self, events: Sequence[Event], *, wait_s: float | None = None) -> None:
@@ -300,7 +346,7 @@ class Outbox:
             raise OutboxError("outbox is closing")
         rows = [self.row(e) for e in events]
         admitted = 0
-        if self.overflow == "block" and all(r[1] == 1 for r in rows):
+        if self.overflow == "block" and all(r.lane == 1 for r in rows):
             await self._admit(wait_s)
             admitted = len(rows)
             self._admitted += admitted
@@ -385,7 +431,7 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
+                batch: list[tuple[list[Row], asyncio.Future[None]]] = []
                 size = 0
                 while self._pending and (not batch or size + len(self._pending[0][0]) <= self.batch_max):
                     item = self._pending.pop(0)
@@ -405,6 +451,8 @@ class Outbox:
                 if self._freed != freed:
                     self._notify_space()
                 self.counters.inc("outbox.accepted", len(rows))
+                for lane in LANES:  # per lane, for /metrics
+                    self.counters.inc(f"outbox.accepted.lane{lane}", sum(1 for r in rows if r[1] == lane))
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
@@ -413,29 +461,28 @@ class Outbox:
             if self._closing and not self._pending:
                 return
 
-    def _commit_sync(self, rows: list[tuple[Any, ...]]) -> None:
+    def _commit_sync(self, rows: list[Row]) -> None:
         db = self._require_db()
         with _transaction(db):
             db.executemany(
-                "INSERT INTO events (id, lane, time_ns, received_ns, device, kind, type, class, body)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
-                [r[:9] for r in rows],
+                "INSERT INTO events (id, lane, time_ns, received_ns, device, kind, type, class, body,"
+                " alarm_id, state, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,  # a Row's fields are in column order
             )
             # Raised alarms stay listed until cleared, so a restarted gateway can close them.
             for r in rows:
-                alarm_id, state = r[9], r[10]
-                if alarm_id is None:
+                if r.alarm_id is None:
                     continue
-                if state == "raised":
+                if r.state == "raised":
                     db.execute("INSERT OR REPLACE INTO open_alarms (alarm_id, device, body) VALUES (?,?,?)",
-                               (alarm_id, r[4], r[8]))
-                elif state == "cleared":
-                    db.execute("DELETE FROM open_alarms WHERE alarm_id=?", (alarm_id,))
+                               (r.alarm_id, r.device, r.body))
+                elif r.state == "cleared":
+                    db.execute("DELETE FROM open_alarms WHERE alarm_id=?", (r.alarm_id,))
         self._count += len(rows)
         # Committed: from here on nothing may turn the outcome into a failure (the producer
         # would retry and duplicate). Maintenance problems are logged and counted instead.
         try:
-            self._enforce_budget(lane0=sum(1 for r in rows if r[1] == 0))
+            self._enforce_budget(lane0=sum(1 for r in rows if r.lane == 0))
             now = time.monotonic()
             if self._purge_more or now - self._last_history_purge > 60:
                 self._last_history_purge = now
@@ -592,8 +639,7 @@ class Outbox:
             if len(out) >= limit:
                 break
             rows = db.execute(
-                "SELECT seq, lane, device, kind, type, class, body FROM events WHERE lane=? AND seq>?"
-                " ORDER BY seq LIMIT ?",
+                f"SELECT {_STORED_COLUMNS} FROM events WHERE lane=? AND seq>? ORDER BY seq LIMIT ?",
                 (lane, self._cursors[(sink, lane)], limit - len(out)),
             ).fetchall()
             out.extend(Stored(*r) for r in rows)
@@ -603,6 +649,8 @@ class Outbox:
         """Advance `sink`'s cursors past `delivered` (a prefix of what `fetch` returned)."""
         if delivered:
             await self._run(self._ack_sync, sink, delivered)
+            for lane in LANES:  # per sink and lane, for /metrics
+                self.counters.inc(f"{sink}.delivered.lane{lane}", sum(1 for r in delivered if r.lane == lane))
             self._notify_space()  # delivered history is reclaimable now
 
     def _ack_sync(self, sink: str, delivered: Sequence[Stored]) -> None:
@@ -666,6 +714,13 @@ class Outbox:
         return out
 
     @property
+    def problem(self) -> str | None:
+        """Why the outbox cannot accept events right now (closed, or the last commit failed), else None."""
+        if self._db is None:
+            return "outbox not open"
+        return self._commit_problem
+
+    @property
     def count(self) -> int:
         """Events stored (history plus backlog)."""
         return self._count
@@ -707,6 +762,23 @@ class Outbox:
         db = self._require_db()
         result: T = await self._run(fn, db)
         return result
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an older outbox's events table up to date: add and fill the columns it lacks.
+
+    Runs once per database (the next open finds the columns); filling costs one pass over
+    the table, in SQL.
+    """
+    have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+    missing = [c for c in _ADDED_COLUMNS if c not in have]
+    if not missing:
+        return
+    with _transaction(db):
+        for column in missing:
+            db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+        db.execute("UPDATE events SET " + ", ".join(f"{c} = {_ADDED_COLUMNS[c]}" for c in missing))
+    log.info("outbox: added columns %s to the events table", ", ".join(missing))
 
 
 @contextlib.contextmanager

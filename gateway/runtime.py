@@ -142,6 +142,8 @@ class DeviceRuntime:
         self.link_up_since_start = False
         self._delays = backoff_delays(config.backoff)
         self._emit_problem: str | None = None  # why the last poll's events were refused
+        #: Told the duration of every answered poll (the /metrics histogram), when set.
+        self.poll_observer: Callable[[float], None] | None = None
 
     # DeviceContext -----------------------------------------------------------------------
 
@@ -289,6 +291,11 @@ class DeviceRuntime:
                 self.log.warning("events accepted again (last refusal: %s)", self._emit_problem)
             self._emit_problem = None
 
+    def observe_poll(self, seconds: float) -> None:
+        """An answered poll took `seconds` (the supervisor times `read()`)."""
+        if self.poll_observer is not None:
+            self.poll_observer(seconds)
+
     def reset_backoff(self) -> None:
         """Start the back-off sequence again (after a link that worked)."""
         self._delays = backoff_delays(self.config.backoff)
@@ -332,6 +339,11 @@ class Gateway:
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
         self.reconcile = reconcile
+        from gateway.ops import GatewayMetrics, OpsServer
+
+        #: Prometheus registry of this gateway (`ops.port` serves it; features add their metrics here).
+        self.metrics = GatewayMetrics(self)
+        self.ops_server: OpsServer | None = None
 
     async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         async with self._shared_lock:
@@ -343,6 +355,14 @@ class Gateway:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
         await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        if self.config.ops.port is not None:
+            from gateway.ops import start_ops
+
+            try:  # a configured ops port that cannot be served is fatal: the operator would be blind
+                self.ops_server = await start_ops(self)
+            except BaseException:
+                await self.outbox.close()
+                raise
         self._bind_sinks()
         for sink in self.sinks:
             self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
@@ -362,6 +382,7 @@ class Gateway:
                     shared=self._get_shared, recorder=self.recorder,
                 )
                 driver = spec.build(dev, ctx)
+                ctx.poll_observer = self.metrics.poll_duration.labels(dev.id).observe
             except Exception:
                 self.counters.inc("device_build_failures")
                 log.exception("device %s could not be started; the others run", dev.id)
@@ -525,6 +546,9 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.ops_server is not None:
+            await self.ops_server.aclose()
+            self.ops_server = None
         await self.outbox.close()
         totals = sorted((k, v) for k, v in self.counters.snapshot().items() if not k.startswith("device."))
         width = max((len(k) for k, _ in totals), default=0)

@@ -5,14 +5,18 @@ schedule, timeouts are the driver's, reconnects wait a capped, jittered exponent
 that starts afresh only once the device has answered a read (connecting is not enough),
 and after `offline_after` consecutive misses a `device.offline` event is emitted
 (`device.online` when it answers again).
+
+Every wait (poll ticks and back-off) goes through `clock`, so tests can swap in a clock whose
+sleeps advance virtual time at once: supervision is then tested without sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.backoff import backoff_delays
 from gateway.driver import PollingDriver, PushDriver
@@ -21,12 +25,43 @@ from gateway.errors import DeviceProtocolError, DeviceUnavailable
 if TYPE_CHECKING:
     from gateway.runtime import DeviceRuntime
 
-__all__ = ["backoff_delays", "supervise"]  # backoff_delays: re-exported for old imports
+__all__ = ["Clock", "LoopClock", "backoff_delays", "supervise"]  # backoff_delays: re-exported for old imports
 
 log = logging.getLogger(__name__)
 
-#: How back-off waits are slept (tests substitute a recorder); poll ticks use asyncio.sleep.
-backoff_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+class Clock(Protocol):
+    """Where supervision reads the time and waits: the poll schedule and back-off."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def sleep(self, delay: float) -> None:
+        """Wait `delay` seconds of this clock."""
+        ...
+
+
+class LoopClock:
+    """The event loop's own clock: real time."""
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+
+
+#: The clock every supervised device runs on (tests substitute a virtual one).
+clock: Clock = LoopClock()
+
+
+async def _clock_sleep(delay: float) -> None:
+    await clock.sleep(delay)
+
+
+#: How back-off waits are slept: on `clock` unless a test substitutes a recorder.
+backoff_sleep: Callable[[float], Awaitable[None]] = _clock_sleep
 
 
 async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> None:
@@ -48,7 +83,6 @@ async def supervise(driver: PollingDriver | PushDriver, ctx: DeviceRuntime) -> N
 
 
 async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
-    loop = asyncio.get_running_loop()
     delays = backoff_delays(ctx.config.backoff)
     while True:
         try:
@@ -63,8 +97,9 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
         # Back-off starts afresh only after a good read, not on connect: a device that accepts
         # TCP and never answers must be retried ever more slowly, not twice a second.
         answered = False
-        next_at = loop.time()
+        next_at = clock.monotonic()
         while True:
+            started = time.monotonic()  # real duration of the read, whatever clock schedules the polls
             try:
                 raw = await driver.read()
             except asyncio.CancelledError:
@@ -87,13 +122,14 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
                 ctx.counters.inc("polls")
+                ctx.observe_poll(time.monotonic() - started)
                 await ctx.poll_answered(raw, interval=driver.interval)
             next_at += driver.interval
-            now = loop.time()
+            now = clock.monotonic()
             if next_at < now:  # fell behind (slow device): skip missed ticks rather than burst
                 ctx.counters.inc("late_polls")
                 next_at = now + driver.interval
-            await asyncio.sleep(next_at - now)
+            await clock.sleep(next_at - now)
 
 
 async def _supervise_push(driver: PushDriver, ctx: DeviceRuntime) -> None:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 SCHEMA_ID = "courtyard.event/1"
 
-DeviceKind = Literal["elevator", "access_gate", "pa", "plate_reader"]
+DeviceKind = Literal["elevator", "access_gate", "pa", "plate_reader", "camera"]
 EventClass = Literal["status", "event", "alarm", "fault", "connectivity", "command"]
 Severity = Literal["critical", "major", "minor", "info"]
 AlarmState = Literal["raised", "cleared", "momentary"]
@@ -48,8 +48,13 @@ class Location(Frozen):
 
     building: str | None = None
     unit: str | None = None
+    floor: str | None = Field(None, description="Floor as people name it: B1, 1, 12A")
     garage: str | None = None
-    zone: str | None = None
+    zone: str | None = Field(None, description="Finer place: lobby, column 14, ramp")
+
+    def over(self, base: Location) -> Location:
+        """This location, with fields it leaves unset taken from `base` (a channel over its camera)."""
+        return Location(**{k: v if v is not None else getattr(base, k) for k, v in self.__dict__.items()})
 
 
 class DeviceRef(Frozen):

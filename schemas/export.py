@@ -15,6 +15,7 @@ CONFIG_SCHEMA_PATH = HERE / "config.schema.json"
 SCENARIO_SCHEMA_PATH = HERE / "scenario.schema.json"
 COMMAND_REQUEST_SCHEMA_PATH = HERE / "command_request.schema.json"
 COMMAND_RESULT_SCHEMA_PATH = HERE / "command_result.schema.json"
+ASYNCAPI_PATH = HERE / "asyncapi.json"
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -61,7 +62,8 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    """Write both schema files."""
+    """Write every committed schema: event, config, scenario and the MQTT contract's AsyncAPI."""
+    from gateway.asyncapi import asyncapi_document
     from gateway.config import config_json_schema
 
     EVENT_SCHEMA_PATH.write_text(render(event_json_schema()), encoding="utf-8")
@@ -69,8 +71,9 @@ def main() -> int:
     SCENARIO_SCHEMA_PATH.write_text(render(scenario_json_schema()), encoding="utf-8")
     for path, schema in command_json_schemas().items():
         path.write_text(render(schema), encoding="utf-8")
-    print(f"wrote {EVENT_SCHEMA_PATH}, {CONFIG_SCHEMA_PATH}, {SCENARIO_SCHEMA_PATH} and the command schemas",
-          file=sys.stderr)
+    ASYNCAPI_PATH.write_text(render(asyncapi_document()), encoding="utf-8")
+    print(f"wrote {EVENT_SCHEMA_PATH.name}, {CONFIG_SCHEMA_PATH.name}, {SCENARIO_SCHEMA_PATH.name},"
+          f" {ASYNCAPI_PATH.name} and the command schemas in {HERE}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Protocol-true device simulators with fault injection, one module per device family.
+"""Protocol-true device simulators with fault injection, one package per device family.
+
+A simulator is named after its device kind (`courtyard simulate pa`), like the scenario kinds
+and the docs; only drivers carry a transport prefix (`opcua_pa`), as a kind may have several.
 
 Each module exposes `add_arguments(parser)` and `async serve(args)` for `courtyard simulate`.
 Which simulators exist is the driver registry's to say (`DriverSpec.simulator` and
@@ -8,6 +11,10 @@ Which simulators exist is the driver registry's to say (`DriverSpec.simulator` a
 from __future__ import annotations
 
 from typing import Any
+
+#: Former `courtyard simulate` names -> today's. Still accepted, with a deprecation note on
+#: stderr and in `--help`; they go with the next incompatible release.
+SIMULATOR_ALIASES: dict[str, str] = {"broadcast": "pa"}
 
 #: Alternative transport backends by driver, then name -> "module:object" (imported on first
 #: use). Drivers reach them through `gateway.registry.backend`, never by importing simulators.

@@ -123,3 +123,23 @@ async def fake_write_endpoint(
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+class VirtualClock:
+    """A supervision clock (`gateway.supervisor.clock`) whose sleeps return at once.
+
+    Each sleep advances virtual time by its delay and is recorded, then yields to the loop once:
+    poll ticks and back-off cost no wall-clock time, while device I/O stays real.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += max(0.0, delay)
+        await asyncio.sleep(0)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.history import query
 from gateway.runtime import Gateway
@@ -22,6 +24,7 @@ def faults(db: Path, dev: str | None = None) -> list[dict[str, Any]]:
             if e["alarm_id"] and e["class"] != "connectivity"]
 
 
+@pytest.mark.slow
 async def test_a_fault_held_across_a_restart_is_confirmed_not_flapped(tmp_path: Path, mosquitto: Mosquitto) -> None:
     port = free_port()
     site = "grace-site"
@@ -95,6 +98,7 @@ async def test_restart_clears_only_this_configs_devices(tmp_path: Path) -> None:
     assert [e["state"] for e in faults(db, "lift-a")] == ["raised", "cleared"]
 
 
+@pytest.mark.slow
 async def test_unconfirmed_alarm_is_cleared_when_grace_ends_even_after_reconnects(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     """A retained alarm waiting for confirmation is kept by the reconciliation, then emptied at the end."""

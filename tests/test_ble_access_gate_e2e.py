@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
+import pytest
 
 from gateway.config import parse_config
 from gateway.runtime import Gateway
@@ -36,6 +37,7 @@ def gate(dev_id: str, address: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 async def test_e2e_gates_to_mqtt_and_influx(tmp_path: Path, mosquitto: Mosquitto, influx_v1: InfluxV1) -> None:
     east, west = "C0:57:0A:0E:00:01", "C0:57:0A:0E:00:02"
     cfg = parse_config(base_config(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from schemas.export import EVENT_SCHEMA_PATH
 from tests.helpers import MqttCollector
@@ -25,6 +26,7 @@ def courtyard(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, **kw)  # type: ignore[call-overload]
 
 
+@pytest.mark.slow
 async def test_run_example_until_sigterm_then_history(tmp_path: Path, mosquitto: Mosquitto) -> None:
     lift_port = free_port()
     env = os.environ | {"MQTT_PORT": str(mosquitto.port), "ELEVATOR_PORT": str(lift_port),
@@ -97,6 +99,7 @@ def test_drivers_command_lists_name_kind_transport() -> None:
     assert "modbus_elevator" in text and "TRANSPORT" in text
 
 
+@pytest.mark.slow
 def test_standalone_simulator_is_a_real_modbus_server() -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "gateway", "simulate", "elevator", "--port", str(port),
@@ -121,6 +124,6 @@ def test_standalone_simulator_is_a_real_modbus_server() -> None:
 
 
 def test_validate_counts_devices_in_words() -> None:
-    one = courtyard("validate", "-c", "examples/broadcast.yaml")
+    one = courtyard("validate", "-c", "examples/pa.yaml")
     assert one.returncode == 0, one.stderr
-    assert one.stdout.strip() == "examples/broadcast.yaml: OK (1 device, site demo-community)"
+    assert one.stdout.strip() == "examples/pa.yaml: OK (1 device, site demo-community)"

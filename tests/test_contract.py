@@ -242,7 +242,7 @@ def test_builtin_specs_pass_the_plugin_checks_and_give_the_published_envelope() 
         others = {n: s for n, s in specs.items() if n != name}
         assert registry.check_spec(spec, others) == [], name
     assert registry.event_model() is Event  # the built-ins: exactly the published schema
-    assert set(registry.device_kinds()) == {"elevator", "access_gate", "pa", "plate_reader"}
+    assert set(registry.device_kinds()) == {"elevator", "access_gate", "pa", "plate_reader", "camera"}
     assert set(registry.scenario_adapters()) == set(registry.device_kinds())
 
 
@@ -297,6 +297,7 @@ def courtyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
                           check=False)
 
 
+@pytest.mark.slow
 def test_a_plugin_adds_a_kind_with_its_payload_and_an_unusable_one_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     env = install_fake_plugin(tmp_path / "site")

@@ -57,6 +57,7 @@ async def retained(host: str, port: int, topic_filter: str) -> dict[str, bytes]:
                 out[str(msg.topic)] = bytes(msg.payload) if not isinstance(msg.payload, bytes) else msg.payload
 
 
+@pytest.mark.slow
 async def test_demo_headless_for_30_seconds(tmp_path: Path, mosquitto: Mosquitto) -> None:
     env = os.environ | {"MQTT_HOST": mosquitto.host, "MQTT_PORT": str(mosquitto.port)}
     async with MqttCollector(mosquitto.host, mosquitto.port, "courtyard/jinxiu-garden/#") as col:
@@ -77,7 +78,7 @@ async def test_demo_headless_for_30_seconds(tmp_path: Path, mosquitto: Mosquitto
         await col.wait_for(lambda c: ids <= {e["id"] for e in c.events()}, timeout=20)
 
     kinds = {e["device"]["kind"] for e in accepted if e["class"] != "connectivity"}
-    assert kinds == {"elevator", "access_gate", "pa", "plate_reader"}
+    assert kinds == {"elevator", "access_gate", "pa", "plate_reader", "camera"}
     states: dict[str, set[str]] = {}
     for e in accepted:
         if e["alarm_id"] and e["class"] in ("alarm", "fault"):
@@ -101,6 +102,7 @@ def fresh_broker() -> Iterator[Mosquitto]:
     server.close()
 
 
+@pytest.mark.slow
 async def test_demo_on_a_foreign_broker_leaves_no_retained_topics_after_ctrl_c(
         tmp_path: Path, fresh_broker: Mosquitto) -> None:
     """MQTT_PORT alone is honoured; Ctrl-C mid-alarm; a fresh subscriber then sees nothing retained.
@@ -300,6 +302,7 @@ def test_live_view_fits_the_terminal(width: int, height: int) -> None:
         assert "more" in text, "a short terminal says devices were left out"
 
 
+@pytest.mark.slow
 def test_demo_with_its_own_broker_exits_without_asyncio_complaints_on_sigterm(tmp_path: Path) -> None:
     """SIGTERM to the whole process group (systemd, `timeout`, a terminal's Ctrl-C does the same with
     SIGINT): the private broker dies while the gateway shuts down; nothing may be left unretrieved."""

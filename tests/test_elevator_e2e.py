@@ -91,6 +91,7 @@ def check_mqtt(accepted: list[dict[str, Any]], messages: list[tuple[str, bytes]]
         state_topics)
 
 
+@pytest.mark.slow
 async def test_e2e_mqtt_and_influx_v1(tmp_path: Path, mosquitto: Mosquitto, influx_v1: InfluxV1) -> None:
     accepted, messages, gw = await run_scenario(
         tmp_path, mosquitto, {"url": influx_v1.url, "api": "v1", "database": influx_v1.database, "batch": 50})
@@ -114,6 +115,7 @@ async def test_e2e_mqtt_and_influx_v1(tmp_path: Path, mosquitto: Mosquitto, infl
     assert gw.counters.get("influx.written") == len(accepted)
 
 
+@pytest.mark.slow
 async def test_e2e_mqtt_and_influx_v2_api(tmp_path: Path, mosquitto: Mosquitto, victoria: Victoria) -> None:
     accepted, messages, _ = await run_scenario(tmp_path, mosquitto, {"url": victoria.url, "api": "v2",
                                                                      "database": "courtyard", "batch": 50})

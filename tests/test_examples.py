@@ -105,7 +105,7 @@ def test_every_example_validates_with_the_readme_environment(monkeypatch: pytest
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert len(EXAMPLES) == 4
+    assert len(EXAMPLES) == 5
     for path in EXAMPLES:
         cfg = load_config(path)
         assert cfg.devices, path

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from simulators.elevator import ElevatorModel, ElevatorSimulator
 from simulators.plate_reader import zhenshi_heartbeat_body
@@ -75,6 +76,7 @@ async def _hold_idle(port: int, source: str, stop: asyncio.Event, stats: Counter
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_idle_flood_over_the_cap_leaves_camera_and_elevators_working(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -184,6 +186,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_accept_errors_are_summarised_not_logged_per_attempt() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _EXHAUSTED, "4", cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

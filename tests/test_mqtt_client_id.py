@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.runtime import Gateway
 from tests.helpers import base_config, eventually
 from tests.servers import Mosquitto
 
 
+@pytest.mark.slow
 async def test_two_gateways_with_one_client_id_keep_their_sessions(tmp_path: Path, mosquitto: Mosquitto) -> None:
     gateways = []
     for name in ("gw-a", "gw-b"):

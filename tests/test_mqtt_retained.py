@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.history import query
 from gateway.runtime import Gateway
-from simulators.broadcast import BroadcastSimulator
 from simulators.elevator import ElevatorModel, ElevatorSimulator
+from simulators.pa import PaSimulator
 from tests.helpers import MqttCollector, base_config, eventually
 from tests.mqtt_support import retained, seed
 from tests.servers import Mosquitto, free_port
@@ -140,7 +142,7 @@ def _open(tmp_path: Path) -> list[str]:
 
 async def test_pa_state_holds_every_zone(tmp_path: Path, mosquitto: Mosquitto) -> None:
     site = "pa-state-site"
-    async with BroadcastSimulator(port=free_port(), tick_s=0) as sim:
+    async with PaSimulator(port=free_port(), tick_s=0) as sim:
         cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=site, devices=[pa_device("pa-1", sim.url)]))
         async with Gateway(cfg) as gw:
             await eventually(lambda: gw.counters.get("device.pa-1.events") >= 2)
@@ -189,6 +191,7 @@ class AclBroker(Mosquitto):
         return cmd
 
 
+@pytest.mark.slow
 async def test_a_broker_that_lets_us_write_but_not_read_turns_reconciliation_off(tmp_path: Path) -> None:
     broker = AclBroker()
     broker.start()

@@ -1,4 +1,4 @@
-"""The OPC UA PA driver against the broadcast simulator over real OPC UA on loopback."""
+"""The OPC UA PA driver against the PA simulator over real OPC UA on loopback."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from drivers.opcua_pa.driver import OpcUaPaDriver
 from gateway.driver import EventDraft
 from gateway.errors import DeviceUnavailable
 from gateway.testing import IngestingContext
-from simulators.broadcast import BroadcastSimulator
+from simulators.pa import PaSimulator
 from tests.helpers import eventually
 from tests.servers import free_port
 
@@ -65,8 +65,8 @@ class FakeContext(IngestingContext):
 
 
 @pytest_asyncio.fixture
-async def sim() -> AsyncIterator[BroadcastSimulator]:
-    async with BroadcastSimulator(port=free_port(), tick_s=0) as s:
+async def sim() -> AsyncIterator[PaSimulator]:
+    async with PaSimulator(port=free_port(), tick_s=0) as s:
         yield s
 
 
@@ -99,7 +99,7 @@ async def supervised(driver: OpcUaPaDriver) -> AsyncIterator[list[str]]:
             await task
 
 
-async def test_snapshot_then_live_faults(sim: BroadcastSimulator) -> None:
+async def test_snapshot_then_live_faults(sim: PaSimulator) -> None:
     driver, ctx = make_driver(sim.url)
     async with supervised(driver):
         await eventually(lambda: ctx.online == [True], timeout=10)
@@ -122,7 +122,7 @@ async def test_snapshot_then_live_faults(sim: BroadcastSimulator) -> None:
         assert {c for c, _ in ctx.recorded} == {"snapshot", "changes"}
 
 
-async def test_amp_overheat_spare_and_power(sim: BroadcastSimulator) -> None:
+async def test_amp_overheat_spare_and_power(sim: PaSimulator) -> None:
     driver, ctx = make_driver(sim.url)
     async with supervised(driver):
         await eventually(lambda: ctx.online)
@@ -143,7 +143,7 @@ async def test_amp_overheat_spare_and_power(sim: BroadcastSimulator) -> None:
 
 async def test_second_vendor_map_over_the_wire() -> None:
     """The HarborVox map (browse paths, numeric ids, fail-safe contacts) works with the same driver."""
-    async with BroadcastSimulator(port=free_port(), tick_s=0, nodemap="harborvox_hv2400") as hv:
+    async with PaSimulator(port=free_port(), tick_s=0, nodemap="harborvox_hv2400") as hv:
         driver, ctx = make_driver(hv.url, "harborvox_hv2400")
         async with supervised(driver):
             await eventually(lambda: ctx.online)
@@ -158,7 +158,7 @@ async def test_second_vendor_map_over_the_wire() -> None:
             await eventually(lambda: any(e.payload.volume_db == -35.5 for e in ctx.find("pa.volume")))  # type: ignore[attr-defined]
 
 
-async def test_restart_reconciles_faults_changed_while_away(sim: BroadcastSimulator) -> None:
+async def test_restart_reconciles_faults_changed_while_away(sim: PaSimulator) -> None:
     driver, ctx = make_driver(sim.url)
     async with supervised(driver) as losses:
         await eventually(lambda: ctx.online)
@@ -185,7 +185,8 @@ async def test_restart_reconciles_faults_changed_while_away(sim: BroadcastSimula
         assert clears == {e.alarm_id for e in ctx.find("pa.line_fault", "raised") if e.payload.line == "l1"}  # type: ignore[attr-defined]
 
 
-async def test_session_drop_and_slow_server(sim: BroadcastSimulator) -> None:
+@pytest.mark.slow
+async def test_session_drop_and_slow_server(sim: PaSimulator) -> None:
     driver, ctx = make_driver(sim.url)
     async with supervised(driver) as losses:
         await eventually(lambda: ctx.online)
@@ -207,7 +208,7 @@ async def test_unreachable_server_raises_device_unavailable() -> None:
         await driver.run()
 
 
-async def test_any_opcua_client_can_drive_the_simulator(sim: BroadcastSimulator) -> None:
+async def test_any_opcua_client_can_drive_the_simulator(sim: PaSimulator) -> None:
     async with Client(sim.url) as client:
         idx = await client.get_namespace_index(sim.map.namespace)
         pa = await client.nodes.objects.get_child(f"{idx}:PA")

@@ -10,14 +10,14 @@ import pytest_asyncio
 
 from gateway.config import parse_config
 from gateway.runtime import Gateway
-from simulators.broadcast import BroadcastSimulator
+from simulators.pa import PaSimulator
 from tests.helpers import MqttCollector, base_config, eventually
 from tests.servers import free_port
 
 
 @pytest_asyncio.fixture
-async def sim() -> AsyncIterator[BroadcastSimulator]:
-    async with BroadcastSimulator(port=free_port(), tick_s=0) as s:
+async def sim() -> AsyncIterator[PaSimulator]:
+    async with PaSimulator(port=free_port(), tick_s=0) as s:
         yield s
 
 
@@ -34,7 +34,7 @@ def faults(col: MqttCollector, device: str) -> list[tuple[str, str, str | None, 
             if e["device"]["id"] == device and e["state"] != "momentary" and e["type"].startswith("pa.")]
 
 
-async def test_faults_reach_mqtt_and_influx(sim: BroadcastSimulator, mosquitto: Any, influx_v1: Any,
+async def test_faults_reach_mqtt_and_influx(sim: PaSimulator, mosquitto: Any, influx_v1: Any,
                                             tmp_path: Path) -> None:
     influx = {"url": influx_v1.url, "api": "v1", "database": influx_v1.database}
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, influx=influx,
@@ -68,7 +68,7 @@ async def test_faults_reach_mqtt_and_influx(sim: BroadcastSimulator, mosquitto: 
         assert {r["severity"] for r in found} == {"major"}
 
 
-async def test_server_restart_mid_stream_loses_nothing(sim: BroadcastSimulator, mosquitto: Any,
+async def test_server_restart_mid_stream_loses_nothing(sim: PaSimulator, mosquitto: Any,
                                                        tmp_path: Path) -> None:
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, devices=[pa_device("pa-restart", sim.url)]),
                        source="test")

@@ -40,6 +40,7 @@ def first_seen_order(events: list[dict[str, Any]]) -> dict[tuple[str, int], list
     return order
 
 
+@pytest.mark.slow
 async def test_broker_and_database_outage_lose_nothing(
     tmp_path: Path, own_broker: Mosquitto, own_influx: InfluxV1
 ) -> None:

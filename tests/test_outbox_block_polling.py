@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.history import query
 from gateway.outbox import Outbox
@@ -17,6 +19,7 @@ from tests.servers import free_port
 from tests.test_outbox import make_event
 
 
+@pytest.mark.slow
 async def test_lift_alarm_recorded_while_status_is_blocked(tmp_path: Path) -> None:
     db = tmp_path / "outbox.db"
     async with Outbox(db, sinks=["mqtt"]) as ob:  # a backlog at the budget, none of it delivered

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from drivers.http_plate_reader import HttpPlateReaderConfig
 from drivers.http_plate_reader.driver import HttpPlateReader
@@ -27,6 +28,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 async def test_plate_push_gets_503_with_retry_after_when_blocked(tmp_path: Path) -> None:
     port = free_port()
     cfg = HttpPlateReaderConfig.model_validate({

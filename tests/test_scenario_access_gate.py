@@ -108,6 +108,7 @@ async def test_device_configs_reach_the_gates_and_scale_windows() -> None:
         await adapter.stop()
 
 
+@pytest.mark.slow
 async def test_behaviour_and_device_faults(tmp_path: Path) -> None:
     a, b = device("gate-a", behaviour=PLAIN), device("gate-b", doors=2, max_clock_skew_s=60)
     async with running(tmp_path, [a, b]) as run:
@@ -179,6 +180,7 @@ async def test_behaviour_and_device_faults(tmp_path: Path) -> None:
         assert [e for e in evs if e["type"] == "access.granted"][-1]["quality"]["status"] == "valid"
 
 
+@pytest.mark.slow
 async def test_transport_faults(tmp_path: Path) -> None:
     a = device("gate-t", behaviour=PLAIN)
     async with running(tmp_path, [a]) as run:
@@ -246,6 +248,7 @@ def signature(evs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             for e in evs if e["class"] not in ("status", "connectivity")]
 
 
+@pytest.mark.slow
 async def test_same_seed_same_events_and_replay_matches(tmp_path: Path) -> None:
     first = await scripted(tmp_path / "1", seed=11, recording=tmp_path / "rec.jsonl")
     second = await scripted(tmp_path / "2", seed=11)

@@ -1,4 +1,4 @@
-"""PA scenario adapter: broadcast simulators over OPC UA -> opcua_pa driver -> gateway outbox."""
+"""PA scenario adapter: PA simulators over OPC UA -> opcua_pa driver -> gateway outbox."""
 
 from __future__ import annotations
 

@@ -188,6 +188,7 @@ async def assert_replays(tmp_path: Path, recording: Path) -> None:
     assert replayed == live
 
 
+@pytest.mark.slow
 async def test_barrier_stuck_and_silence_raise_and_clear(adapter: PlateReaderAdapter, tmp_path: Path) -> None:
     entry, out = adapter.devices
     cfg = parse_config(base_config(tmp_path, devices=adapter.device_configs()), source="test")

@@ -53,6 +53,7 @@ def test_bad_scenarios_are_refused_with_reasons(tmp_path: Path) -> None:
         load_scenario(path)
 
 
+@pytest.mark.slow
 async def test_record_then_replay_gives_the_same_events(tmp_path: Path, mosquitto: Mosquitto) -> None:
     scenario = load_scenario(shipped()["passenger_trapped"])
     rec = tmp_path / "recording.jsonl"
@@ -63,6 +64,7 @@ async def test_record_then_replay_gives_the_same_events(tmp_path: Path, mosquitt
     assert any(e["type"] == "elevator.passenger_trapped" for e in replayed)
 
 
+@pytest.mark.slow
 async def test_same_seed_same_event_sequence(tmp_path: Path, mosquitto: Mosquitto) -> None:
     scenario = load_scenario(shipped()["passenger_trapped"])
     runs = []
@@ -76,6 +78,7 @@ async def test_same_seed_same_event_sequence(tmp_path: Path, mosquitto: Mosquitt
     assert runs[0], "the scenario produced alarms to compare"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", INCIDENTS)
 async def test_incident_scenario_shows_the_platform_what_it_should(
     name: str, tmp_path: Path, own_broker: Mosquitto

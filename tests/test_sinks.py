@@ -113,6 +113,7 @@ def tls_broker(tls_material: dict[str, Path]) -> Iterator[Mosquitto]:
     server.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_mqtt_tls_verifies_the_server(tmp_path: Path, tls_broker: Mosquitto, tls_material: dict[str, Path],
                                             trusted: bool) -> None:
@@ -128,6 +129,7 @@ async def test_mqtt_tls_verifies_the_server(tmp_path: Path, tls_broker: Mosquitt
             assert not any("/event/" in t for t, _ in col.messages), "published to an unverified server"
 
 
+@pytest.mark.slow
 async def test_retained_topics_for_late_subscribers(tmp_path: Path, mosquitto: Mosquitto) -> None:
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=1.0)})

@@ -1,4 +1,9 @@
-"""Supervision: a dead device never slows live ones; back-off; connectivity events."""
+"""Supervision: a dead device never slows live ones; back-off; connectivity events.
+
+Tests taking `clock` run twice: on a virtual clock (poll ticks and back-off take no time; the
+device I/O is real) and once in real time, marked slow, so the fast suite keeps each behaviour
+and the full suite still checks it against the wall clock.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,35 @@ from pathlib import Path
 
 import pytest
 
+from gateway import supervisor
 from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.config import parse_config
 from gateway.runtime import Gateway
 from simulators.elevator import ElevatorModel, ElevatorSimulator
-from tests.helpers import base_config, eventually
+from tests.helpers import VirtualClock, base_config, eventually
 from tests.servers import free_port
 
 POLL_S = 0.2
+
+
+@pytest.fixture(params=["virtual", pytest.param("real", marks=pytest.mark.slow)])
+def clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> supervisor.Clock:
+    """The supervision clock for one run: virtual (no sleeping) or the real one."""
+    chosen: supervisor.Clock = VirtualClock() if request.param == "virtual" else supervisor.LoopClock()
+    monkeypatch.setattr(supervisor, "clock", chosen)
+    return chosen
+
+
+def recorder(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record every back-off wait (then wait it on the supervision clock)."""
+    waits: list[float] = []
+
+    async def recording_sleep(delay: float) -> None:
+        waits.append(delay)
+        await supervisor.clock.sleep(delay)
+
+    monkeypatch.setattr(supervisor, "backoff_sleep", recording_sleep)
+    return waits
 
 
 def lift(dev_id: str, port: int, unit: int = 1) -> dict[str, object]:
@@ -31,6 +57,7 @@ def history(tmp_path: Path) -> list[tuple[str, str]]:
     return [(r.device, r.type) for r in query(tmp_path / "outbox.db")]
 
 
+@pytest.mark.slow  # measures poll rates over a real 5 s window
 async def test_one_dead_device_never_delays_twenty_live_ones(tmp_path: Path) -> None:
     live_port, dead_port = free_port(), free_port()
     live = ElevatorSimulator(port=live_port, elevators={i: ElevatorModel(seed=i) for i in range(1, 21)})
@@ -56,7 +83,7 @@ async def test_one_dead_device_never_delays_twenty_live_ones(tmp_path: Path) -> 
     assert online == ["device.offline", "device.online"]
 
 
-async def test_device_that_drops_its_link_comes_back(tmp_path: Path) -> None:
+async def test_device_that_drops_its_link_comes_back(tmp_path: Path, clock: supervisor.Clock) -> None:
     port = free_port()
     sim = ElevatorSimulator(port=port)
     cfg = parse_config(base_config(tmp_path, devices=[lift("lift-1", port)]))
@@ -69,7 +96,7 @@ async def test_device_that_drops_its_link_comes_back(tmp_path: Path) -> None:
         assert gw.counters.get("device.lift-1.link_errors") >= 1
 
 
-async def test_modbus_exception_is_a_miss_not_a_reconnect(tmp_path: Path) -> None:
+async def test_modbus_exception_is_a_miss_not_a_reconnect(tmp_path: Path, clock: supervisor.Clock) -> None:
     port = free_port()
     sim = ElevatorSimulator(port=port)
     cfg = parse_config(base_config(tmp_path, devices=[lift("lift-1", port)]))
@@ -118,11 +145,9 @@ async def test_alarms_left_open_by_a_previous_run_are_cleared_on_start(tmp_path:
 
 
 async def test_backoff_grows_when_a_device_accepts_but_never_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: supervisor.Clock
 ) -> None:
     """Connecting is not an answer: back-off resets only after a good read (issue 9.17)."""
-    from gateway import supervisor
-
     connections = 0
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -133,13 +158,7 @@ async def test_backoff_grows_when_a_device_accepts_but_never_answers(
                 pass
         writer.close()
 
-    waits: list[float] = []
-
-    async def recording_sleep(delay: float) -> None:
-        waits.append(delay)
-        await asyncio.sleep(delay)
-
-    monkeypatch.setattr(supervisor, "backoff_sleep", recording_sleep)
+    waits = recorder(monkeypatch)
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     dev = {**lift("lift-silent", port), "timeout_s": 0.2,
@@ -152,16 +171,10 @@ async def test_backoff_grows_when_a_device_accepts_but_never_answers(
     assert 4 <= connections <= len(waits) + 1  # one connection per attempt, no hidden retries
 
 
-async def test_backoff_starts_afresh_after_a_good_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import supervisor
-
-    waits: list[float] = []
-
-    async def recording_sleep(delay: float) -> None:
-        waits.append(delay)
-        await asyncio.sleep(delay)
-
-    monkeypatch.setattr(supervisor, "backoff_sleep", recording_sleep)
+async def test_backoff_starts_afresh_after_a_good_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: supervisor.Clock
+) -> None:
+    waits = recorder(monkeypatch)
     port = free_port()
     sim = ElevatorSimulator(port=port)
     dev = {**lift("lift-1", port), "backoff": {"initial_s": 0.2, "max_s": 5.0, "factor": 2.0, "jitter": 0.0}}

@@ -8,13 +8,17 @@ Raw input is the notification's bytes as a hex string, which is also how a recor
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 from drivers.ble_access_gate.config import BleAccessGateConfig
-from drivers.ble_access_gate.normalize import Normalizer
+from drivers.ble_access_gate.normalize import Channel, Normalizer
 from gateway.driver import DeviceContext, EventDraft
 
-CHANNELS = ("event", "history", "status")
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
+
+
+def _is_channel(channel: str) -> TypeGuard[Channel]:
+    return channel in CHANNELS
 
 
 class GateDecoder:
@@ -26,7 +30,7 @@ class GateDecoder:
 
     def feed(self, channel: str, raw: Any, now: datetime) -> list[EventDraft]:
         """One notification or read, received at `now`; input that is not hex is counted and dropped."""
-        if channel not in CHANNELS or not isinstance(raw, str):
+        if not _is_channel(channel) or not isinstance(raw, str):
             self.ctx.counters.inc("bad_input")
             return []
         try:
@@ -34,7 +38,7 @@ class GateDecoder:
         except ValueError:
             self.ctx.counters.inc("bad_input")
             return []
-        return self.normalizer.feed(channel, data, now)  # type: ignore[arg-type]
+        return self.normalizer.feed(channel, data, now)
 
     def forget(self) -> None:
         """Report status again, re-confirm open alarms from the next record on."""

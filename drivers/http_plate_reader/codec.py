@@ -363,6 +363,11 @@ def decode_zhenshi(body: bytes, content_type: str = "application/json") -> Obser
             "unknown_message",
             f"expected AlarmInfoPlate, AlarmGioIn or heartbeat; got keys: {keys}",
         )
+    return _zhenshi_plate(alarm, notes)
+
+
+def _zhenshi_plate(alarm: dict[str, Any], notes: list[str]) -> PlateObservation:
+    """`AlarmInfoPlate`: one read, with its pictures (base64) and the camera's record number."""
     result = alarm.get("result")
     plate = result.get("PlateResult") if isinstance(result, dict) else None
     if not isinstance(plate, dict):

@@ -9,6 +9,10 @@ Channels, as the transport ingests them and a recording keeps them:
 * `barrier_stuck`: `{"gate_state"}`, the barrier window ran out (the transport's timer).
 * `barrier_command`: how an ISAPI open went (`{"seq", "plate", "lane", "direction", "failure"}`).
 
+The steps live in their own modules: `codec.py` parses the vendor body, `reads.py` grades the
+read, `dedupe.py` suppresses repeats and `gate.py` decides the barrier; this module strings
+them together and builds the events and the vendor's reply.
+
 Timers and I/O outcomes are inputs like pushes, so a replay reproduces their events, alarm
 ids included. De-duplication runs on receipt time, so a replay suppresses the same reads.
 """
@@ -20,7 +24,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from drivers.http_plate_reader.codec import (
@@ -32,38 +36,23 @@ from drivers.http_plate_reader.codec import (
     PlateObservation,
     PushRejected,
     decode,
-    resolve_direction,
     token,
     vendor_maps,
     zhenshi_reply,
 )
 from drivers.http_plate_reader.config import HttpPlateReaderConfig
+from drivers.http_plate_reader.dedupe import Key, RecentReads, offline_key
 from drivers.http_plate_reader.gate import Decision, GateRules
 from drivers.http_plate_reader.listener import PushReply, error_body
 from drivers.http_plate_reader.media import MediaStore, image_name
-from drivers.http_plate_reader.plates import check_plate, rescale_confidence
+from drivers.http_plate_reader.reads import PlateRead, decode_read
 from gateway.alarms import AlarmTracker
 from gateway.driver import DeviceContext, EventDraft
 from schemas.common import Quality, Severity
 from schemas.lpr import LprPayload
 
-#: Decoding steps worth counting but not worth lowering a read's quality.
-_INFO_REASONS = frozenset({"decoded_gbk", "decoded_base64", "repaired_latin1_gbk", "repaired_utf8_gbk", "body_gbk"})
-#: Device clocks further off than this are ignored (gateway receipt time is used instead).
-MAX_CLOCK_SKEW = timedelta(hours=24)
-#: A camera re-sends a buffered record it got no answer for (e.g. a live read interrupted the
-#: drain); the same plateid within this window is the same record, committed once.
-OFFLINE_DEDUPE_S = 3600.0
-
-
-@dataclass
-class _Recent:
-    """The last committed read of a plate on a lane, for de-duplication."""
-
-    at: float
-    decision: Decision
-    committed: asyncio.Future[None] | None  # None: committed already
-    suppressed: int = 0
+#: Buffered records were decided by the camera long ago: the gateway records them, undecided.
+_UNDECIDED = Decision("deny", "unknown")
 
 
 @dataclass
@@ -73,18 +62,11 @@ class Outcome:
     drafts: list[EventDraft]
     reply: PushReply
     images: list[tuple[str, bytes]] = field(default_factory=list)
-    dedupe_key: tuple[str, str] | None = None
+    dedupe_key: Key | None = None
     decision: Decision | None = None
     duplicate: bool = False
     wait_for: asyncio.Future[None] | None = None
     alive: bool = True
-
-
-def _pending_future() -> asyncio.Future[None] | None:
-    try:
-        return asyncio.get_running_loop().create_future()
-    except RuntimeError:  # decoding outside a loop (tests, tools): nothing can wait on it
-        return None
 
 
 def _json_reply(doc: Any, status: int = 200) -> PushReply:
@@ -113,7 +95,7 @@ class PlateDecoder:
         self.rules = GateRules(config.access)
         # URIs come from this camera's own settings, so a replay names images identically (unwritten).
         self._uris = MediaStore(config.media.path, config.media.max_bytes, uri_prefix=config.media.uri_prefix)
-        self._recent: dict[tuple[str, str], _Recent] = {}
+        self.recent = RecentReads(config.dedupe_s)
         self.gate_state: str | None = None
         self.alarms = AlarmTracker(config.id)
 
@@ -150,19 +132,12 @@ class PlateDecoder:
     def committed(self, outcome: Outcome) -> None:
         """The transport committed this push: duplicates waiting on it may answer now."""
         if outcome.dedupe_key is not None:
-            recent = self._recent.get(outcome.dedupe_key)
-            if recent is not None and recent.committed is not None:
-                if not recent.committed.done():
-                    recent.committed.set_result(None)
-                recent.committed = None
+            self.recent.committed(outcome.dedupe_key)
 
     def not_committed(self, outcome: Outcome, exc: BaseException) -> None:
         """This push was not committed: its retry is not a duplicate, and its duplicates fail too."""
         if outcome.dedupe_key is not None:
-            recent = self._recent.pop(outcome.dedupe_key, None)
-            if recent is not None and recent.committed is not None and not recent.committed.done():
-                recent.committed.set_exception(RuntimeError(f"original read not committed: {exc!r}"))
-                recent.committed.exception()  # retrieved: no "never retrieved" warning if nobody waits
+            self.recent.not_committed(outcome.dedupe_key, exc)
 
     def process(self, content_type: str, body: bytes, now: datetime, mono: float, path: str) -> Outcome:
         """Turn one push into events and a reply. Pure apart from de-duplication state; never raises."""
@@ -237,151 +212,75 @@ class PlateDecoder:
         return drafts
 
     def _plate(self, obs: PlateObservation, now: datetime, mono: float, path: str) -> Outcome:
-        cfg = self.cfg
-        check = check_plate(obs.license, color=self.maps.color(obs.color_code))
-        color = check.color  # the vendor's colour code, else a colour word in front of the plate
-        confidence, conf_reasons = rescale_confidence(obs.confidence, self.scale)
-        reasons = [*obs.notes, *check.reasons, *conf_reasons]
-        if confidence is not None and confidence < cfg.min_confidence:
-            reasons.append("low_confidence")
-        if obs.is_fake:
-            reasons.append("fake_plate_flag")
-        for reason in reasons:
-            if reason in _INFO_REASONS:
-                self.ctx.counters.inc(f"lpr.{reason}")
-        doubts = [r for r in reasons if r not in _INFO_REASONS]
-        status = "rejected" if check.status == "rejected" else ("suspect" if doubts else "valid")
-        lane = cfg.lane or obs.lane or "0"
-        heading = cfg.direction or resolve_direction(self.maps.direction(obs.direction_code), cfg.forward_is)
-        oversize = [img for img in obs.images if len(img.data) > cfg.media.max_image_bytes]
-        if oversize:
-            status, doubts = "rejected", [*doubts, "image_too_large"]
-        payload = LprPayload(
-            plate=check.plate if check.status != "rejected" else None,  # never an invalid plate in `plate`
-            plate_raw=check.plate_raw,
-            plate_color=color,
-            plate_type=self.maps.plate_type(obs.type_code, cfg.type_table),
-            plate_class=check.plate_class,
-            confidence=confidence,
-            direction=heading or "unknown",
-            lane=lane,
-            is_offline_replay=obs.is_offline,
-            is_fake_plate=obs.is_fake,
-        )
-        device_time = obs.device_time
-        if device_time is not None and abs(device_time - now) > MAX_CLOCK_SKEW and not obs.is_offline:
-            self.ctx.counters.inc("lpr.clock_skew")
-            device_time = None
-        # Without a usable device clock, the read happened when it was received (not when it is committed).
-        device_time = device_time or now
-        quality = Quality(status=status, reasons=tuple(dict.fromkeys(doubts))) if status != "valid" else Quality()
-        type_code = token(obs.type_code)
-        raw_code = f"{obs.vendor}:type/{type_code}" if type_code is not None else None
-        if oversize:
-            self.ctx.counters.inc("lpr.rejected.image_too_large")
-            biggest = max(len(img.data) for img in oversize)
-            draft = EventDraft(
-                type="lpr.plate_read",
-                cls="event",
-                payload=payload,
-                quality=quality,
-                seq=obs.seq,
-                time=device_time,
-                raw_code=raw_code,
-            )
-            limit = cfg.media.max_image_bytes
-            reason = f"image of {biggest} bytes exceeds {limit}"
-            refusal: dict[str, Any] = {"error": "image_too_large", "reason": reason}
-            if cfg.protocol == "zhenshi" and obs.seq is not None:
-                # The read is recorded (rejected): a buffered record must not block the camera's drain.
-                refusal.update(zhenshi_reply(False, obs.seq, offline=bool(obs.is_offline)))
-            return Outcome([draft], _json_reply(refusal, 413))
-
-        names = [(image_name(cfg.id, img.data), img.data) for img in obs.images]
-        uris = tuple(self._uris.uri(n) for n, _ in names) or None
+        """A plate read: decode it, then refuse it (oversize), record it (buffered) or decide (live)."""
+        read = decode_read(obs, self.cfg, self.maps, self.scale, now, self.ctx.counters)
+        if read.oversize is not None:
+            return self._refuse_oversize(read, obs)
+        images = [(image_name(self.cfg.id, img.data), img.data) for img in obs.images]
+        uris = tuple(self._uris.uri(n) for n, _ in images) or None
         if obs.is_offline:  # buffered while the camera was cut off: its barrier acted long ago, nothing to decide
-            offline_key = (f"offline:{obs.serial or ''}", str(obs.seq)) if obs.seq is not None else None
-            if offline_key is not None:
-                recent = self._recent.get(offline_key)
-                if recent is not None and mono - recent.at < OFFLINE_DEDUPE_S:
-                    self.ctx.counters.inc("lpr.offline_duplicates")
-                    reply = self._decision_reply(recent.decision, path, obs)
-                    return Outcome([], reply, duplicate=True, wait_for=recent.committed)
-                self._recent[offline_key] = _Recent(mono, Decision("deny", "unknown"), _pending_future())
-                self._prune(mono)
-            blocked = check.usable and self.rules.is_blocked(check.plate or "")
-            read = EventDraft(
-                type="lpr.plate_read",
-                cls="event",
-                severity="major" if blocked else "info",
-                payload=payload.model_copy(update={"image_uri": uris}),
-                quality=quality,
-                seq=obs.seq,
-                time=device_time,
-                raw_code=raw_code,
-            )
-            self.ctx.counters.inc("lpr.offline_reads")
-            reply = self._decision_reply(Decision("deny", "unknown"), path, obs)
-            return Outcome([read], reply, names, offline_key)
+            return self._buffered(read, obs, mono, path, images, uris)
+        return self._live(read, obs, now, mono, path, images, uris)
 
-        key = (check.plate, lane) if check.plate is not None and status != "rejected" else None
-        if key is not None and cfg.dedupe_s > 0:
-            recent = self._recent.get(key)
-            if recent is not None and mono - recent.at < cfg.dedupe_s:
-                recent.suppressed += 1
-                self.ctx.counters.inc("lpr.duplicates_suppressed")
-                return Outcome(
-                    [], self._decision_reply(recent.decision, path, obs), duplicate=True, wait_for=recent.committed
-                )
-        decision = self.rules.decide(check, now)
-        suppressed: int | None = None
-        if key is not None:
-            previous = self._recent.get(key)
-            suppressed = previous.suppressed if previous is not None and previous.suppressed else None
-            self._recent[key] = _Recent(mono, decision, _pending_future())
-            self._prune(mono)
-
-        payload = payload.model_copy(update={"image_uri": uris, "suppressed": suppressed})
-        severity: Severity = "major" if decision.reason == "blocklist" else "info"
-        read = EventDraft(
-            type="lpr.plate_read",
-            cls="event",
-            severity=severity,
-            payload=payload,
-            quality=quality,
-            seq=obs.seq,
-            time=device_time,
-            raw_code=raw_code,
+    def _read_draft(self, read: PlateRead, obs: PlateObservation, payload: LprPayload,
+                    severity: Severity = "info") -> EventDraft:
+        return EventDraft(
+            type="lpr.plate_read", cls="event", severity=severity, payload=payload, quality=read.quality,
+            seq=obs.seq, time=read.time, raw_code=read.raw_code,
         )
+
+    def _refuse_oversize(self, read: PlateRead, obs: PlateObservation) -> Outcome:
+        """Record the read (rejected, without images) and refuse the push with 413."""
+        self.ctx.counters.inc("lpr.rejected.image_too_large")
+        reason = f"image of {read.oversize} bytes exceeds {self.cfg.media.max_image_bytes}"
+        refusal: dict[str, Any] = {"error": "image_too_large", "reason": reason}
+        if self.cfg.protocol == "zhenshi" and obs.seq is not None:
+            # The read is recorded (rejected): a buffered record must not block the camera's drain.
+            refusal.update(zhenshi_reply(False, obs.seq, offline=bool(obs.is_offline)))
+        return Outcome([self._read_draft(read, obs, read.payload)], _json_reply(refusal, 413))
+
+    def _buffered(self, read: PlateRead, obs: PlateObservation, mono: float, path: str,
+                  images: list[tuple[str, bytes]], uris: tuple[str, ...] | None) -> Outcome:
+        """A record the camera buffered while offline: recorded once (by its plateid), never decided."""
+        key = offline_key(obs.serial, obs.seq)
+        if key is not None:
+            recent = self.recent.duplicate_of(key, mono)
+            if recent is not None:
+                self.ctx.counters.inc("lpr.offline_duplicates")
+                reply = self._decision_reply(recent.decision, path, obs)
+                return Outcome([], reply, duplicate=True, wait_for=recent.committed)
+            self.recent.remember(key, mono, _UNDECIDED)
+        blocked = read.check.usable and self.rules.is_blocked(read.check.plate or "")
+        payload = read.payload.model_copy(update={"image_uri": uris})
+        draft = self._read_draft(read, obs, payload, "major" if blocked else "info")
+        self.ctx.counters.inc("lpr.offline_reads")
+        return Outcome([draft], self._decision_reply(_UNDECIDED, path, obs), images, key)
+
+    def _live(self, read: PlateRead, obs: PlateObservation, now: datetime, mono: float, path: str,
+              images: list[tuple[str, bytes]], uris: tuple[str, ...] | None) -> Outcome:
+        """A live read: suppress a repeat within `dedupe_s`, else decide the barrier and emit both events."""
+        lane = read.payload.lane or "0"
+        key = (read.check.plate, lane) if read.check.plate is not None and not read.rejected else None
+        recent = self.recent.duplicate_of(key, mono)
+        if recent is not None:
+            recent.suppressed += 1
+            self.ctx.counters.inc("lpr.duplicates_suppressed")
+            return Outcome([], self._decision_reply(recent.decision, path, obs), duplicate=True,
+                           wait_for=recent.committed)
+        decision = self.rules.decide(read.check, now)
+        suppressed = self.recent.remember(key, mono, decision) if key is not None else None
+        payload = read.payload.model_copy(update={"image_uri": uris, "suppressed": suppressed})
+        severity: Severity = "major" if decision.reason == "blocklist" else "info"
         gate = EventDraft(
-            type="lpr.gate_decision",
-            cls="event",
-            severity=severity,
-            seq=obs.seq,
-            time=device_time,
+            type="lpr.gate_decision", cls="event", severity=severity, seq=obs.seq, time=read.time,
             payload=LprPayload(
-                plate=payload.plate,
-                lane=lane,
-                direction=payload.direction,
-                decision=decision.action,
-                reason=decision.reason,
-                pass_id=decision.pass_id,
+                plate=payload.plate, lane=lane, direction=payload.direction, decision=decision.action,
+                reason=decision.reason, pass_id=decision.pass_id,
             ),
         )
         self.ctx.counters.inc("lpr.reads")
-        return Outcome([read, gate], self._decision_reply(decision, path, obs), names, key, decision)
-
-    def _prune(self, mono: float) -> None:
-        if len(self._recent) < 1024:
-            return
-
-        def stale(key: tuple[str, str], recent: _Recent) -> bool:
-            # Past its window an entry goes, committed or not: whoever waits holds its future.
-            window = OFFLINE_DEDUPE_S if key[0].startswith("offline:") else self.cfg.dedupe_s
-            return recent.at < mono - window
-
-        for key in [k for k, r in self._recent.items() if stale(k, r)]:
-            del self._recent[key]
+        reply = self._decision_reply(decision, path, obs)
+        return Outcome([self._read_draft(read, obs, payload, severity), gate], reply, images, key, decision)
 
     @staticmethod
     def _command_draft(outcome: dict[str, Any], now: datetime) -> EventDraft:

@@ -259,50 +259,72 @@ class _DigestState:
         ]
 
     def check(self, auth: DigestAuth, header: str, method: str, raw_uri: str) -> tuple[str | None, bool]:
-        """(problem, stale): None when authentic."""
+        """(problem, stale): None when authentic. Cheap checks first, the hash, then replay."""
         scheme, _, rest = header.partition(" ")
         if scheme.lower() != "digest":
             return "missing Digest Authorization header", False
         params = _parse_auth_params(rest)
-        required = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
-        missing = [k for k in required if k not in params]
-        if missing:
-            return f"Digest header lacks {', '.join(missing)}", False
-        algorithm = params.get("algorithm", "MD5").upper()
-        if algorithm not in auth.algorithms:
-            return f"Digest algorithm {algorithm[:20]} not offered", False
-        if params["qop"] != "auth":
-            return "Digest qop must be auth", False
-        if params.get("opaque", self.opaque) != self.opaque:
-            return "Digest opaque does not match", False
-        if params["realm"] != auth.realm:
-            return "Digest realm does not match", False
-        if _uri_path(params["uri"]) != _uri_path(raw_uri):
-            return "Digest uri is not the request's", False
-        nonce = params["nonce"]
-        issued, _, mac = nonce.partition(".")
-        if not re.fullmatch(r"[0-9a-f]{1,16}", issued) or not hmac.compare_digest(
-            mac.encode(), self._mac(issued, auth.realm).encode()
-        ):
-            return "Digest nonce was not issued here", True
-        issued_ms = int(issued, 16)
-        if time.time() * 1000 - issued_ms > auth.nonce_ttl_s * 1000:
-            return "Digest nonce expired", True
+        problem = self._header_problem(auth, params, raw_uri)
+        if problem is not None:
+            return problem, False
+        issued_ms = self._issued_ms(auth, params["nonce"])
+        if isinstance(issued_ms, str):
+            return issued_ms, True
         try:
             count = int(params["nc"], 16)
         except ValueError:
             return "Digest nc is not hex", False
-        hash_name = "sha256" if algorithm == "SHA-256" else "md5"
+        if not self._response_ok(auth, params, method):
+            return "wrong username or password", False
+        return self._use(params["nonce"], issued_ms, count, params["nc"])
+
+    def _header_problem(self, auth: DigestAuth, params: dict[str, str], raw_uri: str) -> str | None:
+        """What makes the header unusable for this realm and request, if anything."""
+        required = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+        missing = [k for k in required if k not in params]
+        if missing:
+            return f"Digest header lacks {', '.join(missing)}"
+        algorithm = params.get("algorithm", "MD5").upper()
+        if algorithm not in auth.algorithms:
+            return f"Digest algorithm {algorithm[:20]} not offered"
+        if params["qop"] != "auth":
+            return "Digest qop must be auth"
+        if params.get("opaque", self.opaque) != self.opaque:
+            return "Digest opaque does not match"
+        if params["realm"] != auth.realm:
+            return "Digest realm does not match"
+        if _uri_path(params["uri"]) != _uri_path(raw_uri):
+            return "Digest uri is not the request's"
+        return None
+
+    def _issued_ms(self, auth: DigestAuth, nonce: str) -> int | str:
+        """When this listener issued `nonce` (ms), or why it is not usable (the client may retry: stale)."""
+        issued, _, mac = nonce.partition(".")
+        if not re.fullmatch(r"[0-9a-f]{1,16}", issued) or not hmac.compare_digest(
+            mac.encode(), self._mac(issued, auth.realm).encode()
+        ):
+            return "Digest nonce was not issued here"
+        issued_ms = int(issued, 16)
+        if time.time() * 1000 - issued_ms > auth.nonce_ttl_s * 1000:
+            return "Digest nonce expired"
+        return issued_ms
+
+    @staticmethod
+    def _response_ok(auth: DigestAuth, params: dict[str, str], method: str) -> bool:
+        """RFC 7616 `response` (qop auth) over the configured credentials, compared in constant time."""
+        hash_name = "sha256" if params.get("algorithm", "MD5").upper() == "SHA-256" else "md5"
 
         def digest(text: str) -> str:
             return hashlib.new(hash_name, text.encode("utf-8", "surrogateescape")).hexdigest()
 
         ha1 = digest(f"{params['username']}:{auth.realm}:{auth.password.get_secret_value()}")
         ha2 = digest(f"{method}:{params['uri']}")
-        expected = digest(f"{ha1}:{nonce}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+        expected = digest(f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
         user_ok = _same(params["username"], auth.username)
-        if not (_same(params["response"].lower(), expected) and user_ok):
-            return "wrong username or password", False
+        return _same(params["response"].lower(), expected) and user_ok
+
+    def _use(self, nonce: str, issued_ms: int, count: int, nc: str) -> tuple[str | None, bool]:
+        """Record one use of `nonce` with count `count`; a count seen before is a replay."""
         seen = self._in_use.get(nonce)
         if seen is None:
             if issued_ms <= self._stale_up_to_ms:
@@ -312,7 +334,7 @@ class _DigestState:
                 dropped, _ = self._in_use.popitem(last=False)
                 self._stale_up_to_ms = max(self._stale_up_to_ms, int(dropped.partition(".")[0], 16))
         if count in seen:
-            return f"Digest nonce count {params['nc']} already used (replay)", False
+            return f"Digest nonce count {nc} already used (replay)", False
         if len(seen) >= self.MAX_COUNTS_PER_NONCE:
             return "Digest nonce used too often", True
         seen.add(count)

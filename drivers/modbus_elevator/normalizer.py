@@ -14,9 +14,9 @@ from typing import Any
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
 from drivers.modbus_elevator.regmap import CodeEntry, RegisterMap
-from gateway.alarms import AlarmTracker
+from gateway.alarms import AlarmTracker, DraftBuilder
 from gateway.driver import EventDraft
-from schemas.common import Quality
+from schemas.common import AlarmState, Quality, Severity
 from schemas.elevator import ElevatorPayload
 
 STATUS_KEYS = ("floor", "direction", "car_running", "door_zone", "door_state", "occupied", "service_mode",
@@ -153,10 +153,10 @@ class ElevatorNormalizer:
             payload=self._payload(values, mode_from=last["service_mode"], mode_to=mode),
         )]
 
-    def _code_draft(self, entry: CodeEntry, raw_code: str, values: dict[str, Any]) -> Any:
-        def build(state: str, alarm_id: str, duration: float) -> EventDraft:
+    def _code_draft(self, entry: CodeEntry, raw_code: str, values: dict[str, Any]) -> DraftBuilder:
+        def build(state: AlarmState, alarm_id: str, duration: float) -> EventDraft:
             return EventDraft(
-                type=entry.type, cls=entry.cls, severity=entry.severity, state=state,  # type: ignore[arg-type]
+                type=entry.type, cls=entry.cls, severity=entry.severity, state=state,
                 alarm_id=alarm_id, raw_code=raw_code, payload=self._payload(values, duration_s=round(duration, 3)),
             )
         return build
@@ -205,16 +205,16 @@ class ElevatorNormalizer:
             None, "normal", "out_of_service")
         trap_kind = "at_level" if zone else "between_floors"
 
-        def trapped_build(state: str, alarm_id: str, duration: float) -> EventDraft:
+        def trapped_build(state: AlarmState, alarm_id: str, duration: float) -> EventDraft:
             return EventDraft(
-                type="elevator.passenger_trapped", cls="alarm", severity="critical", state=state,  # type: ignore[arg-type]
+                type="elevator.passenger_trapped", cls="alarm", severity="critical", state=state,
                 alarm_id=alarm_id, payload=self._payload(values, duration_s=round(duration, 3), trap=trap_kind),
             )
         drafts += tracker.update("derived:trapped", bool(trapped), now, th.trapped_s, trapped_build)
 
-        def simple(type_: str, severity: str, **extra: Any) -> Any:
-            def build(state: str, alarm_id: str, duration: float) -> EventDraft:
-                return EventDraft(type=type_, cls="fault", severity=severity, state=state,  # type: ignore[arg-type]
+        def simple(type_: str, severity: Severity, **extra: Any) -> DraftBuilder:
+            def build(state: AlarmState, alarm_id: str, duration: float) -> EventDraft:
+                return EventDraft(type=type_, cls="fault", severity=severity, state=state,
                                   alarm_id=alarm_id,
                                   payload=self._payload(values, duration_s=round(duration, 3), **extra))
             return build

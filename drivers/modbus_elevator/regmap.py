@@ -8,6 +8,7 @@ inverse of each other, so the simulator speaks any map the driver reads.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -225,7 +226,7 @@ class RegisterMap(_M):
 
     # --- encode (simulators) ---------------------------------------------------------------
 
-    def encode(self, values: dict[str, Any], bits: set[str] = frozenset()) -> dict[int, int]:  # type: ignore[assignment]
+    def encode(self, values: dict[str, Any], bits: AbstractSet[str] = frozenset()) -> dict[int, int]:
         """Registers for `values` (field name -> decoded value) and set alarm `bits` (entry types).
 
         A value the map cannot represent (not in the field's enum, or too wide for its bits)

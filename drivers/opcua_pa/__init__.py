@@ -14,8 +14,8 @@ DRIVER = DriverSpec(
     factory="drivers.opcua_pa.driver:OpcUaPaDriver",
     decoder="drivers.opcua_pa.decoder:PaDecoder",
     summary="PA / broadcast amplifiers over OPC UA subscriptions; vendors described by YAML node maps",
-    simulator="broadcast",
-    simulator_module="simulators.broadcast",
+    simulator="pa",
+    simulator_module="simulators.pa",
     scenario_adapter="simulators.scenario.pa:PaAdapter",
 )
 

@@ -15,6 +15,9 @@ class Sink(abc.ABC):
     """Delivers committed events somewhere; at-least-once, resuming from its own cursor."""
 
     name: str
+    #: `time.monotonic()` since when the sink cannot deliver; None while it can (or cannot tell).
+    #: `/readyz` compares it with `ops.outage_budget_s`.
+    down_since: float | None = None
 
     @abc.abstractmethod
     async def run(self, outbox: Outbox) -> None:

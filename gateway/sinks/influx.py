@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,28 +38,37 @@ from gateway.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
-TAGS = ("type", "class", "severity", "state")
+LOCATION_TAGS = ("building", "garage", "zone")
 # Payload keys that are personal data or high cardinality: never written as tags, and
 # personal data not at all (plates are kept as fields: they are the point of a plate reader).
 SKIP_FIELDS = frozenset({"kind", "raw"})
 
 
 def to_line(row: Stored) -> str:
-    """One event as a line-protocol line."""
+    """One event as a line-protocol line.
+
+    Tags, id, alarm id and timestamp come from the row's columns; the body is parsed once,
+    for what only it holds (site, severity, raw code, sequence and the payload's fields).
+    """
     ev = json.loads(row.body)
-    p = Point(row.kind).tag("site", ev["site"]).tag("device", row.device)
-    for t in TAGS:
-        p = p.tag(t, ev[t])
-    p = p.tag("quality", ev["quality"]["status"])
-    p = p.field("event_id", ev["id"])
-    for key in ("alarm_id", "raw_code", "seq"):
+    p = (Point(row.kind).tag("site", ev["site"]).tag("device", row.device)
+         .tag("type", row.type).tag("class", row.cls).tag("severity", ev["severity"]).tag("state", row.state)
+         .tag("quality", row.quality))
+    location = ev["device"].get("location") or {}
+    for key in LOCATION_TAGS:  # few values per site: dashboards group alarms by building, garage, zone
+        if location.get(key):
+            p = p.tag(key, str(location[key]))
+    p = p.field("event_id", row.id)
+    if row.alarm_id is not None:
+        p = p.field("alarm_id", row.alarm_id)
+    for key in ("raw_code", "seq"):
         if ev.get(key) is not None:
             p = p.field(key, ev[key])
     for key, value in ev["payload"].items():
         if key in SKIP_FIELDS or value is None or isinstance(value, dict | list):
             continue
         p = p.field(key, value)
-    line: str = p.time(point_time_ns(ev["time"], ev["id"]), WritePrecision.NS).to_line_protocol()
+    line: str = p.time(_point_ns(row.time_ns, row.id), WritePrecision.NS).to_line_protocol()
     return line
 
 
@@ -79,7 +89,10 @@ def _resolution_ns(ts: int) -> int:
 
 def point_time_ns(iso_time: str, event_id: str) -> int:
     """The InfluxDB timestamp of an event: its time plus a stable offset below its precision."""
-    ts = _ns(iso_time)
+    return _point_ns(_ns(iso_time), event_id)
+
+
+def _point_ns(ts: int, event_id: str) -> int:
     return ts + zlib.crc32(event_id.encode()) % _resolution_ns(ts)
 
 
@@ -187,12 +200,15 @@ class InfluxSink(Sink):
                 log.exception("InfluxDB sink failed; retrying")
                 outcome = WriteOutcome(False, None, f"{type(exc).__name__}: {exc}")
             if outcome.ok:
+                self.down_since = None
                 if failures:
                     log.info("InfluxDB writes recovered after %d failed attempts", failures)
                     failures = 0
                     delays = backoff_delays(backoff)
                 continue
             self.counters.inc("retries")
+            if self.down_since is None:
+                self.down_since = time.monotonic()
             failures += 1
             delay = outcome.retry_after if outcome.retry_after is not None else next(delays)
             # One warning per outage, not one per retry.
@@ -206,7 +222,8 @@ class InfluxSink(Sink):
         outcome = await self._deliver_part(outbox, rows, refused)
         if refused:  # one line per batch, however many lines were refused
             log.error("InfluxDB refused %d of %d events (%s): %s; kept as dead letters",
-                      len(refused), len(rows), refused[0].status, refused[0].reason)
+                      len(refused), len(rows), refused[0].status, refused[0].reason,
+                      extra={"sink": self.name, "event_id": _event_id(rows[0])})
         return outcome
 
     async def _deliver_part(self, outbox: Outbox, rows: Sequence[Stored], refused: list[WriteOutcome]) -> WriteOutcome:
@@ -247,3 +264,12 @@ class InfluxSink(Sink):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _event_id(row: Stored) -> str | None:
+    """The id of a stored event, for log lines (`--log-format json` shows it as `event_id`)."""
+    try:
+        value = json.loads(row.body).get("id")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None

@@ -108,6 +108,9 @@ class MqttSink(Sink):
         self._states: dict[str, dict[str, Any]] = {}  # device -> retained state document
         self._stopped: list[Event] = []
         self._dirty: set[str] = set()  # devices whose state changed in the batch being published
+        self._brokers = cfg.brokers()
+        self._broker_index = 0
+        self.down_since = time.monotonic()  # not connected yet
 
     def bind(self, devices: Mapping[str, str], *, reconcile: bool = True) -> None:
         """The devices this gateway runs (id -> kind); with `reconcile`, retained topics are
@@ -122,11 +125,17 @@ class MqttSink(Sink):
     def _status(self, status: str) -> str:
         return json.dumps({"status": status, "gateway": self.gateway_id, "site": self.site})
 
+    @property
+    def broker(self) -> tuple[str, int]:
+        """The broker in use (or tried next): one of `mqtt.urls`, else host and port."""
+        return self._brokers[self._broker_index]
+
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.cfg
+        host, port = self.broker
         return aiomqtt.Client(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
             identifier=self.client_id,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
@@ -141,6 +150,7 @@ class MqttSink(Sink):
     async def run(self, outbox: Outbox) -> None:
         """Connect, publish, reconnect with back-off; resume from the outbox cursor."""
         delays = backoff_delays(BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s))
+        tried = 0  # brokers tried since the last good connection
         while True:
             try:
                 client = self._make_client()
@@ -152,10 +162,13 @@ class MqttSink(Sink):
                     if self.reconcile:
                         await self._reconcile(client, outbox)
                     self.connected.set()
+                    self.down_since = None
+                    tried = 0
                     self.counters.inc("connects")
-                    log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+                    log.info("MQTT connected to %s:%d", *self.broker)
                     delays = backoff_delays(BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s))
-                    await asyncio.gather(self._deliver(client, outbox), self._report(client, outbox))
+                    await asyncio.gather(self._deliver(client, outbox), self._report(client, outbox),
+                                         self._watch(client))
             except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
                 self.counters.inc("disconnects")
                 if self.connected.is_set():
@@ -168,7 +181,25 @@ class MqttSink(Sink):
             finally:
                 self.connected.clear()
                 self._client = None
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+            tried += 1
+            if len(self._brokers) > 1:  # fail over at once; back off only once every broker failed
+                self._broker_index = (self._broker_index + 1) % len(self._brokers)
+                self.counters.inc("failovers")
+                log.info("MQTT: trying broker %s:%d next", *self.broker)
+                if tried % len(self._brokers):
+                    continue
             await asyncio.sleep(next(delays))
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """End the connection as soon as the broker drops it, even with nothing to publish: an idle
+        sink must not look connected (/readyz) nor wait for its next publish to fail over."""
+        paho = getattr(client, "_client", None)
+        while paho is not None:
+            await asyncio.sleep(0.5)
+            if not paho.is_connected():
+                raise aiomqtt.MqttError("connection lost")
 
     async def _deliver(self, client: aiomqtt.Client, outbox: Outbox) -> None:
         while True:
@@ -192,24 +223,22 @@ class MqttSink(Sink):
 
     def _publishes(self, client: aiomqtt.Client, row: Stored) -> list[Any]:
         base = f"{self.prefix}/{row.kind}/{row.device}"
-        out = [client.publish(f"{base}/event/{row.type}", row.body, qos=1)]
+        out = [client.publish(f"{base}/event/{row.type.replace('.', self.cfg.type_separator)}", row.body, qos=1)]
         if row.cls == "status":
             self._merge_state(row)
         if row.cls == "connectivity":
             out.append(client.publish(f"{base}/availability", row.body, qos=1, retain=True))
-        if row.cls in ("alarm", "fault", "connectivity"):  # an offline device is an active alarm too
-            ev = json.loads(row.body)
-            if ev.get("alarm_id"):
-                topic = f"{base}/alarm/{ev['alarm_id']}"
-                body = row.body if ev["state"] == "raised" else b""
-                out.append(client.publish(topic, body, qos=1, retain=True))
+        # An offline device is an active alarm too. The row's columns route it: no JSON parse.
+        if row.cls in ("alarm", "fault", "connectivity") and row.alarm_id:
+            body = row.body if row.state == "raised" else b""
+            out.append(client.publish(f"{base}/alarm/{row.alarm_id}", body, qos=1, retain=True))
         return out
 
     def _merge_state(self, row: Stored) -> None:
         """Fold one status event into its device's state; rejected samples change nothing."""
-        ev = json.loads(row.body)
-        if ev["quality"]["status"] == "rejected":
+        if row.quality == "rejected":
             return
+        ev = json.loads(row.body)  # the state document embeds the whole event
         doc = self._states.get(row.device)
         if doc is None:
             doc = self._states[row.device] = {"schema": STATE_SCHEMA, "parts": {}}

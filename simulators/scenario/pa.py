@@ -1,4 +1,4 @@
-"""Scenario adapter for PA systems: one OPC UA broadcast simulator per device, the opcua_pa driver."""
+"""Scenario adapter for PA systems: one OPC UA PA simulator per device, the opcua_pa driver."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from simulators.broadcast import BroadcastSimulator
 from simulators.net import free_port
+from simulators.pa import PaSimulator
 from simulators.scenario.adapter import KindAdapter, UnknownAction
 from simulators.scenario.model import ScenarioDevice
 
@@ -35,7 +35,7 @@ def _zones(value: Any) -> list[str]:
 
 
 class PaAdapter(KindAdapter):
-    """PA / broadcast systems: each scenario device is a `BroadcastSimulator` on its own OPC UA port.
+    """PA systems: each scenario device is a `PaSimulator` on its own OPC UA port.
 
     Settings (all optional; times in scenario seconds):
       map                  node map of the simulated system (default `courtyard_sim`: zones z1-z4,
@@ -68,7 +68,7 @@ class PaAdapter(KindAdapter):
 
     def __init__(self, devices: list[ScenarioDevice], *, seed: int, speed: float, scenario: str) -> None:
         super().__init__(devices, seed=seed, speed=speed, scenario=scenario)
-        self.sims: dict[str, BroadcastSimulator] = {}
+        self.sims: dict[str, PaSimulator] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def actions(self) -> dict[str, set[str]]:
@@ -82,7 +82,7 @@ class PaAdapter(KindAdapter):
         for dev in self.devices:
             s = dev.settings
             rate = float(s.get("paging_rate", s.get("rate", 0.002)))
-            sim = BroadcastSimulator(
+            sim = PaSimulator(
                 port=free_port(), nodemap=str(s.get("map", "courtyard_sim")), seed=self.rng.randrange(1 << 30),
                 tick_s=float(s.get("tick_s", 0.2)), speed=self.speed, paging_rate=rate)
             model = sim.model
@@ -140,7 +140,7 @@ class PaAdapter(KindAdapter):
         else:
             raise UnknownAction(verb)
 
-    async def _do(self, sim: BroadcastSimulator, action: str, params: dict[str, Any]) -> None:
+    async def _do(self, sim: PaSimulator, action: str, params: dict[str, Any]) -> None:
         if action == "page":
             zone = self._zone(sim, params)
             sim.model.page(zone, float(params.get("seconds", 5.0)))
@@ -163,7 +163,7 @@ class PaAdapter(KindAdapter):
             if not await sim.set_volume(zone, db):
                 log.info("pa: set_volume on %s refused during the emergency broadcast", zone)
 
-    async def _fault(self, sim: BroadcastSimulator, action: str, params: dict[str, Any], *, on: bool) -> None:
+    async def _fault(self, sim: PaSimulator, action: str, params: dict[str, Any], *, on: bool) -> None:
         model = sim.model
         if action in LINE_FAULT_ACTIONS:
             fault = LINE_FAULT_ACTIONS[action]
@@ -197,7 +197,7 @@ class PaAdapter(KindAdapter):
         else:
             await self._transport(sim, action, params, on=on)
 
-    async def _transport(self, sim: BroadcastSimulator, action: str, params: dict[str, Any], *, on: bool) -> None:
+    async def _transport(self, sim: PaSimulator, action: str, params: dict[str, Any], *, on: bool) -> None:
         if action == "disconnect":
             await (sim.go_offline() if on else sim.go_online())
         elif action == "session_drop":
@@ -218,7 +218,7 @@ class PaAdapter(KindAdapter):
 
     # ------------------------------------------------------------------ targets
 
-    def _zone(self, sim: BroadcastSimulator, params: dict[str, Any]) -> str:
+    def _zone(self, sim: PaSimulator, params: dict[str, Any]) -> str:
         zone = params.get("zone")
         if zone is None:
             return self.rng.choice(sorted(sim.model.zones))
@@ -226,7 +226,7 @@ class PaAdapter(KindAdapter):
             raise ValueError(f"pa: unknown zone {zone!r}; known: {', '.join(sorted(sim.model.zones))}")
         return str(zone)
 
-    def _line(self, sim: BroadcastSimulator, params: dict[str, Any]) -> str:
+    def _line(self, sim: PaSimulator, params: dict[str, Any]) -> str:
         """`line`, else the line feeding `zone`, else a random line."""
         line, zone = params.get("line"), params.get("zone")
         if line is None and zone is not None:
@@ -239,7 +239,7 @@ class PaAdapter(KindAdapter):
             raise ValueError(f"pa: unknown line {line!r}; known: {', '.join(sorted(sim.model.lines))}")
         return str(line)
 
-    def _amps(self, sim: BroadcastSimulator, params: dict[str, Any], *, on: bool, fault: str) -> list[str]:
+    def _amps(self, sim: PaSimulator, params: dict[str, Any], *, on: bool, fault: str) -> list[str]:
         """`amp`; else on inject one random amplifier, on clear every one carrying `fault`."""
         amp = params.get("amp", params.get("amplifier"))
         amps = sim.model.amps
