@@ -560,14 +560,15 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
                     print(line, flush=True)
 
         gw.outbox.append = tapped  # type: ignore[method-assign]
+        # Said before the gateway starts: its devices begin reporting while it is still starting.
+        sub = (f"mosquitto_sub -h {broker.host} -p {broker.port} -t '{cfg.mqtt.topic_prefix}/#' -v"
+               if broker.host else "no subscription: no broker")
+        print(f"courtyard demo: {scenario.site.name or scenario.site.id}, "
+              f"{plural(len(cfg.devices), 'simulated device')}; subscribe: {sub}; "
+              "camera tokens and the credential key are generated for this run", flush=True)
         async with gw:
             infra = Infra(broker=broker if broker.owned else None)
             play = asyncio.create_task(runner.play(infra, loop_forever=True))
-            sub = (f"mosquitto_sub -h {broker.host} -p {broker.port} -t '{cfg.mqtt.topic_prefix}/#' -v"
-                   if broker.host else "no subscription: no broker")
-            print(f"courtyard demo: {scenario.site.name or scenario.site.id}, "
-                  f"{plural(len(cfg.devices), 'simulated device')}; subscribe: {sub}; "
-                  "camera tokens and the credential key are generated for this run", flush=True)
             if headless:
                 await stop.wait()
             else:

@@ -6,9 +6,11 @@ document can be generated from them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.common import INT64_MAX, INT64_MIN
 
 REQUEST_SCHEMA_ID = "courtyard.command.request/1"
 RESULT_SCHEMA_ID = "courtyard.command.result/1"
@@ -23,7 +25,9 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 #: Largest request body accepted on MQTT, in bytes: a bigger one is rejected unread.
 MAX_REQUEST_BYTES = 4096
 
-ArgValue = str | int | float | bool
+#: Integers are bounded to int64 like every integer in the event schema (a request with a larger
+#: one is rejected as bad arguments, not carried into events that a database would refuse).
+ArgValue = str | Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | float | bool
 
 
 class CommandRequest(BaseModel):

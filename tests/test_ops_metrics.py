@@ -217,7 +217,8 @@ def test_examples_serve_ops_only_when_ops_port_is_set(example: str, monkeypatch:
     from gateway.config import load_config
 
     path = Path(__file__).parent.parent / "examples" / example
-    for name in ("ACCESS_HASH_KEY", "LPR_TOKEN", "LPR_HMAC_SECRET", "LPR_PASSWORD", "LPR_CAMERA_PASSWORD"):
+    for name in ("ACCESS_HASH_KEY", "LPR_TOKEN", "LPR_HMAC_SECRET", "LPR_PASSWORD", "LPR_CAMERA_PASSWORD",
+                 "CAMERA_PASSWORD"):
         monkeypatch.setenv(name, "k" * 32)
     monkeypatch.delenv("OPS_PORT", raising=False)
     assert load_config(path).ops.port is None

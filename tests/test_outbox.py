@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,7 +77,7 @@ async def test_budget_drops_oldest_status_never_alarms(tmp_path: Path) -> None:
         assert ob.counters.get("outbox.dropped_lane1") > 0
         assert ob.count <= 101
         # the newest status events are the ones kept
-        status_floors = [int(r.body.split('"floor":')[1].split(",")[0]) for r in rows if r.lane == 1]
+        status_floors = [json.loads(r.body)["payload"]["floor"] for r in rows if r.lane == 1]
         assert status_floors == sorted(status_floors)
         assert status_floors[-1] == 199
 

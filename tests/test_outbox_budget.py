@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -79,7 +80,7 @@ async def test_drop_policy_bounds_every_lane1_class(tmp_path: Path) -> None:
         rows = await ob.fetch("mqtt", 1000)
         bodies = "".join(r.body for r in rows)
         assert all(a.id in bodies for a in alarms)
-        floors = [int(r.body.split('"floor":')[1].split(",")[0]) for r in rows if r.lane == 1]
+        floors = [json.loads(r.body)["payload"]["floor"] for r in rows if r.lane == 1]
         assert floors == list(range(405, 500))  # the newest are kept
     db = sqlite3.connect(tmp_path / "o.db")
     assert db.execute("SELECT value FROM counters WHERE name='outbox.dropped_lane1'").fetchone()[0] == 405

@@ -67,11 +67,20 @@ def test_manifest_lists_every_fixture() -> None:
     assert {e["kind"] for e in MANIFEST} == {"read", "heartbeat", "io"}
 
 
+async def _registered(gw: Gateway, port: int, cfg: Any) -> bool:
+    """Every camera's paths are on the shared listener (cameras register one by one at start)."""
+    if not await _listening(port):
+        return False
+    listener = gw._shared.get(f"http_plate_reader:127.0.0.1:{port}")
+    wanted = {p for dev in cfg.devices for p in dev.url_paths}
+    return listener is not None and wanted <= set(listener.paths)
+
+
 async def test_normal_operation_never_produces_push_rejected(tmp_path: Path) -> None:
     port = free_port()
     cfg = parse_config(base_config(tmp_path, devices=cameras(tmp_path, port)))
     async with Gateway(cfg) as gw, aiohttp.ClientSession() as session:
-        await eventually(lambda: _listening(port), timeout=10)
+        await eventually(lambda: _registered(gw, port, cfg), timeout=10)
         for entry in MANIFEST:
             body = (DATA / entry["file"]).read_bytes()
             async with session.post(url(port, entry), data=body, headers={"Content-Type": entry["content_type"]}) as r:
@@ -130,8 +139,8 @@ async def test_refusals_stay_clear_4xx_with_a_reason(
 ) -> None:
     port = free_port()
     cfg = parse_config(base_config(tmp_path, devices=cameras(tmp_path, port)))
-    async with Gateway(cfg), aiohttp.ClientSession() as session:
-        await eventually(lambda: _listening(port), timeout=10)
+    async with Gateway(cfg) as gw, aiohttp.ClientSession() as session:
+        await eventually(lambda: _registered(gw, port, cfg), timeout=10)
         target = url(port, {"vendor": vendor, "path": path})
         async with session.post(target, data=body, headers={"Content-Type": ctype}) as r:
             assert r.status == status
