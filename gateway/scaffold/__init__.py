@@ -1,7 +1,8 @@
 """`courtyard new-driver`: write a driver plugin package from the templates in templates/.
 
 A template file's text has `{{placeholder}}`s filled in (no template engine: nothing to install);
-`__pkg__` in a path becomes the package name and a `.tmpl` suffix is dropped. `common/` is
+`__pkg__` in a path becomes the package name and a `.tmpl` suffix is dropped; `<shape>/live.py.part`
+fills `{{live}}` in the shared live test. `common/` is
 written for both shapes, then `polling/` or `push/`; their `cases/` go to tests/cases/<name>/.
 The expected events of the golden cases are then produced by the kit itself (`regen`), from the
 new package, so they pass `python -m gateway.testing check` unchanged.
@@ -74,9 +75,13 @@ def render(name: str, kind: str, shape: Shape) -> dict[Path, str]:
     """Relative path -> text of every file of the package, expected events not included."""
     subs = values(name, kind, shape)
     root = files(__package__).joinpath("templates")
+    # The shape's half of the live test (`*.part` files are pieces of others, not files).
+    subs["live"] = _fill(root.joinpath(shape, "live.py.part").read_text(encoding="utf-8"), subs).rstrip()
     rendered: dict[Path, str] = {}
     for part in ("common", shape):
         for rel, node in _walk(root.joinpath(part)):
+            if rel[-1].endswith(".part"):
+                continue
             parts = [subs["pkg"] if p == "__pkg__" else p.removesuffix(".tmpl") for p in rel]
             if parts[0] == "cases":
                 parts = ["tests", "cases", name, *parts[1:]]
