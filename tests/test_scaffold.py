@@ -75,7 +75,7 @@ def scaffolded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def run(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COURTYARD_DISABLE_PLUGIN_AUTOLOAD"}
     return subprocess.run([str(python), *args], check=False, capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+                          timeout=180)
 
 
 @pytest.mark.slow
