@@ -154,6 +154,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_driver(args: argparse.Namespace) -> int:
+    """Write a driver plugin package (gateway/scaffold); a bad name or an existing folder exits 2."""
+    from gateway.scaffold import ScaffoldError, new_driver
+
+    try:
+        target = new_driver(args.name, args.kind, args.shape, Path(args.dest))
+    except ScaffoldError as exc:
+        print(f"courtyard new-driver: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {target}; next: pip install --no-build-isolation {target}  (see its README.md)")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run one simulator standalone (its module is imported only now: some pull in big stacks)."""
     from simulators import SIMULATOR_ALIASES, SIMULATORS
@@ -376,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--asyncapi", action="store_true",
                       help="print the AsyncAPI 3 document of the MQTT contract (schemas/asyncapi.json)")
     s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("new-driver", help="write a driver plugin package to start from (docs/drivers.md)")
+    s.add_argument("name", help="driver name, a lowercase identifier (the package is courtyard_NAME)")
+    s.add_argument("--kind", required=True, help="device kind of its events, a lowercase identifier")
+    s.add_argument("--shape", required=True, choices=["polling", "push"],
+                   help="polling: Modbus TCP, polled; push: HTTP posts to the shared listener")
+    s.add_argument("--dest", default=".", help="folder to write courtyard-NAME/ in")
+    s.set_defaults(func=cmd_new_driver)
 
     s = sub.add_parser("simulate", help="run a device simulator, or a whole scenario, standalone",
                        description=f"simulators: {', '.join(SIMULATORS)}{deprecated}; "
