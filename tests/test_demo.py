@@ -53,7 +53,9 @@ async def retained(host: str, port: int, topic_filter: str) -> dict[str, bytes]:
                 msg = await asyncio.wait_for(anext(messages), 1.0)
             except TimeoutError:
                 return out
-            if msg.retain and msg.payload:
+            if not msg.retain:  # mosquitto sends the retained set on subscribe, before any live message
+                return out
+            if msg.payload:
                 out[str(msg.topic)] = bytes(msg.payload) if not isinstance(msg.payload, bytes) else msg.payload
 
 
@@ -126,7 +128,10 @@ async def test_demo_on_a_foreign_broker_leaves_no_retained_topics_after_ctrl_c(
                 assert line, "the demo ended early"
                 lines.append(line.rstrip("\n"))
         during: dict[str, bytes] = {}
-        deadline = time.monotonic() + 15
+        # The button's alarm lasts 8 s; on a loaded machine its raise and clear can reach the broker
+        # together. Later alarms of the loop (a forced door, a line short, a trapped passenger for
+        # 40 s from 32 s) keep one retained within this window.
+        deadline = time.monotonic() + 45
         while not any("/alarm/" in t for t in during) and time.monotonic() < deadline:
             during = await retained(host, port, "courtyard/#")
         assert any("/alarm/" in t for t in during), f"an alarm is retained while the demo runs: {sorted(during)}"
