@@ -232,6 +232,10 @@ async def scripted(tmp_path: Path, seed: int, recording: Path | None = None) -> 
     g = device("gate-s", doors=2)
     async with running(tmp_path, [g], seed=seed, recorder_path=recording) as run:
         await run.act(g, "do", "burst", n=6, interval=0.3)
+        # The burst's arrivals are scheduled over 1.5 s of wall clock: let them all land before the
+        # next acts, so the order of events depends on the seed only, never on the machine's load.
+        await asyncio.sleep(6 * 0.3 + 0.5)  # the last arrival is due 1.5 s after the first
+        await run.wait(lambda e: max((x["seq"] or 0) for x in e) == run.adapter.gates["gate-s"].model.seq, "gate-s")
         await run.act(g, "do", "passage", outcome="denied")
         await run.act(g, "inject", "tamper")
         await run.wait(lambda e: count(e, "device.tamper") == 1 and count(e, "access.denied") >= 1
