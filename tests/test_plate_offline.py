@@ -255,3 +255,33 @@ async def test_simulator_offline_buffer_mode_drains_when_the_gateway_is_back(tmp
     assert all(not b.buffer for b in sim.buffers.values())
     offline = [r for r in plates_read(tmp_path) if r["payload"]["is_offline_replay"]]
     assert sorted(r["seq"] for r in offline) == list(range(1, 9))  # each buffered read exactly once
+
+
+async def test_a_camera_posting_the_moment_the_port_opens_finds_its_path(tmp_path: Path) -> None:
+    """No 404 window at start-up: a camera may take a 404 as "drop this record"."""
+    port = free_port()
+    devices = [camera_config(tmp_path, port, id="lpr-a"), camera_config(tmp_path, port, id="lpr-b")]
+    cfg = parse_config(base_config(tmp_path, devices=devices))
+    firsts: dict[str, int] = {}
+    kept = tmp_path / "media" / "2026" / "11"  # a media folder that takes a while to scan at start
+    kept.mkdir(parents=True)
+    for n in range(3000):
+        (kept / f"{n}.jpg").write_bytes(b"x")
+
+    async def knock(session: aiohttp.ClientSession, device: str) -> None:
+        camera = Camera(session, f"http://127.0.0.1:{port}/lpr/{device}")
+        body, ctype = zhenshi_heartbeat_form(f"sn-{device}")
+        while True:
+            try:
+                firsts[device] = (await camera.post(body, ctype)).status
+                return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.001)
+
+    for _ in range(3):  # the window, where there was one, was a thread hop wide
+        firsts.clear()
+        async with aiohttp.ClientSession() as session:
+            knocking = [asyncio.create_task(knock(session, d)) for d in ("lpr-a", "lpr-b")]
+            async with Gateway(cfg):
+                await asyncio.wait_for(asyncio.gather(*knocking), 10)
+        assert firsts == {"lpr-a": 200, "lpr-b": 200}

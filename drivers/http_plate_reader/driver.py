@@ -61,13 +61,15 @@ class HttpPlateReader(PushDriver):
         cfg = self.cfg
         key = f"http_plate_reader:{cfg.listen_host}:{cfg.listen_port}"
         try:
-            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
-        except OSError as exc:
-            raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
-        try:
             self.media = await self.ctx.shared(f"http_plate_reader:media:{cfg.media.path.resolve()}", self._open_media)
         except OSError as exc:
             raise DeviceUnavailable(f"media folder {cfg.media.path} unusable: {exc}") from exc
+        # Bind, then register with no await in between: a camera that posts the moment the port
+        # opens must find its path, not a 404 it may take as "drop this record".
+        try:
+            listener = await self.ctx.shared(key, lambda: open_listener(cfg.listen_host, cfg.listen_port, cfg.listener))
+        except OSError as exc:
+            raise DeviceUnavailable(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         try:
             for path in cfg.url_paths:
                 listener.register(path, self)
