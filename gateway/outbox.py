@@ -216,7 +216,8 @@ class Outbox:
         self.counters = counters or Counters()
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._pending: list[tuple[list[Row], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[Row], asyncio.Future[None], Sequence[Event]]] = []
+        self._observers: list[Callable[[Sequence[Event]], None]] = []
         self._wake = asyncio.Event()
         self._new = {sink: asyncio.Event() for sink in self.sinks}
         self._space_waiters: set[asyncio.Future[None]] = set()
@@ -352,7 +353,7 @@ class Outbox:
             self._admitted += admitted
         try:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pending.append((rows, fut))
+            self._pending.append((rows, fut, events))
             self._wake.set()
             await fut
         finally:
@@ -431,19 +432,19 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch: list[tuple[list[Row], asyncio.Future[None]]] = []
+                batch: list[tuple[list[Row], asyncio.Future[None], Sequence[Event]]] = []
                 size = 0
                 while self._pending and (not batch or size + len(self._pending[0][0]) <= self.batch_max):
                     item = self._pending.pop(0)
                     batch.append(item)
                     size += len(item[0])
-                rows = [r for item, _ in batch for r in item]
+                rows = [r for item, _, _ in batch for r in item]
                 freed = self._freed
                 try:
                     await self._run(self._commit_sync, rows)
                 except Exception as exc:  # disk full, I/O error: producers see it, nothing half-accepted
                     self._commit_failed(exc)
-                    for _, fut in batch:
+                    for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(OutboxError(f"commit failed: {exc}"))
                     continue
@@ -453,13 +454,33 @@ class Outbox:
                 self.counters.inc("outbox.accepted", len(rows))
                 for lane in LANES:  # per lane, for /metrics
                     self.counters.inc(f"outbox.accepted.lane{lane}", sum(1 for r in rows if r[1] == lane))
-                for _, fut in batch:
+                self._tell_observers(batch)
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_result(None)
                 for ev in self._new.values():
                     ev.set()
             if self._closing and not self._pending:
                 return
+
+    def add_observer(self, fn: Callable[[Sequence[Event]], None]) -> Callable[[], None]:
+        """Call `fn(events)` with every committed batch, in commit order, on the event loop.
+
+        For in-process consumers of the committed stream (rules, the console): they see exactly
+        what was accepted, after it is durable. `fn` must not block (hand off to a queue); an
+        exception is logged and counted, never turned into a failed commit. Returns a remover.
+        """
+        self._observers.append(fn)
+        return lambda: self._observers.remove(fn) if fn in self._observers else None
+
+    def _tell_observers(self, batch: Sequence[tuple[list[Row], asyncio.Future[None], Sequence[Event]]]) -> None:
+        for fn in list(self._observers):
+            for _, _, events in batch:
+                try:
+                    fn(events)
+                except Exception:
+                    self.counters.inc("outbox.observer_errors")
+                    log.exception("an outbox observer failed (the events stay committed)")
 
     def _commit_sync(self, rows: list[Row]) -> None:
         db = self._require_db()

@@ -8,6 +8,9 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import OutboxError
 from gateway.ids import uuid7
 from gateway.outbox import Outbox
 from schemas.common import ConnectivityPayload, DeviceRef
@@ -108,3 +111,32 @@ async def test_connectivity_travels_in_priority_lane(tmp_path: Path) -> None:
         await ob.append([make_event(1), make_event(2, "connectivity")])
         rows = await ob.fetch("mqtt", 10)
         assert [r.cls for r in rows] == ["connectivity", "status"]
+
+
+async def test_observers_see_committed_batches_in_commit_order_and_never_a_failed_one(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def broken(events: object) -> None:
+        raise RuntimeError("an observer bug")
+
+    async with Outbox(tmp_path / "o.db", sinks=["a"]) as ob:
+        ob.add_observer(broken)  # a failing observer disturbs neither the commit nor the others
+        remove = ob.add_observer(lambda events: seen.extend(str(e.id) for e in events))
+        batches = [[make_event(i), make_event(i, "alarm")] for i in range(20)]
+        await asyncio.gather(*(ob.append(b) for b in batches))
+        assert sorted(seen) == sorted(str(e.id) for b in batches for e in b)
+        db = sqlite3.connect(tmp_path / "o.db")
+        assert [r[0] for r in db.execute("SELECT id FROM events ORDER BY rowid")] == seen  # commit order
+        assert ob.counters.get("outbox.observer_errors") == 20
+        remove()
+        await ob.append([make_event(99)])
+        assert len(seen) == 40
+        db.close()
+    async with Outbox(tmp_path / "o.db", sinks=["a"]) as ob:
+        seen.clear()
+        ob.add_observer(lambda events: seen.extend(str(e.id) for e in events))
+        trigger = "CREATE TRIGGER no_more BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        await ob.on_writer(lambda db: db.execute(trigger))
+        with pytest.raises(OutboxError):
+            await ob.append([make_event(100)])
+        assert seen == []  # a failed commit is never observed
