@@ -336,6 +336,7 @@ class Gateway:
         self._shared_lock = asyncio.Lock()
         self._confirm: RestartConfirmation | None = None
         self.commands: Any = None  # gateway.commands.CommandService, once started
+        self.alarm_book: Any = None  # gateway.alarm_book.AlarmBook, once started (alarms.lifecycle)
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
         self.reconcile = reconcile
@@ -355,6 +356,11 @@ class Gateway:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
         await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        if self.config.alarms.lifecycle.enabled and self.reconcile:
+            from gateway.alarm_book import AlarmBook
+
+            self.alarm_book = AlarmBook(self)
+            await self.alarm_book.start()  # follows the committed stream before the first driver event
         if self.config.ops.port is not None:
             from gateway.ops import start_ops
 
@@ -535,6 +541,9 @@ class Gateway:
                     log.exception("closing shared %s failed", key)
         if self.commands is not None:
             await self.commands.stop()
+        if self.alarm_book is not None:
+            await self.alarm_book.wait_idle()
+            await self.alarm_book.stop()
         if self.sinks:
             await self.drain(flush_timeout)
         stopped = self._stopped_availability()

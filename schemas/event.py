@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import AwareDatetime, BaseModel, Field, create_model, model_validator
 
 from schemas.access import AccessPayload
+from schemas.alarm import AlarmLifecyclePayload
 from schemas.camera import CameraPayload
 from schemas.command import CommandPayload
 from schemas.common import (
@@ -30,7 +31,8 @@ from schemas.pa import PaPayload
 
 # One line per payload family; the discriminator is the payload's `kind`.
 Payload = Annotated[
-    ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload | CameraPayload | CommandPayload,
+    ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload | CameraPayload | CommandPayload
+    | AlarmLifecyclePayload,
     Field(discriminator="kind"),
 ]
 
