@@ -28,6 +28,7 @@ from pydantic import (
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.yamlfile import Lines, format_path, line_of, load_yaml
+from schemas.rule import Rule
 
 
 class _Strict(BaseModel):
@@ -295,6 +296,9 @@ class GatewayConfigBase(_Strict):
     commands: CommandsConfig = CommandsConfig()
     ops: OpsConfig = OpsConfig()
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
+    rules: list[Rule] = Field(default_factory=list, description="Linkage rules (docs/rules.md)")
+    rule_files: list[Path] = Field(default_factory=list, description="Files of rules (`rules: [...]`), loaded at"
+                                   " start; relative paths from the working directory")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 
 

@@ -336,6 +336,7 @@ class Gateway:
         self._shared_lock = asyncio.Lock()
         self._confirm: RestartConfirmation | None = None
         self.commands: Any = None  # gateway.commands.CommandService, once started
+        self.rules: Any = None  # gateway.rules.RuleService, once started (when the config has rules)
         self.alarm_book: Any = None  # gateway.alarm_book.AlarmBook, once started (alarms.lifecycle)
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
@@ -397,6 +398,7 @@ class Gateway:
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         await self._start_grace()
         await self._start_commands()
+        await self._start_rules()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
                  "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
@@ -412,7 +414,20 @@ class Gateway:
         bus = self.commands.bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
         await self.commands.start()  # the journal exists before the first request can arrive
         if bus is not None:
+            bus.alarm_book = self.alarm_book
             self._spawn(bus.run(), "commands-mqtt")
+
+    async def _start_rules(self) -> None:
+        """Linkage rules, after the command journal (their actions are commands)."""
+        if not self.reconcile:  # a replay acts on nothing
+            return
+        from gateway.rules import RuleService, load_rules
+
+        rules = load_rules(self.config)
+        if not rules:
+            return
+        self.rules = RuleService(self, rules)
+        await self.rules.start()
 
     async def _close_stale_alarms(self) -> None:
         """Take over the alarms the previous run raised and never cleared.
@@ -539,6 +554,8 @@ class Gateway:
                     await aclose()
                 except Exception:
                     log.exception("closing shared %s failed", key)
+        if self.rules is not None:
+            await self.rules.stop()
         if self.commands is not None:
             await self.commands.stop()
         if self.alarm_book is not None:

@@ -28,11 +28,12 @@ from schemas.common import (
 from schemas.elevator import ElevatorPayload
 from schemas.lpr import LprPayload
 from schemas.pa import PaPayload
+from schemas.rule import RulePayload
 
 # One line per payload family; the discriminator is the payload's `kind`.
 Payload = Annotated[
     ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload | CameraPayload | CommandPayload
-    | AlarmLifecyclePayload,
+    | AlarmLifecyclePayload | RulePayload,
     Field(discriminator="kind"),
 ]
 
