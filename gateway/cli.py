@@ -457,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="./courtyard-data/demo", help="where the demo keeps its history")
     s.add_argument("--speed", type=float, help="scenario speed factor (default: the community file's)")
     s.set_defaults(func=cmd_demo)
+
+    from gateway.rules_cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 

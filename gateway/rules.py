@@ -166,12 +166,24 @@ def matches(m: EventMatch, ev: Event, tags: frozenset[str] = frozenset()) -> boo
         return False
     if m.tags is not None and not set(m.tags) <= tags:
         return False
+    if not m.in_hours(ev.time):
+        return False
     if m.payload:
         for key, allowed in m.payload.items():
             value = getattr(ev.payload, key, None)
             if value is None or not any(value == a or str(value) == str(a) for a in allowed):
                 return False
     return True
+
+
+def _scope(rule: Rule, ev: Event) -> str:
+    """What keeps one rule's firings apart (modes and cooldown apply per scope)."""
+    if rule.per == "rule":
+        return rule.id
+    if rule.per == "device":
+        return f"{rule.id}/{ev.device.id}"
+    loc = _location_of(ev)
+    return f"{rule.id}/" + "/".join(f"{f}={loc.get(f, '')}" for f in rule.per)
 
 
 def select(target: Target, devices: Iterable[DeviceInfo], trigger: DeviceInfo) -> list[DeviceInfo]:
@@ -384,7 +396,7 @@ class RuleEngine:
         if ev.state == "cleared" and ev.alarm_id is not None:
             self._cleared(rule, st, ev.alarm_id)
         trigger = any(matches(m, ev, tags) for m in rule.when)
-        scope = rule.id if rule.per == "rule" else f"{rule.id}/{ev.device.id}"
+        scope = _scope(rule, ev)
         if rule.confirm is None:
             if trigger:
                 self.counters.inc("triggers")
@@ -912,3 +924,90 @@ def list_firings(path: Path, *, limit: int = 100) -> list[dict[str, Any]]:
         db.close()
     return [{"id": r[0], "rule": r[1], "scope": r[2], "state": r[3], "phase": r[4], "triggers": json.loads(r[5]),
              "results": json.loads(r[6]), "started_ns": r[7], "updated_ns": r[8]} for r in reversed(rows)]
+
+
+# --- dry runs (`courtyard rules test`) -----------------------------------------------------------
+
+
+class DrySender:
+    """Sends nothing: prints each command the rules would send and answers `succeeded`."""
+
+    def __init__(self, clock: FakeClock, start: datetime, out: Callable[[str], None]) -> None:
+        self.clock = clock
+        self.start = start
+        self.out = out
+        self.sent: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+
+    async def send(self, kind: str, device: str, name: str, cid: str, args: dict[str, Any], ttl_s: float,
+                   requester: str) -> tuple[str, str | None]:
+        at = (self.clock.now() - self.start).total_seconds()
+        repeat = cid in self._seen
+        self._seen.add(cid)
+        self.sent.append({"at_s": round(at, 3), "requester": requester, "device": device, "kind": kind,
+                          "command": name, "args": args, "id": cid, "repeat": repeat})
+        args_text = " ".join(f"{k}={v}" for k, v in args.items())
+        self.out(f"{at:+9.3f}s  {requester:<28} {name} -> {device} ({kind}){'  ' + args_text if args_text else ''}"
+                 f"{'  (repeat: same id)' if repeat else ''}")
+        return "succeeded", None
+
+
+async def dry_run(rules: Sequence[Rule], events: Sequence[Event], devices: Sequence[DeviceInfo], *,
+                  out: Callable[[str], None] = print, site: str = "dry-run") -> DrySender:
+    """Replay `events` (in order, at their receipt times) through `rules` on a fake clock."""
+    from gateway import registry
+
+    start = events[0].received if events else datetime.now(UTC)
+    clock = FakeClock(start)
+    sender = DrySender(clock, start, out)
+
+    async def emit(event: Event) -> None:
+        p: Any = event.payload
+        at = (clock.now() - start).total_seconds()
+        reason = f"  reason={p.reason}" if getattr(p, "reason", None) else ""
+        out(f"{at:+9.3f}s  {event.type:<28} {getattr(p, 'rule', '')} ({getattr(p, 'phase', '')}){reason}")
+
+    engine = RuleEngine(rules, devices, sender, emit=emit, now=clock.now, scheduler=clock, site=site,
+                        gateway="dry-run", event_model=registry.event_model())
+
+    async def run_due(to: datetime | None) -> None:
+        while True:
+            due = clock.advance(to)
+            if not due:
+                return
+            for fn in due:
+                fn()
+            await engine.idle()
+
+    for ev in events:
+        await run_due(ev.received)
+        await engine.handle(ev)
+        await engine.idle()
+    await run_due(None)
+    return sender
+
+
+def read_events(path: Path) -> tuple[list[Event], list[str]]:
+    """Events from a JSON-lines file (`courtyard events --json`); problems as `file:line: message`."""
+    from gateway import registry
+
+    model = registry.event_model()
+    events: list[Event] = []
+    problems: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(model.model_validate_json(line))
+            except ValueError as exc:
+                problems.append(f"{path}:{n}: not an event: {str(exc).splitlines()[0]}")
+    return events, problems
+
+
+def infos_from_events(events: Iterable[Event]) -> list[DeviceInfo]:
+    """Targets known from the events alone (a dry run without a config)."""
+    seen: dict[str, DeviceInfo] = {}
+    for ev in events:
+        seen.setdefault(ev.device.id, DeviceInfo(ev.device.id, ev.device.kind, _location_of(ev)))
+    return list(seen.values())

@@ -9,6 +9,7 @@ and what to do *on clear*. See docs/rules.md.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +72,30 @@ class EventMatch(_Model):
     tags: Patterns | None = Field(None, description="The device must carry every one of these tags")
     payload: dict[str, Annotated[list[Scalar], BeforeValidator(_listify)]] | None = Field(
         None, description="Payload fields that must equal one of the values given, e.g. {where: [lobby, elevator_car]}")
+    hours: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+                              description="Only when the event's time of day is in this range, e.g. 22:00-06:00")
+    timezone: str = Field("Asia/Shanghai", description="Time zone of `hours` (IANA name)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except (ValueError, KeyError, OSError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+    def in_hours(self, when: datetime) -> bool:
+        """Whether `when` falls in `hours` (a range past midnight wraps), in `timezone`."""
+        if self.hours is None:
+            return True
+        from zoneinfo import ZoneInfo
+
+        start, end = self.hours.split("-")
+        local = when.astimezone(ZoneInfo(self.timezone)).strftime("%H:%M")
+        return start <= local < end if start <= end else (local >= start or local < end)
 
 
 class Confirm(_Model):
@@ -135,7 +160,9 @@ class Rule(_Model):
                                    description="When the trigger's alarm clears (after a firing): release, stop")
     mode: Literal["single", "restart", "queued"] = Field(
         "single", description="A trigger while a firing runs: ignored, restarts it, or waits its turn")
-    per: Literal["rule", "device"] = Field("device", description="Firings are kept apart per trigger device or not")
+    per: Literal["rule", "device"] | list[LocationField] = Field(
+        "device", description="Firings are kept apart per trigger device, per place (e.g. [building, unit]: one"
+        " e-bike incident per lift bank), or not at all (rule)")
     cooldown_s: Seconds = Field(0.0, description="After a firing starts, further triggers are ignored this long")
     max_queued: int = Field(8, ge=1, le=100)
 
