@@ -43,7 +43,7 @@ def event(device: str, type_: str, at_s: float, *, state: str = "momentary", ala
     when = T0 + timedelta(seconds=at_s)
     body: dict[str, Any] = {"kind": kind if kind != "access_gate" else "access", **payload}
     if kind == "camera":
-        body.setdefault("detection", type_.split(".")[1].split("_")[0])
+        body.setdefault("detection", type_.split(".")[1].split("_", maxsplit=1)[0])
     if kind == "elevator":
         body = {"kind": "elevator", **payload}
     if kind == "plate_reader":
