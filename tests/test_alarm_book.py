@@ -202,7 +202,7 @@ async def test_mqtt_operations_with_hostile_input(tmp_path: Path, mosquitto: Mos
         results: dict[str, dict[str, Any]] = {}
         async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
             await client.subscribe(f"{base}/+/cmd/+/result", qos=1)
-            await eventually(lambda: gw.commands.bus.connected.is_set(), 10)
+            await eventually(gw.commands.bus.connected.is_set, 10)
 
             async def send(tag: str, alarm: str, op: str, body: bytes) -> None:
                 await client.publish(f"{base}/{alarm}/cmd/{op}", body, qos=1)
@@ -245,7 +245,7 @@ async def test_cli_lists_and_acks(tmp_path: Path, mosquitto: Mosquitto, capsys: 
         async with Gateway(parse_config(data)) as gw:
             await s.inject("alarm_button")
             view = await raised(gw)
-            await eventually(lambda: gw.commands.bus.connected.is_set(), 10)
+            await eventually(gw.commands.bus.connected.is_set, 10)
             assert await asyncio.to_thread(main, ["alarms", "-c", str(path)]) == 0
             listed = capsys.readouterr().out
             assert view.alarm_id in listed and "active_unacked" in listed and "elevator.alarm_button" in listed
