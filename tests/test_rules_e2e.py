@@ -3,7 +3,6 @@ gateway's command journal and mosquitto; a broker outage during a firing, a SIGK
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -117,12 +116,11 @@ async def test_a_tentative_hold_is_undone_when_nothing_confirms(tmp_path: Path, 
         "undo": [{"command": "release_door", "to": {"devices": "lift-2"}}],
     }
     port = free_port()
-    async with two_cars(port) as sim:
-        async with Gateway(parse_config(config(tmp_path, mosquitto, port, [rule]))) as gw:
-            await sim.inject("alarm_button", device_id=1)
-            await eventually(lambda: held(sim, 2), 10)
-            await eventually(lambda: not held(sim, 2), 10)  # released by the undo after 1.5 s
-            await gw.rules.wait_idle()
+    async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, mosquitto, port, [rule]))) as gw:
+        await sim.inject("alarm_button", device_id=1)
+        await eventually(lambda: held(sim, 2), 10)
+        await eventually(lambda: not held(sim, 2), 10)  # released by the undo after 1.5 s
+        await gw.rules.wait_idle()
     names = [c.name for c in list_journal(tmp_path / "outbox.db")]
     assert names == ["hold_door", "release_door"]  # the confirmed-only `call` never went out
     assert events(tmp_path / "outbox.db", "rule.failed")[0]["payload"]["reason"] == "not_confirmed"
@@ -130,18 +128,17 @@ async def test_a_tentative_hold_is_undone_when_nothing_confirms(tmp_path: Path, 
 
 async def test_the_rule_acts_while_the_broker_is_down(tmp_path: Path, own_broker: Mosquitto) -> None:
     port = free_port()
-    async with two_cars(port) as sim:
-        async with Gateway(parse_config(config(tmp_path, own_broker, port, [PANIC]))) as gw:
-            await eventually(lambda: gw.commands.bus.connected.is_set(), 10)
-            own_broker.stop()
-            await sim.inject("alarm_button", device_id=1)
-            await eventually(lambda: held(sim, 2), 10)  # no broker needed to act
-            await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 10)
-            backlog = await gw.outbox.backlog()
-            assert backlog["mqtt"] > 0
-            own_broker.start()
-            async with MqttCollector(own_broker.host, own_broker.port, f"courtyard/{SITE}/#") as col:
-                await col.wait_for(lambda c: any(t.endswith("/event/rule.completed") for t, _ in c.messages), 30)
+    async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, own_broker, port, [PANIC]))) as gw:
+        await eventually(gw.commands.bus.connected.is_set, 10)
+        own_broker.stop()
+        await sim.inject("alarm_button", device_id=1)
+        await eventually(lambda: held(sim, 2), 10)  # no broker needed to act
+        await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 10)
+        backlog = await gw.outbox.backlog()
+        assert backlog["mqtt"] > 0
+        own_broker.start()
+        async with MqttCollector(own_broker.host, own_broker.port, f"courtyard/{SITE}/#") as col:
+            await col.wait_for(lambda c: any(t.endswith("/event/rule.completed") for t, _ in c.messages), 30)
 
 
 # --- SIGKILL mid-firing (the gateway in its own process) ----------------------------------------------
