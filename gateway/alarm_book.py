@@ -147,6 +147,7 @@ class _Record:
     body: str = ""  # the body the retained topic should hold (the raise, or the last transition)
     simulated: bool = False
     scenario: str | None = None
+    cls: str = "alarm"  # the raise's class (alarm, fault, connectivity): its transitions keep it
 
     @property
     def state(self) -> LifecycleState:
@@ -340,7 +341,7 @@ class AlarmBook:
         return _Record(
             alarm_id=str(ev.alarm_id), device=ev.device.model_dump(mode="json"), type=ev.type, severity=ev.severity,
             raised_at=ev.time, raise_event_id=ev.id, latched=self.config.latches(ev.type), last_event_id=ev.id,
-            body=ev.to_json(), simulated=ev.simulated, scenario=ev.scenario)
+            body=ev.to_json(), simulated=ev.simulated, scenario=ev.scenario, cls=ev.class_)
 
     # --- operations --------------------------------------------------------------------------
 
@@ -439,7 +440,7 @@ class AlarmBook:
         now = self.clock()
         event: Event = self._model.model_validate({
             "id": uuid7(), "time": p.at if p.op is None else now, "received": now, "site": self.gw.config.site,
-            "gateway": self.gw.config.gateway_id, "device": rec.device, "class": "alarm",
+            "gateway": self.gw.config.gateway_id, "device": rec.device, "class": rec.cls,
             "type": f"alarm.{p.transition}", "severity": rec.severity or "info", "state": "momentary",
             "alarm_id": rec.alarm_id, "simulated": rec.simulated, "scenario": rec.scenario, "payload": payload,
         })

@@ -59,7 +59,10 @@ async def test_record_then_replay_gives_the_same_events(tmp_path: Path, mosquitt
     rec = tmp_path / "recording.jsonl"
     played = await play(scenario, tmp_path, mosquitto, speed=4, record=rec)
     replayed = [e.model_dump(mode="json", by_alias=True) async for e in replay_events(rec)]
-    live, again = per_device(played.accepted), per_device(replayed)
+    # A replay reproduces what the drivers decoded; the alarm book's transitions, rule firings and
+    # commands are the running gateway's own doing, not derived from recorded inputs.
+    decoded = [e for e in played.accepted if e["payload"]["kind"] not in ("alarm_lifecycle", "rule", "command")]
+    live, again = per_device(decoded), per_device(replayed)
     assert again == live, _first_difference(live, again)
     assert any(e["type"] == "elevator.passenger_trapped" for e in replayed)
 
