@@ -18,7 +18,6 @@ from tests.mqtt_support import retained
 from tests.servers import Mosquitto, free_port
 from tests.test_mqtt_retained import connected, lift
 
-
 #: These tests are about raise/clear pairs across restarts; the alarm book's transitions on top of
 #: them (and what they keep retained) are tested in test_alarm_book.py.
 RAW: dict[str, Any] = {"lifecycle": {"enabled": False}}
