@@ -22,7 +22,7 @@ DEVICES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "lift-t7-1": ("elevator", {"building": "7", "unit": "1"}, ()),
     "lift-t8-1": ("elevator", {"building": "8", "unit": "1"}, ()),
     "pa-south": ("pa", {"zone": "south"}, ("fire-evacuation",)),
-    "pa-t7": ("pa", {"building": "7"}, ()),
+    "pa-t7": ("pa", {"building": "7"}, ("ebike-warning",)),
     "gate-south": ("access_gate", {"zone": "south-entrance"}, ("escape-route",)),
     "gate-north": ("access_gate", {"zone": "north-entrance"}, ()),
     "lpr-b1-in-1": ("plate_reader", {"garage": "B1"}, ()),
