@@ -344,6 +344,7 @@ class _RuleState:
     queued: dict[str, deque[Event]] = field(default_factory=dict)
     last_start: dict[str, datetime] = field(default_factory=dict)
     by_alarm: dict[str, Firing] = field(default_factory=dict)  # fired, waiting for its alarms to clear
+    cleared: deque[str] = field(default_factory=lambda: deque(maxlen=1024))  # recently cleared alarm ids
 
 
 Emit = Callable[[Event], Awaitable[None]]
@@ -502,7 +503,9 @@ class RuleEngine:
         for when, _, ev in st.window:
             if when >= since and ev.id not in firing.triggers:
                 firing.triggers.append(ev.id)
-                if ev.alarm_id is not None and ev.state == "raised" and any(matches(m, ev) for m in rule.when):
+                # on_clear waits for the alarms still open; one that came and went counted, and is done
+                if (ev.alarm_id is not None and ev.state == "raised" and ev.alarm_id not in st.cleared
+                        and any(matches(m, ev) for m in rule.when)):
                     firing.alarm_ids.add(ev.alarm_id)
         previous = firing.task
         self._spawn(self._run_confirmed(st, firing, after=previous), firing)
@@ -519,6 +522,7 @@ class RuleEngine:
         self._spawn(self._finish_event(firing, "rule.failed", reason), None)
 
     def _cleared(self, rule: Rule, st: _RuleState, alarm_id: str) -> None:
+        st.cleared.append(alarm_id)
         firing = st.by_alarm.get(alarm_id)
         if firing is None:
             for f in st.pending.values():  # a tentative firing whose trigger is gone: undo now

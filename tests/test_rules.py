@@ -244,3 +244,19 @@ def test_datetime_hours_wrap_midnight() -> None:
     assert m.in_hours(datetime.fromisoformat("2026-01-01T23:30:00+00:00"))
     assert m.in_hours(datetime.fromisoformat("2026-01-01T05:59:00+00:00"))
     assert not m.in_hours(datetime.fromisoformat("2026-01-01T06:00:00+00:00"))
+
+
+async def test_a_detection_that_came_and_went_confirms_but_on_clear_waits_only_for_open_ones() -> None:
+    r = shipped("garage_fire")[0].model_copy(update={"cooldown_s": 0.0})
+    fire = [event("cam-b1-bay", "camera.fire_detected", 0, state="raised", alarm_id="f1", **FIRE),
+            event("cam-b1-bay", "camera.smoke_detected", 2, state="raised", alarm_id="s1", **FIRE),
+            event("cam-b1-bay", "camera.fire_detected", 10, state="cleared", alarm_id="f1", **FIRE),
+            event("cam-b1-bay", "camera.smoke_detected", 10, state="cleared", alarm_id="s1", **FIRE),
+            # again, within the first pair's window: the new firing must not wait for f1/s1
+            event("cam-b1-bay", "camera.fire_detected", 20, state="raised", alarm_id="f2", **FIRE),
+            event("cam-b1-bay", "camera.smoke_detected", 21, state="raised", alarm_id="s2", **FIRE),
+            event("cam-b1-bay", "camera.fire_detected", 30, state="cleared", alarm_id="f2", **FIRE),
+            event("cam-b1-bay", "camera.smoke_detected", 30, state="cleared", alarm_id="s2", **FIRE)]
+    out = await run([r], fire)
+    stops = [s["at_s"] for s in out if s["command"] == "emergency_stop"]
+    assert stops == [10.0, 30.0]
