@@ -39,7 +39,7 @@ PUBLISH_TIMEOUT_S = 5.0
 #: Results kept while the broker is away; beyond this the oldest go (counted `results_dropped`):
 #: their states are still `command` events in the outbox and in the journal.
 MAX_PENDING_RESULTS = 100_000
-FLUSH_BATCH = 200
+FLUSH_BATCH = 500
 _PENDING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS command_results_pending (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,6 +81,7 @@ class CommandBus:
         self._client: aiomqtt.Client | None = None
         self._order = asyncio.Lock()  # results leave in the order they were produced
         self._backlog: bool | None = None  # unpublished results kept (None: not looked yet)
+        self._lost = asyncio.Event()  # set when the current connection ends: its publishes never complete
         service.listeners.append(self.publish_result)
 
     async def run(self) -> None:
@@ -97,6 +98,7 @@ class CommandBus:
                     max_queued_incoming_messages=MAX_QUEUED_REQUESTS,
                 )
                 async with client:
+                    self._lost = asyncio.Event()
                     await client.subscribe(self.filter, qos=1)
                     async with self._order:  # what the outage held back goes first, in order
                         self._client = client
@@ -112,6 +114,7 @@ class CommandBus:
             finally:
                 self.connected.clear()
                 self._client = None
+                self._lost.set()
             await asyncio.sleep(next(delays))
 
     async def _request(self, msg: aiomqtt.Message) -> None:
@@ -160,16 +163,32 @@ class CommandBus:
             if self._backlog is None:
                 self._backlog = await self._pending_count() > 0
             client = self._client
-            if client is not None and not self._backlog:
-                try:
-                    async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                        for target in targets:
-                            await client.publish(target, body, qos=1, properties=_props(cmd.correlation))
-                    self.counters.inc("results_published")
-                    return
-                except (aiomqtt.MqttError, TimeoutError):
-                    pass  # QoS 1: a result published twice is harmless (same id and state)
-            await self._keep([(target, body, cmd.correlation) for target in targets])
+            rows = [(target, body, cmd.correlation) for target in targets]
+            if client is not None and not self._backlog and await self._send(client, rows):
+                self.counters.inc("results_published")
+                return
+            await self._keep(rows)  # QoS 1: a result published twice is harmless (same id and state)
+
+    async def _send(self, client: aiomqtt.Client, rows: list[tuple[str, str, bytes | None]]) -> bool:
+        """Publish QoS 1 (in order, together) until acknowledged; False when the connection ends first,
+        or after `PUBLISH_TIMEOUT_S` (a publish on a dead link would otherwise wait for ever)."""
+        lost = self._lost
+        if lost.is_set():
+            return False
+        pubs: asyncio.Future[Any] = asyncio.gather(*(client.publish(topic, body, qos=1, properties=_props(corr))
+                                                     for topic, body, corr in rows))
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
+        try:
+            done, _ = await asyncio.wait({pubs, waiter}, timeout=PUBLISH_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if pubs in done and not pubs.cancelled() and pubs.exception() is None:
+            return True
+        pubs.cancel()
+        with contextlib.suppress(BaseException):
+            await pubs
+        return False
 
     # --- results held back while the broker is away ------------------------------------------
 
@@ -227,14 +246,10 @@ class CommandBus:
             if not rows:
                 self._backlog = False
                 return
-            try:
-                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    # QoS 1 in flight together, in order on one connection (the broker keeps it)
-                    await asyncio.gather(*(client.publish(topic, body, qos=1, properties=_props(corr))
-                                           for _, topic, body, corr in rows))
-            except (aiomqtt.MqttError, TimeoutError):
+            # QoS 1 in flight together, in order on one connection (the broker keeps the order)
+            if not await self._send(client, [(topic, body, corr) for _, topic, body, corr in rows]):
                 self._backlog = True
-                raise aiomqtt.MqttError("result backlog not published") from None
+                raise aiomqtt.MqttError("result backlog not published")
             await outbox.on_writer(forget(rows[-1][0]))
             self.counters.inc("results_published", len(rows))
             self.counters.inc("results_flushed", len(rows))

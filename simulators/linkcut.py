@@ -2,7 +2,8 @@
 
 `LinkCut(target_host, target_port)` listens on a free loopback port and relays every connection
 to the target. `cut()` drops every relayed connection and refuses new ones (as a broken uplink
-does); `restore()` accepts again. Tests and benches put it between the gateway and its MQTT
+does); `restore()` accepts again. While cut, the port is closed: connecting is refused at once, as when
+the broker's host is up and its service is down. Tests and benches put it between the gateway and its MQTT
 broker, so the broker stays up for everyone else while the gateway cannot reach it.
 """
 
@@ -27,14 +28,12 @@ class LinkCut:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> LinkCut:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        await self._listen()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._close_listener()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -42,14 +41,30 @@ class LinkCut:
     def cut(self) -> None:
         """Drop every relayed connection and refuse new ones."""
         self.up = False
+        if self._server is not None:
+            self._server.close()  # no new connections from now on
         for writer in list(self._writers):
             with contextlib.suppress(Exception):
                 writer.transport.abort()
         self._writers.clear()
 
     def restore(self) -> None:
-        """Accept and relay again."""
+        """Accept and relay again (on the same port)."""
         self.up = True
+        task = asyncio.ensure_future(self._listen())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _listen(self) -> None:
+        await self._close_listener()
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _close_listener(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.up:
