@@ -95,3 +95,41 @@ async def test_bad_input_refusal_offline_and_silence(tmp_path: Path, mosquitto: 
         assert (await ask(client, "open"))["state"] == "succeeded"  # and the next one works again
         snap = gw.counters.snapshot()
         assert (snap["commands.rejected"], snap["commands.failed"], snap["commands.succeeded"]) == (5, 3, 1)
+
+
+async def test_a_command_left_sent_by_a_killed_run_is_resolved_from_the_gates_history(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    import sqlite3
+    import time
+
+    from gateway.commands import list_journal
+
+    async with rig(tmp_path, mosquitto):  # creates the journal, then stops
+        pass
+    now = time.time_ns()
+    conn = sqlite3.connect(tmp_path / "outbox.db")
+    for cid, seq in (("took-effect", 601), ("never-arrived", 602)):
+        conn.execute("INSERT INTO commands (id, device, kind, name, args, requester, state, accepted_ns, updated_ns,"
+                     " expires_ns, device_seq) VALUES (?, 'gate-1', 'access_gate', 'lock', '{\"door\": 1}', 'mqtt:',"
+                     " 'sent', ?, ?, ?, ?)", (cid, now, now, now + 60 * 10**9, seq))
+    conn.commit()
+    conn.close()
+    running = await sim.spawn(ADDRESS, seed=5, doors=2, arrivals_per_min=0.001)
+    try:
+        periph = running.peripheral
+        periph.model.command(codec.Command(codec.CMD_LOCK, door=1, request_id=601))  # acted before the kill
+        periph.publish()
+        for _ in range(40):  # more records since: the answer is in the history, not the latest record
+            periph.model.emit("door.exit_button", door=1)
+        periph.publish()
+        cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=SITE, devices=[
+            {"id": "gate-1", "driver": "ble_access_gate", "address": ADDRESS, "backend": "simulated", "doors": 2,
+             "credential_key": KEY}], commands={**COMMANDS, "resume_timeout_s": 1.0}))
+        async with Gateway(cfg) as gw:
+            await gw.commands.wait_idle()
+        assert len(periph.model.commands) == 1  # nothing sent again
+    finally:
+        await running.aclose()
+    states = {r.id: (r.state, r.reason) for r in list_journal(tmp_path / "outbox.db")}
+    assert states["took-effect"] == ("succeeded", None)
+    assert states["never-arrived"] == ("failed", "unconfirmed_after_restart")

@@ -96,3 +96,39 @@ async def test_bad_input_refusal_offline_and_silence(tmp_path: Path, mosquitto: 
         assert (await ask(client, "emergency_stop"))["state"] == "succeeded"
         snap = gw.counters.snapshot()
         assert (snap["commands.rejected"], snap["commands.failed"]) == (8, 4)
+
+
+def _left_sent(db: Path, rows: list[tuple[str, str, str]]) -> None:
+    """Journal rows a killed run left `sent` (id, command, args JSON), as tests/test_commands_restart.py does."""
+    import sqlite3
+    import time
+
+    now = time.time_ns()
+    conn = sqlite3.connect(db)
+    for n, (cid, name, args) in enumerate(rows):
+        conn.execute("INSERT INTO commands (id, device, kind, name, args, requester, state, accepted_ns, updated_ns,"
+                     " expires_ns, device_seq) VALUES (?, 'pa-1', 'pa', ?, ?, 'mqtt:', 'sent', ?, ?, ?, ?)",
+                     (cid, name, args, now, now, now + 60 * 10**9, 500 + n))
+    conn.commit()
+    conn.close()
+
+
+async def test_a_call_left_sent_by_a_killed_run_is_resolved_by_reading_back(tmp_path: Path,
+                                                                            mosquitto: Mosquitto) -> None:
+    from gateway.commands import list_journal
+
+    async with rig(tmp_path, mosquitto) as (sim, gw, _client):  # creates the journal, then stops
+        pass
+    _left_sent(tmp_path / "outbox.db", [("took-effect", "set_volume", '{"db": -33.0, "zone": "z2"}'),
+                                        ("never-arrived", "set_volume", '{"db": -44.0, "zone": "z3"}')])
+    async with PaSimulator(port=free_port(), tick_s=0) as sim:
+        await sim.set_volume("z2", -33.0)  # the first call reached the system before the gateway died
+        cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=SITE, commands={**COMMANDS,
+                                                                                      "resume_timeout_s": 2},
+                                       devices=[{"id": "pa-1", "driver": "opcua_pa", "url": sim.url}]))
+        async with Gateway(cfg) as gw:
+            await gw.commands.wait_idle()
+        assert sim.model.commands == []  # resolved by reading the nodes: nothing called again
+    states = {r.id: (r.state, r.reason) for r in list_journal(tmp_path / "outbox.db")}
+    assert states["took-effect"] == ("succeeded", None)
+    assert states["never-arrived"] == ("failed", "unconfirmed_after_restart")
