@@ -82,7 +82,10 @@ CREATE TABLE IF NOT EXISTS rule_firings (
     results TEXT NOT NULL,
     started_ns INTEGER NOT NULL,
     updated_ns INTEGER NOT NULL,
-    clear_done INTEGER NOT NULL DEFAULT 0
+    clear_done INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL,
+    acked_by TEXT,
+    acked_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS rule_firings_open ON rule_firings (state) WHERE state IN ('pending', 'running');
 CREATE INDEX IF NOT EXISTS rule_firings_started ON rule_firings (started_ns);
@@ -317,7 +320,7 @@ class Firing:
     trigger_info: DeviceInfo
     started: datetime
     state: str = "pending"  # pending (awaiting confirmation) | running | completed | failed
-    phase: str = "tentative"
+    phase: str = "tentative"  # tentative | confirmed | undo | clear | done (on_clear finished)
     alarm_ids: set[str] = field(default_factory=set)
     cleared: set[str] = field(default_factory=set)
     results: list[RuleActionResult] = field(default_factory=list)
@@ -328,12 +331,13 @@ class Firing:
     trigger_perf: float = 0.0  # perf_counter when the trigger was observed (latency)
     first_trigger: Event | None = None
     tentative_ran: bool = False
+    latency_ms: float | None = None  # trigger committed -> first command submitted
 
     def row(self) -> tuple[Any, ...]:
         return (self.id, self.rule.id, self.scope, self.state, self.phase, json.dumps(self.triggers),
                 json.dumps(sorted(self.alarm_ids)), json.dumps(self.device),
                 json.dumps([r.model_dump() for r in self.results]), int(self.started.timestamp() * 1e9),
-                time.time_ns(), int(self.clear_done))
+                time.time_ns(), int(self.clear_done), self.latency_ms)
 
 
 @dataclass
@@ -622,6 +626,7 @@ class RuleEngine:
         await self._save(firing)
         await self._act(firing, "clear", list(enumerate(firing.rule.on_clear)))
         ok = all(r.state == "succeeded" for r in firing.results if r.phase == "clear")
+        firing.phase = "done"  # nothing is left to resume
         await self._save(firing)
         await self._finish_event(firing, "rule.completed" if ok else "rule.failed",
                                  None if ok else "clear_actions_failed", phase="clear")
@@ -650,7 +655,10 @@ class RuleEngine:
 
     async def _send(self, firing: Firing, phase: str, index: int, action: Action, dev: DeviceInfo) -> None:
         cid = command_id(firing.id, phase, index, dev.id)
-        self.sent_log.append((firing.id, firing.trigger_perf, time.perf_counter()))
+        now = time.perf_counter()
+        self.sent_log.append((firing.id, firing.trigger_perf, now))
+        if firing.latency_ms is None and firing.trigger_perf:
+            firing.latency_ms = round((now - firing.trigger_perf) * 1000, 3)
         try:
             state, reason = await self.sender.send(dev.kind, dev.id, action.command, cid, dict(action.args),
                                                    action.timeout_s, f"rule:{firing.rule.id}")
@@ -732,7 +740,7 @@ class RuleEngine:
                     self._spawn(self._run_tentative(firing), firing)
             elif state == "running" and phase == "undo":
                 self._spawn(self._resume_undo(st, firing), firing)
-            elif phase == "clear" and state in ("completed", "failed"):
+            elif phase == "clear":  # on_clear was under way: again, with the same command ids
                 firing.clear_done = True
                 self._spawn(self._run_clear(firing), None)
             elif state in ("completed", "failed") and rule.on_clear and not firing.clear_done and firing.alarm_ids:
@@ -780,10 +788,12 @@ class _JournalWriter:
 
             with transaction(db):
                 db.execute("INSERT INTO rule_firings (id, rule, scope, state, phase, triggers, alarm_ids, device,"
-                           " results, started_ns, updated_ns, clear_done) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                           " results, started_ns, updated_ns, clear_done, latency_ms)"
+                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                            " ON CONFLICT(id) DO UPDATE SET state=excluded.state, phase=excluded.phase,"
                            " triggers=excluded.triggers, alarm_ids=excluded.alarm_ids, results=excluded.results,"
-                           " updated_ns=excluded.updated_ns, clear_done=excluded.clear_done", row)
+                           " updated_ns=excluded.updated_ns, clear_done=excluded.clear_done,"
+                           " latency_ms=coalesce(rule_firings.latency_ms, excluded.latency_ms)", row)
         await self.gw.outbox.on_writer(write)
 
 
@@ -791,8 +801,8 @@ def _open_journal(db: sqlite3.Connection, since_ns: int) -> tuple[list[tuple[Any
     db.executescript(_SCHEMA)
     unfinished = db.execute(
         "SELECT id, rule, scope, state, phase, triggers, alarm_ids, device, results, started_ns, updated_ns,"
-        " clear_done FROM rule_firings WHERE state IN ('pending', 'running') OR phase = 'clear' AND updated_ns >= ?"
-        " OR (clear_done = 0 AND alarm_ids != '[]' AND started_ns >= ?)", (since_ns, since_ns)).fetchall()
+        " clear_done FROM rule_firings WHERE state IN ('pending', 'running') OR phase = 'clear'"
+        " OR (clear_done = 0 AND alarm_ids != '[]' AND started_ns >= ?)", (since_ns,)).fetchall()
     recent = {r[0] for r in db.execute("SELECT id FROM rule_firings WHERE started_ns >= ?", (since_ns,))}
     return unfinished, recent
 
@@ -824,6 +834,31 @@ class RuleService:
         self._queue: asyncio.Queue[Sequence[Event]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._unobserve: Callable[[], None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
+        self._acked: set[str] = set()
+
+    def _alarm_changed(self, view: Any) -> None:
+        if view.acked_by is None or view.alarm_id in self._acked:
+            return
+        self._acked.add(view.alarm_id)
+        task = asyncio.ensure_future(self._record_ack(view.alarm_id, view.acked_by))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _record_ack(self, alarm_id: str, user: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            from gateway.outbox import transaction
+
+            with transaction(db):
+                db.execute("UPDATE rule_firings SET acked_by=?, acked_ns=? WHERE acked_by IS NULL AND"
+                           " EXISTS (SELECT 1 FROM json_each(rule_firings.alarm_ids) WHERE value=?)",
+                           (user, time.time_ns(), alarm_id))
+        try:
+            await self.gw.outbox.on_writer(write)
+        except Exception:
+            self.counters.inc("journal_failures")
+            log.exception("operator ack of %s not journaled", alarm_id)
 
     async def start(self) -> None:
         """Journal, resume unfinished firings, catch up on the last seconds, then follow the stream."""
@@ -835,6 +870,8 @@ class RuleService:
         catch_up = await self._recent_events()
         self._task = asyncio.create_task(self._consume(catch_up), name="rules")
         self._warn_unauthorized()
+        if self.gw.alarm_book is not None:  # the journal records who acknowledged a firing's alarm
+            self._unsubscribe = self.gw.alarm_book.subscribe(self._alarm_changed)
         log.info("rules: %d active, %d firing(s) resumed", len(self.engine.rules), len(unfinished))
 
     def _warn_unauthorized(self) -> None:
@@ -863,8 +900,12 @@ class RuleService:
         return out
 
     async def stop(self) -> None:
+        """Stop following; unfinished firings stay journaled and resume at the next start."""
         if self._unobserve is not None:
             self._unobserve()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        await asyncio.gather(*self._acks, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -920,14 +961,16 @@ def list_firings(path: Path, *, limit: int = 100) -> list[dict[str, Any]]:
     db = connect(path, readonly=True)
     try:
         try:
-            rows = db.execute("SELECT id, rule, scope, state, phase, triggers, results, started_ns, updated_ns"
-                              " FROM rule_firings ORDER BY started_ns DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute("SELECT id, rule, scope, state, phase, triggers, results, started_ns, updated_ns,"
+                              " latency_ms, acked_by, acked_ns FROM rule_firings ORDER BY started_ns DESC LIMIT ?",
+                              (limit,)).fetchall()
         except sqlite3.OperationalError:
             return []
     finally:
         db.close()
     return [{"id": r[0], "rule": r[1], "scope": r[2], "state": r[3], "phase": r[4], "triggers": json.loads(r[5]),
-             "results": json.loads(r[6]), "started_ns": r[7], "updated_ns": r[8]} for r in reversed(rows)]
+             "results": json.loads(r[6]), "started_ns": r[7], "updated_ns": r[8], "latency_ms": r[9],
+             "acked_by": r[10], "acked_ns": r[11]} for r in reversed(rows)]
 
 
 # --- dry runs (`courtyard rules test`) -----------------------------------------------------------

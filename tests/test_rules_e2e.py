@@ -3,6 +3,7 @@ gateway's command journal and mosquitto; a broker outage during a firing, a SIGK
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ def config(tmp_path: Path, mqtt: Any, port: int, rules: list[dict[str, Any]], *,
     return base_config(
         tmp_path, mqtt=mqtt, site=SITE,
         devices=[{**lift, "id": "lift-1", "unit_id": 1}, {**lift, "id": "lift-2", "unit_id": 2}],
-        alarms={"restart_grace_s": grace},
+        alarms={"restart_grace_s": grace, "lifecycle": {"allow": [{"requesters": ["cli:*"]}]}},
         commands={"allow": [{"requesters": ["rule:*"], "devices": ["*"], "commands": ["*"]}] if allow else [],
                   "answer_timeout_s": 60, "resume_timeout_s": 3},
         rules=rules)
@@ -71,11 +72,17 @@ async def test_a_trigger_acts_on_another_device_and_on_clear_releases(tmp_path: 
             await sim.inject("alarm_button", device_id=1)
             await eventually(lambda: held(sim, 2), 10)
             await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 10)
+            (alarm,) = gw.alarm_book.active()
+            await gw.alarm_book.operate(alarm.alarm_id, "ack", user="li", requester="cli:li")
             await sim.clear("alarm_button", device_id=1)
             await eventually(lambda: not held(sim, 2), 10)
             await gw.rules.wait_idle()
             await gw.drain(5)
         assert not held(sim, 1)  # only the car the rule names
+        async with Gateway(cfg) as gw:  # a restart finds nothing to resume or redo
+            await asyncio.sleep(1.0)
+            await gw.rules.wait_idle()
+            assert gw.counters.get("rules.resumed") == 0
     db = tmp_path / "outbox.db"
     rule_events = [(e["type"], e["payload"]["phase"], e["device"]["id"]) for e in events(db, "rule.")]
     assert rule_events == [("rule.fired", "confirmed", "lift-1"), ("rule.completed", "confirmed", "lift-1"),
@@ -85,7 +92,9 @@ async def test_a_trigger_acts_on_another_device_and_on_clear_releases(tmp_path: 
     journal = list_journal(db)
     assert [(c.name, c.device, c.state, c.requester) for c in journal] == [
         ("hold_door", "lift-2", "succeeded", "rule:panic"), ("release_door", "lift-2", "succeeded", "rule:panic")]
-    firing = list_firings(db)[0]
+    (firing,) = list_firings(db)
+    assert (firing["state"], firing["phase"], firing["acked_by"]) == ("completed", "done", "li")
+    assert firing["latency_ms"] is not None
     assert [(r["phase"], r["command"], r["state"]) for r in firing["results"]] == [
         ("do", "hold_door", "succeeded"), ("clear", "release_door", "succeeded")]
     assert {r["command_id"] for r in firing["results"]} == {c.id for c in journal}
