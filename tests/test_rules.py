@@ -4,6 +4,7 @@ on_clear, modes, cooldown, tentative actions and their undo, targets, validation
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,19 @@ async def test_a_detection_that_came_and_went_confirms_but_on_clear_waits_only_f
     out = await run([r], fire)
     stops = [s["at_s"] for s in out if s["command"] == "emergency_stop"]
     assert stops == [10.0, 30.0]
+
+
+@pytest.mark.slow
+def test_cli_rules_test_on_a_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = Path(__file__).parent.parent / "scenarios" / "ebike_fire_garage.yaml"
+    code = main(["--log-level", "error", "rules", "test", str(EXAMPLES / "garage_fire.yaml"), "--scenario",
+                 str(scenario), "--speed", "10", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    sent = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {(s["command"], s["device"]) for s in sent} == {
+        ("emergency_start", "pa-south"), ("return_to_floor", "lift-b4-1"), ("return_to_floor", "lift-b4-2"),
+        ("hold_open", "gate-garage-lobby"), ("hold_open", "gate-south"), ("emergency_stop", "pa-south"),
+        ("release_return", "lift-b4-1"), ("release_return", "lift-b4-2"), ("release", "gate-garage-lobby"),
+        ("release", "gate-south")}
+    assert "10 command(s) would have been sent" in err
