@@ -89,7 +89,10 @@ CREATE TABLE IF NOT EXISTS rule_firings (
 );
 CREATE INDEX IF NOT EXISTS rule_firings_open ON rule_firings (state) WHERE state IN ('pending', 'running');
 CREATE INDEX IF NOT EXISTS rule_firings_started ON rule_firings (started_ns);
+CREATE TABLE IF NOT EXISTS rules_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+#: How often the receipt time of the last event the rules handled is saved (the catch-up's start).
+CHECKPOINT_S = 1.0
 
 
 def firing_id(rule: str, trigger_event_id: str) -> str:
@@ -706,6 +709,14 @@ class RuleEngine:
 
     # --- restart ---------------------------------------------------------------------------
 
+    def cooldowns(self, starts: Iterable[tuple[str, str, int]]) -> None:
+        """When each scope last fired (a previous run's firings): cooldowns go on across a restart."""
+        for rule_id, scope, started_ns in starts:
+            st = self._state.get(rule_id)
+            if st is not None:
+                when = datetime.fromtimestamp(started_ns / 1e9, UTC)
+                st.last_start[scope] = max(st.last_start.get(scope, when), when)
+
     def resume(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Take over the firings a previous run journaled and did not finish (and on_clear waits)."""
         rules = {r.id: r for r in self.rules}
@@ -797,14 +808,25 @@ class _JournalWriter:
         await self.gw.outbox.on_writer(write)
 
 
-def _open_journal(db: sqlite3.Connection, since_ns: int) -> tuple[list[tuple[Any, ...]], set[str]]:
+@dataclass
+class _Journaled:
+    unfinished: list[tuple[Any, ...]]
+    recent: set[str]
+    starts: list[tuple[str, str, int]]  # (rule, scope, started_ns) of recent firings: cooldowns go on
+    handled_ns: int  # receipt time of the last event the previous run handled
+
+
+def _open_journal(db: sqlite3.Connection, since_ns: int) -> _Journaled:
     db.executescript(_SCHEMA)
     unfinished = db.execute(
         "SELECT id, rule, scope, state, phase, triggers, alarm_ids, device, results, started_ns, updated_ns,"
         " clear_done FROM rule_firings WHERE state IN ('pending', 'running') OR phase = 'clear'"
         " OR (clear_done = 0 AND alarm_ids != '[]' AND started_ns >= ?)", (since_ns,)).fetchall()
-    recent = {r[0] for r in db.execute("SELECT id FROM rule_firings WHERE started_ns >= ?", (since_ns,))}
-    return unfinished, recent
+    rows = db.execute("SELECT id, rule, scope, started_ns FROM rule_firings WHERE started_ns >= ?",
+                      (since_ns,)).fetchall()
+    handled = db.execute("SELECT value FROM rules_meta WHERE key='handled_ns'").fetchone()
+    return _Journaled(unfinished, {r[0] for r in rows}, [(r[1], r[2], r[3]) for r in rows],
+                      handled[0] if handled else 0)
 
 
 class RuleService:
@@ -837,6 +859,9 @@ class RuleService:
         self._unsubscribe: Callable[[], None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._acked: set[str] = set()
+        self._saver: asyncio.Task[None] | None = None
+        self._handled_ns = 0
+        self._saved_ns = 0
 
     def _alarm_changed(self, view: Any) -> None:
         if view.acked_by is None or view.alarm_id in self._acked:
@@ -863,12 +888,15 @@ class RuleService:
     async def start(self) -> None:
         """Journal, resume unfinished firings, catch up on the last seconds, then follow the stream."""
         since = time.time_ns() - int(self.RESUME_HORIZON_S * 1e9)
-        unfinished, recent = await self.gw.outbox.on_writer(lambda db: _open_journal(db, since))
-        self.engine.known |= recent
+        journaled: _Journaled = await self.gw.outbox.on_writer(lambda db: _open_journal(db, since))
+        unfinished = journaled.unfinished
+        self.engine.known |= journaled.recent
+        self.engine.cooldowns(journaled.starts)
         self.engine.resume(unfinished)
         self._unobserve = self.gw.outbox.add_observer(self._observe)
-        catch_up = await self._recent_events()
+        catch_up = await self._recent_events(journaled.handled_ns)
         self._task = asyncio.create_task(self._consume(catch_up), name="rules")
+        self._saver = asyncio.create_task(self._checkpoints(), name="rules-checkpoint")
         self._warn_unauthorized()
         if self.gw.alarm_book is not None:  # the journal records who acknowledged a firing's alarm
             self._unsubscribe = self.gw.alarm_book.subscribe(self._alarm_changed)
@@ -884,11 +912,12 @@ class RuleService:
                         log.warning("rule %s: commands.allow does not let rule:%s send %s to %s (it will be"
                                     " rejected)", rule.id, rule.id, action.command, dev.id)
 
-    async def _recent_events(self) -> list[Event]:
+    async def _recent_events(self, handled_ns: int) -> list[Event]:
+        """Events committed after the last one the previous run handled (at most `CATCH_UP_S` old)."""
         from gateway import registry
 
         model = registry.event_model()
-        horizon = time.time_ns() - int(self.CATCH_UP_S * 1e9)
+        horizon = max(time.time_ns() - int(self.CATCH_UP_S * 1e9), handled_ns + 1)
 
         def read(db: sqlite3.Connection) -> list[str]:
             return [r[0] for r in db.execute("SELECT body FROM events WHERE received_ns >= ? ORDER BY seq",
@@ -906,10 +935,12 @@ class RuleService:
         if self._unsubscribe is not None:
             self._unsubscribe()
         await asyncio.gather(*self._acks, return_exceptions=True)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._saver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._save_checkpoint()
         for task in list(self.engine._tasks):
             task.cancel()
         await asyncio.gather(*self.engine._tasks, return_exceptions=True)
@@ -928,15 +959,43 @@ class RuleService:
         self._queue.put_nowait(events)
 
     async def _consume(self, catch_up: list[Event]) -> None:
+        self.counters.inc("caught_up", len(catch_up))
         for ev in catch_up:
-            await self.engine.handle(ev)
+            await self._handle(ev)
         while True:
             events = await self._queue.get()
             try:
                 for ev in events:
-                    await self.engine.handle(ev)
+                    await self._handle(ev)
             finally:
                 self._queue.task_done()
+
+    async def _handle(self, ev: Event) -> None:
+        await self.engine.handle(ev)
+        self._handled_ns = max(self._handled_ns, int(ev.received.timestamp() * 1e9))
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            await self._save_checkpoint()
+
+    async def _save_checkpoint(self) -> None:
+        if self._handled_ns == self._saved_ns:
+            return
+        value = self._handled_ns
+
+        def write(db: sqlite3.Connection) -> None:
+            from gateway.outbox import transaction
+
+            with transaction(db):
+                db.execute("INSERT INTO rules_meta (key, value) VALUES ('handled_ns', ?)"
+                           " ON CONFLICT(key) DO UPDATE SET value=excluded.value", (value,))
+        try:
+            await self.gw.outbox.on_writer(write)
+            self._saved_ns = value
+        except Exception:
+            self.counters.inc("journal_failures")
+            log.debug("rules checkpoint not saved", exc_info=True)
 
     async def _emit(self, event: Event) -> None:
         await self.gw.outbox.append([event])

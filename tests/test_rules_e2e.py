@@ -210,3 +210,24 @@ async def test_sigkill_mid_firing_neither_loses_nor_doubles_an_action(tmp_path: 
     assert held(sim, 2)
     fired = [e for e in events(db, "rule.") if e["type"] == "rule.fired"]
     assert len({e["payload"]["firing_id"] for e in fired}) == 1
+
+
+async def test_a_trigger_committed_just_before_a_crash_fires_at_the_next_start(tmp_path: Path,
+                                                                             mosquitto: Mosquitto) -> None:
+    """The trigger is in the outbox but no firing was journaled (as after a kill right after the
+    commit): the next start's catch-up fires it, once; the start after that does not again."""
+    port = free_port()
+    db = tmp_path / "outbox.db"
+    async with two_cars(port) as sim:
+        without = parse_config(config(tmp_path, mosquitto, port, [], grace=30))
+        async with Gateway(without):
+            await sim.inject("alarm_button", device_id=1)
+            await eventually(lambda: any(e["state"] == "raised" for e in events(db, "elevator.alarm_button")), 10)
+        with_rule = parse_config(config(tmp_path, mosquitto, port, [PANIC], grace=30))
+        for _ in range(2):
+            async with Gateway(with_rule) as gw:
+                await eventually(lambda: held(sim, 2), 10)
+                await asyncio.sleep(0.5)
+                await gw.rules.wait_idle()
+    assert [f["state"] for f in list_firings(db)] == ["completed"]
+    assert [c.name for c in list_journal(db)] == ["hold_door"]
