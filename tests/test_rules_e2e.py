@@ -231,3 +231,30 @@ async def test_a_trigger_committed_just_before_a_crash_fires_at_the_next_start(t
                 await gw.rules.wait_idle()
     assert [f["state"] for f in list_firings(db)] == ["completed"]
     assert [c.name for c in list_journal(db)] == ["hold_door"]
+
+
+async def test_confirmation_by_a_second_device_then_cooldown(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    rule = {
+        "id": "two-buttons", "when": {"type": "elevator.alarm_button"},
+        "confirm": {"count": 2, "distinct": ["device"], "within_s": 2},
+        "do": [{"command": "hold_door", "to": {"devices": "lift-2"}, "args": {"seconds": 300}}],
+        "per": "rule", "cooldown_s": 60,
+    }
+    port = free_port()
+    db = tmp_path / "outbox.db"
+    async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, mosquitto, port, [rule]))) as gw:
+        await sim.inject("alarm_button", device_id=1)  # one source alone: the window closes unconfirmed
+        await eventually(lambda: gw.counters.get("rules.unconfirmed") == 1, 20)
+        assert sim.command_requests == 0
+        await sim.clear("alarm_button", device_id=1)
+        await asyncio.sleep(0.5)
+        await sim.inject("alarm_button", device_id=1)
+        await sim.inject("alarm_button", device_id=2)  # a second device within 2 s: confirmed
+        await eventually(lambda: held(sim, 2), 20)
+        await sim.clear("alarm_button")
+        await asyncio.sleep(0.5)
+        await sim.inject("alarm_button", device_id=1)  # within the cooldown: ignored
+        await eventually(lambda: gw.counters.get("rules.cooldown_skips") >= 1, 20)
+        await gw.rules.wait_idle()
+    assert [c.name for c in list_journal(db)] == ["hold_door"]
+    assert [e["payload"]["phase"] for e in events(db, "rule.fired")] == ["confirmed"]
