@@ -479,8 +479,10 @@ class RuleEngine:
         if ev.alarm_id is not None and ev.state == "raised":
             firing.alarm_ids.add(ev.alarm_id)
         self.known.add(fid)
-        st.last_start[scope] = firing.started
-        self.counters.inc("firings")
+        tentative = any(a.tentative for a in rule.do)
+        if confirmed or tentative:  # it acts now: a firing (an unconfirmed trigger alone is not)
+            st.last_start[scope] = firing.started
+            self.counters.inc("firings")
         if confirmed:
             firing.confirmed = True
             firing.phase = "confirmed"
@@ -504,6 +506,9 @@ class RuleEngine:
         st.pending.pop(firing.scope, None)
         st.running[firing.scope] = firing
         self.counters.inc("confirmed")
+        if not any(a.tentative for a in rule.do):  # it acts only now
+            st.last_start[firing.scope] = self.now()
+            self.counters.inc("firings")
         # The sources that confirmed it are triggers of the firing too (their ids, their alarms).
         assert rule.confirm is not None
         since = firing.started - timedelta(seconds=rule.confirm.within_s)
@@ -609,9 +614,8 @@ class RuleEngine:
         st.pending.pop(firing.scope, None)
         self.counters.inc("unconfirmed")
         tentative = any(a.tentative for a in firing.rule.do)
-        if not tentative:  # nothing was done: an unconfirmed trigger is not a firing
+        if not tentative:  # nothing was done: an unconfirmed trigger is not a firing (not journaled)
             firing.state = "failed"
-            await self._save(firing)
             self._next_queued(firing.rule, st, firing.scope)
             return
         if firing.task is not None and not firing.task.done():

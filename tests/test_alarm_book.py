@@ -51,7 +51,7 @@ async def raised(gw: Gateway) -> AlarmView:
     async def one() -> AlarmView | None:
         views = gw.alarm_book.active()
         return views[0] if views else None
-    view: AlarmView = await eventually(one, 10)
+    view: AlarmView = await eventually(one, 20)
     return view
 
 
@@ -87,7 +87,7 @@ async def test_ack_then_clear_closes_and_the_retained_topic_follows(tmp_path: Pa
         assert body is not None and body["payload"]["lifecycle_state"] == "active_acked"
         assert body["class"] == "alarm" and body["device"]["id"] == "lift-1"
         await s.clear("alarm_button")
-        await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "closed", 10)
+        await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "closed", 20)
         await retained_type(mosquitto, view.alarm_id, None)  # emptied only now
         assert gw.alarm_book.active() == []
         unsubscribe()
@@ -99,7 +99,7 @@ async def test_cleared_unacked_stays_until_acked(tmp_path: Path, mosquitto: Mosq
         await s.inject("alarm_button")
         view = await raised(gw)
         await s.clear("alarm_button")
-        await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "cleared_unacked", 10)
+        await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "cleared_unacked", 20)
         await retained_type(mosquitto, view.alarm_id, "alarm.cleared")  # not emptied by the clear
         assert gw.alarm_book.get(view.alarm_id).cleared_at is not None
         done = await gw.alarm_book.operate(view.alarm_id, "ack", user="li", requester="cli:li")
@@ -118,7 +118,7 @@ async def test_a_latched_alarm_stays_active_until_reset(tmp_path: Path, mosquitt
             await gw.alarm_book.operate(view.alarm_id, "reset", user="li", requester="cli:li")
         await gw.alarm_book.operate(view.alarm_id, "ack", user="li", requester="cli:li")
         await s.clear("alarm_button")
-        await eventually(lambda: gw.alarm_book.get(view.alarm_id).cleared_at is not None, 10)
+        await eventually(lambda: gw.alarm_book.get(view.alarm_id).cleared_at is not None, 20)
         await gw.alarm_book.wait_idle()
         held = gw.alarm_book.get(view.alarm_id)
         assert (held.state, held.latched) == ("active_acked", True)  # acked and cleared, yet held
@@ -176,12 +176,12 @@ async def test_state_survives_a_restart(tmp_path: Path, mosquitto: Mosquitto) ->
             await gw.alarm_book.operate(view.alarm_id, "ack", user="li", requester="cli:li", comment="on my way")
         # The driver raises it again within the grace: the previous run's alarm, kept, acked.
         async with running(tmp_path, mosquitto, s, grace=10) as gw:
-            await eventually(lambda: gw.counters.get("stale_alarms_confirmed") == 1, 10)
+            await eventually(lambda: gw.counters.get("stale_alarms_confirmed") == 1, 20)
             again = gw.alarm_book.get(view.alarm_id)
             assert again is not None
             assert (again.state, again.acked_by, again.comment) == ("active_acked", "li", "on my way")
             await s.clear("alarm_button")
-            await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "closed", 10)
+            await eventually(lambda: gw.alarm_book.get(view.alarm_id).state == "closed", 20)
         # Gone while the gateway was down: the next start clears it, and it was acked: closed.
         await s.inject("alarm_button")
         async with running(tmp_path, mosquitto, s) as gw:
@@ -203,7 +203,7 @@ async def test_mqtt_operations_with_hostile_input(tmp_path: Path, mosquitto: Mos
         results: dict[str, dict[str, Any]] = {}
         async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
             await client.subscribe(f"{base}/+/cmd/+/result", qos=1)
-            await eventually(gw.commands.bus.connected.is_set, 10)
+            await eventually(gw.commands.bus.connected.is_set, 20)
 
             async def send(tag: str, alarm: str, op: str, body: bytes) -> None:
                 await client.publish(f"{base}/{alarm}/cmd/{op}", body, qos=1)
@@ -246,7 +246,7 @@ async def test_cli_lists_and_acks(tmp_path: Path, mosquitto: Mosquitto, capsys: 
         async with Gateway(parse_config(data)) as gw:
             await s.inject("alarm_button")
             view = await raised(gw)
-            await eventually(gw.commands.bus.connected.is_set, 10)
+            await eventually(gw.commands.bus.connected.is_set, 20)
             assert await asyncio.to_thread(main, ["alarms", "-c", str(path)]) == 0
             listed = capsys.readouterr().out
             assert view.alarm_id in listed and "active_unacked" in listed and "elevator.alarm_button" in listed

@@ -67,7 +67,7 @@ async def test_garage_fire_confirmed_by_a_second_detection_acts_once_and_release
 async def test_one_detection_alone_does_nothing_and_a_late_one_does_not_confirm() -> None:
     out = await run(shipped("garage_fire"), [
         event("cam-b1-bay", "camera.fire_detected", 0, state="raised", alarm_id="f", **FIRE),
-        event("cam-b1-bay", "camera.fire_detected", 20, state="raised", alarm_id="f2", **FIRE),  # same source
+        event("cam-b1-bay", "camera.fire_detected", 0.5, state="raised", alarm_id="f2", **FIRE),  # same source
         event("cam-b1-bay", "camera.smoke_detected", 61, state="raised", alarm_id="s", **FIRE),  # window over
     ])
     assert out == []

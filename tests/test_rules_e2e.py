@@ -70,12 +70,12 @@ async def test_a_trigger_acts_on_another_device_and_on_clear_releases(tmp_path: 
         cfg = parse_config(config(tmp_path, mosquitto, port, [PANIC]))
         async with Gateway(cfg) as gw:
             await sim.inject("alarm_button", device_id=1)
-            await eventually(lambda: held(sim, 2), 10)
-            await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 10)
+            await eventually(lambda: held(sim, 2), 20)
+            await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 20)
             (alarm,) = gw.alarm_book.active()
             await gw.alarm_book.operate(alarm.alarm_id, "ack", user="li", requester="cli:li")
             await sim.clear("alarm_button", device_id=1)
-            await eventually(lambda: not held(sim, 2), 10)
+            await eventually(lambda: not held(sim, 2), 20)
             await gw.rules.wait_idle()
             await gw.drain(5)
         assert not held(sim, 1)  # only the car the rule names
@@ -127,7 +127,7 @@ async def test_a_tentative_hold_is_undone_when_nothing_confirms(tmp_path: Path, 
     port = free_port()
     async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, mosquitto, port, [rule]))) as gw:
         await sim.inject("alarm_button", device_id=1)
-        await eventually(lambda: held(sim, 2), 10)
+        await eventually(lambda: held(sim, 2), 20)
         await eventually(lambda: not held(sim, 2), 10)  # released by the undo after 1.5 s
         await gw.rules.wait_idle()
     names = [c.name for c in list_journal(tmp_path / "outbox.db")]
@@ -138,11 +138,11 @@ async def test_a_tentative_hold_is_undone_when_nothing_confirms(tmp_path: Path, 
 async def test_the_rule_acts_while_the_broker_is_down(tmp_path: Path, own_broker: Mosquitto) -> None:
     port = free_port()
     async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, own_broker, port, [PANIC]))) as gw:
-        await eventually(gw.commands.bus.connected.is_set, 10)
+        await eventually(gw.commands.bus.connected.is_set, 20)
         own_broker.stop()
         await sim.inject("alarm_button", device_id=1)
         await eventually(lambda: held(sim, 2), 10)  # no broker needed to act
-        await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 10)
+        await eventually(lambda: [f["state"] for f in list_firings(tmp_path / "outbox.db")] == ["completed"], 20)
         backlog = await gw.outbox.backlog()
         assert backlog["mqtt"] > 0
         own_broker.start()
@@ -187,7 +187,7 @@ async def test_sigkill_mid_firing_neither_loses_nor_doubles_an_action(tmp_path: 
             await sim.inject("alarm_button", device_id=1)
             await eventually(lambda: firing_state(db) == [("running", "confirmed")], 20)
             await eventually(lambda: sim.command_requests >= 1, 15)
-            await eventually(lambda: any(c.state == "sent" for c in list_journal(db)), 10)
+            await eventually(lambda: any(c.state == "sent" for c in list_journal(db)), 20)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
         finally:
@@ -222,12 +222,39 @@ async def test_a_trigger_committed_just_before_a_crash_fires_at_the_next_start(t
         without = parse_config(config(tmp_path, mosquitto, port, [], grace=30))
         async with Gateway(without):
             await sim.inject("alarm_button", device_id=1)
-            await eventually(lambda: any(e["state"] == "raised" for e in events(db, "elevator.alarm_button")), 10)
+            await eventually(lambda: any(e["state"] == "raised" for e in events(db, "elevator.alarm_button")), 20)
         with_rule = parse_config(config(tmp_path, mosquitto, port, [PANIC], grace=30))
         for _ in range(2):
             async with Gateway(with_rule) as gw:
-                await eventually(lambda: held(sim, 2), 10)
+                await eventually(lambda: held(sim, 2), 20)
                 await asyncio.sleep(0.5)
                 await gw.rules.wait_idle()
     assert [f["state"] for f in list_firings(db)] == ["completed"]
     assert [c.name for c in list_journal(db)] == ["hold_door"]
+
+
+async def test_confirmation_by_a_second_device_then_cooldown(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    rule = {
+        "id": "two-buttons", "when": {"type": "elevator.alarm_button"},
+        "confirm": {"count": 2, "distinct": ["device"], "within_s": 2},
+        "do": [{"command": "hold_door", "to": {"devices": "lift-2"}, "args": {"seconds": 300}}],
+        "per": "rule", "cooldown_s": 60,
+    }
+    port = free_port()
+    db = tmp_path / "outbox.db"
+    async with two_cars(port) as sim, Gateway(parse_config(config(tmp_path, mosquitto, port, [rule]))) as gw:
+        await sim.inject("alarm_button", device_id=1)  # one source alone: the window closes unconfirmed
+        await eventually(lambda: gw.counters.get("rules.unconfirmed") == 1, 20)
+        assert sim.command_requests == 0
+        await sim.clear("alarm_button", device_id=1)
+        await asyncio.sleep(0.5)
+        await sim.inject("alarm_button", device_id=1)
+        await sim.inject("alarm_button", device_id=2)  # a second device within 2 s: confirmed
+        await eventually(lambda: held(sim, 2), 20)
+        await sim.clear("alarm_button")
+        await asyncio.sleep(0.5)
+        await sim.inject("alarm_button", device_id=1)  # within the cooldown: ignored
+        await eventually(lambda: gw.counters.get("rules.cooldown_skips") >= 1, 20)
+        await gw.rules.wait_idle()
+    assert [c.name for c in list_journal(db)] == ["hold_door"]
+    assert [e["payload"]["phase"] for e in events(db, "rule.fired")] == ["confirmed"]
