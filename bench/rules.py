@@ -121,7 +121,7 @@ async def fire_to_broadcast(runs: int) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "fire.yaml"
-        fire = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples/rules/garage_fire.yaml").read_text())
+        fire = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios/rules/garage_fire.yaml").read_text())
         fire["rules"][0]["cooldown_s"] = 0
         fire["rules"][0]["confirm"]["within_s"] = 2  # each run confirmed by its own two detections
         for key in ("do", "on_clear"):  # only the PA here: no lifts, gates or barriers to select

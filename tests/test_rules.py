@@ -21,7 +21,7 @@ from gateway.yamlfile import load_model
 from schemas.rule import Rule, RuleFile
 from tests.rule_support import T0, event, infos
 
-EXAMPLES = Path(__file__).parent.parent / "examples" / "rules"
+EXAMPLES = Path(__file__).parent.parent / "scenarios" / "rules"
 
 
 def rule(**fields: Any) -> Rule:
