@@ -111,6 +111,7 @@ class ConsoleServer:
         self.counters: dict[str, int] = {}
         self.timezone = cfg.timezone or host_timezone()
         self.users = all_users(cfg)
+        self._users_mtime = self._file_mtime()
         self.host = cfg.host
         self.port: int = DEFAULT_PORT if cfg.port is None else cfg.port
         self.shared = False  # serving on the ops server's listener
@@ -122,6 +123,32 @@ class ConsoleServer:
                              " with `courtyard users add` (or bind 127.0.0.1)")
         if not self.users:
             log.warning("the console has no users: nobody can log in (add one with `courtyard users add`)")
+
+    def _file_mtime(self) -> float | None:
+        path = self.cfg.users_file
+        try:
+            return path.stat().st_mtime if path is not None else None
+        except OSError:
+            return None
+
+    def _refresh_users(self) -> None:
+        """Re-read the users file when `courtyard users` changed it; changed or removed users are logged out."""
+        mtime = self._file_mtime()
+        if mtime == self._users_mtime:
+            return
+        try:
+            fresh = all_users(self.cfg)
+        except (OSError, ValueError) as exc:  # a half-edited file: keep the users we have, say why
+            log.error("console users file unreadable, keeping the previous users: %s", exc)
+            return
+        self._users_mtime = mtime
+        for name, old in self.users.items():
+            new = fresh.get(name)
+            if new is None or new.password_hash.get_secret_value() != old.password_hash.get_secret_value() \
+                    or new.role != old.role:
+                self.sessions.drop_user(name)
+        self.users = fresh
+        log.info("console users reloaded: %d", len(fresh))
 
     # --- routes --------------------------------------------------------------------------------
 
@@ -164,6 +191,7 @@ class ConsoleServer:
                     if post:
                         self._check_origin(request)
                     if not public:
+                        self._refresh_users()
                         session = self._session(request)
                         if session is None:
                             if page:
@@ -272,6 +300,7 @@ class ConsoleServer:
         wait = self.throttle.retry_after(*keys)
         if wait > 0:
             raise Refused(429, "throttled", "too many failed logins; wait", {"Retry-After": str(int(wait) + 1)})
+        self._refresh_users()
         user = await asyncio.to_thread(check_login, self.users, name, password)  # scrypt: off the loop
         if user is None:
             self.throttle.failed(*keys)
