@@ -264,6 +264,7 @@ class ConsoleConfig(_Strict):
         False, description="Mark cookies Secure (set this when a TLS proxy serves the console)")
     max_connections: int = Field(64, ge=2, description="Open connections in total (live views hold one each)")
     header_timeout_s: float = Field(5.0, gt=0, description="A request head must arrive this soon")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive this soon")
     login_attempts: int = Field(5, ge=1, description="Failed logins per user or address before a pause")
     login_window_s: float = Field(300.0, gt=0, description="The window `login_attempts` is counted over")
 

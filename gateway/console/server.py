@@ -3,7 +3,7 @@
 Every route but the login page, its assets and `/healthz` needs a session (an HttpOnly,
 SameSite=Strict cookie). Every state-changing request (POST) also needs the session's CSRF
 token in `X-CSRF-Token` and, when the browser sends one, an `Origin` of this very host.
-Bodies are JSON, at most `MAX_BODY` bytes, read within `BODY_TIMEOUT_S`. Connections go
+Bodies are JSON, at most `MAX_BODY` bytes, read within `console.body_timeout_s`. Connections go
 through the same guard as the HTTP push listener and the ops server (caps per source and in
 total, request head deadline). Operations act through the gateway's journaled paths:
 `CommandService.submit` for commands (requester `console:<user>`, so the allowlist applies)
@@ -22,6 +22,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 COOKIE = "courtyard_session"
 MAX_BODY = 16 * 1024
-BODY_TIMEOUT_S = 10.0
 #: SSE: a comment this often keeps proxies and the browser from timing the stream out.
 HEARTBEAT_S = 15.0
 #: Event log pages: at most this many rows per request (CSV export too).
@@ -67,6 +67,22 @@ _SECURITY_HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Call:
+    """What the checks established about a request: its session and its JSON body."""
+
+    session: Session | None = None
+    json: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def user(self) -> Session:
+        assert self.session is not None  # routes that need a session have been given one
+        return self.session
+
+
+Inner = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
 
 
 class Refused(Exception):
@@ -180,10 +196,11 @@ class ConsoleServer:
         self.counters[error] = self.counters.get(error, 0) + 1
         log.debug("console refused: %s (%s)", error, reason)
 
-    def _route(self, handler: Handler, *, public: bool = False, page: bool = False, post: bool = False,
+    def _route(self, handler: Inner, *, public: bool = False, page: bool = False, post: bool = False,
                role: str = "viewer", body: bool = False, stream: bool = False) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             conn = self._conn(request)
+            call = Call()
             if conn is not None:
                 conn.busy = True  # the guard's head deadline does not cut a request being served
             try:
@@ -201,10 +218,10 @@ class ConsoleServer:
                             self._check_csrf(request, session)
                         if not session.allows(role):
                             raise Refused(403, "forbidden", f"needs the {role} role")
-                        request["session"] = session
+                        call.session = session
                     if body:
-                        request["json"] = await self._read_json(request)
-                    response = await handler(request)
+                        call.json = await self._read_json(request)
+                    response = await handler(request, call)
                 except Refused as exc:
                     self.count(exc.error, exc.reason)
                     response = web.json_response({"error": exc.error, "reason": exc.reason}, status=exc.status,
@@ -249,14 +266,14 @@ class ConsoleServer:
             raise Refused(413, "too_large", f"body over {MAX_BODY} bytes")
         chunks, taken = [], 0
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(self.cfg.body_timeout_s):
                 async for chunk in request.content.iter_any():
                     taken += len(chunk)
                     if taken > MAX_BODY:
                         raise Refused(413, "too_large", f"body over {MAX_BODY} bytes")
                     chunks.append(chunk)
         except TimeoutError:
-            raise Refused(408, "timeout", f"body not received within {BODY_TIMEOUT_S:g} s",
+            raise Refused(408, "timeout", f"body not received within {self.cfg.body_timeout_s:g} s",
                           {"Connection": "close"}) from None
         try:
             data = json.loads(b"".join(chunks))
@@ -268,13 +285,13 @@ class ConsoleServer:
 
     # --- pages and assets ------------------------------------------------------------------------
 
-    async def _index(self, request: web.Request) -> web.StreamResponse:
+    async def _index(self, request: web.Request, call: Call) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
 
-    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+    async def _login_page(self, request: web.Request, call: Call) -> web.StreamResponse:
         return web.FileResponse(STATIC / "login.html", headers={"Content-Type": "text/html; charset=utf-8"})
 
-    async def _static(self, request: web.Request) -> web.StreamResponse:
+    async def _static(self, request: web.Request, call: Call) -> web.StreamResponse:
         name = request.match_info["name"]
         path = STATIC / name
         if "/" in name or name.startswith(".") or name.endswith(".html") or not path.is_file():
@@ -289,8 +306,8 @@ class ConsoleServer:
 
     # --- sessions --------------------------------------------------------------------------------
 
-    async def _login(self, request: web.Request) -> web.StreamResponse:
-        data = request["json"]
+    async def _login(self, request: web.Request, call: Call) -> web.StreamResponse:
+        data = call.json
         name, password = data.get("user"), data.get("password")
         if not isinstance(name, str) or not isinstance(password, str) or not name or len(name) > 64 \
                 or len(password) > MAX_PASSWORD:
@@ -314,15 +331,15 @@ class ConsoleServer:
                             path="/", max_age=int(self.cfg.session_ttl_s))
         return response
 
-    async def _logout(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+    async def _logout(self, request: web.Request, call: Call) -> web.StreamResponse:
+        session = call.user
         self.sessions.drop(session.sid)
         response = web.json_response({"ok": True})
         response.del_cookie(COOKIE, path="/")
         return response
 
-    async def _me(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+    async def _me(self, request: web.Request, call: Call) -> web.StreamResponse:
+        s = call.user
         return web.json_response({
             "user": s.user, "role": s.role, "csrf": s.csrf, "site": self.gw.config.site,
             "gateway": self.gw.config.gateway_id, "timezone": self.timezone,
@@ -343,12 +360,12 @@ class ConsoleServer:
 
     # --- live ------------------------------------------------------------------------------------
 
-    async def _state(self, request: web.Request) -> web.StreamResponse:
+    async def _state(self, request: web.Request, call: Call) -> web.StreamResponse:
         return web.json_response(self.live.snapshot(), dumps=_dumps)
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, call: Call) -> web.StreamResponse:
         """Server-Sent Events from the message after `Last-Event-ID` (or `?after=`)."""
-        session: Session = request["session"]
+        session = call.user
         live = self.live
         text = request.headers.get("Last-Event-ID") or request.query.get("after")
         start = live.parse_stream_id(text)
@@ -455,10 +472,10 @@ class ConsoleServer:
         except sqlite3.Error as exc:
             raise Refused(503, "history_unavailable", str(exc)) from None
 
-    async def _events(self, request: web.Request) -> web.StreamResponse:
+    async def _events(self, request: web.Request, call: Call) -> web.StreamResponse:
         return web.json_response({"events": [_row(b) for b in await self._rows(request)]}, dumps=_dumps)
 
-    async def _events_csv(self, request: web.Request) -> web.StreamResponse:
+    async def _events_csv(self, request: web.Request, call: Call) -> web.StreamResponse:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["time", "device", "kind", "class", "type", "severity", "state", "alarm_id", "id", "payload"])
@@ -472,7 +489,7 @@ class ConsoleServer:
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": f'attachment; filename="courtyard-events-{stamp}.csv"'})
 
-    async def _history(self, request: web.Request) -> web.StreamResponse:
+    async def _history(self, request: web.Request, call: Call) -> web.StreamResponse:
         device = request.match_info["device"]
         if device not in self.live.devices:
             raise Refused(404, "unknown_device", "no such device")
@@ -484,7 +501,7 @@ class ConsoleServer:
             raise Refused(503, "history_unavailable", str(exc)) from None
         return web.json_response({"device": device, "events": [_row(b) for b in rows]}, dumps=_dumps)
 
-    async def _media(self, request: web.Request) -> web.StreamResponse:
+    async def _media(self, request: web.Request, call: Call) -> web.StreamResponse:
         uri = request.query.get("uri", "")
         roots = [obj.root for obj in getattr(self.gw, "_shared", {}).values() if isinstance(obj, MediaStore)]
         path = media_path(uri, roots) if len(uri) < 2048 else None
@@ -494,15 +511,15 @@ class ConsoleServer:
 
     # --- acting ----------------------------------------------------------------------------------
 
-    async def _alarm_op(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
+    async def _alarm_op(self, request: web.Request, call: Call) -> web.StreamResponse:
+        session = call.user
         op, alarm_id = request.match_info["op"], request.match_info["alarm_id"]
         if op not in ALARM_OPS:
             raise Refused(404, "unknown_op", f"one of {', '.join(ALARM_OPS)}")
         book = getattr(self.gw, "alarm_book", None)
         if book is None:
             raise Refused(501, "no_alarm_lifecycle", "this gateway runs no alarm lifecycle")
-        data = request["json"]
+        data = call.json
         comment = data.get("comment")
         if comment is not None and (not isinstance(comment, str) or len(comment) > 500):
             raise Refused(400, "bad_request", "comment: text of at most 500 characters")
@@ -527,9 +544,9 @@ class ConsoleServer:
         return web.json_response({"alarm": self.live.alarms[alarm_id].public() if alarm_id in self.live.alarms
                                   else {"alarm_id": alarm_id, "state": "closed"}}, dumps=_dumps)
 
-    async def _command(self, request: web.Request) -> web.StreamResponse:
-        session: Session = request["session"]
-        data = request["json"]
+    async def _command(self, request: web.Request, call: Call) -> web.StreamResponse:
+        session = call.user
+        data = call.json
         device, name, args = data.get("device"), data.get("name"), data.get("args", {})
         if not isinstance(device, str) or not isinstance(name, str) or not isinstance(args, dict):
             raise Refused(400, "bad_request", "device and name (strings) and args (an object)")
