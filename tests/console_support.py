@@ -134,12 +134,15 @@ class StandInAlarmBook:
 
 
 @contextlib.asynccontextmanager
-async def lift_rig(tmp_path: Path, *, book: bool = False, lifts: int = 1, **cfg: Any) -> AsyncIterator[
-        tuple[ElevatorSimulator, Gateway, str]]:
-    """Elevator simulator + gateway with a console; yields (sim, gw, console base URL)."""
+async def lift_rig(tmp_path: Path, *, book: bool = False, lifts: int = 1, missing: int = 0, **cfg: Any) -> \
+        AsyncIterator[tuple[ElevatorSimulator, Gateway, str]]:
+    """Elevator simulator + gateway with a console; yields (sim, gw, console base URL).
+
+    `missing` more lifts are configured than simulated: they never answer (offline).
+    """
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={i: ElevatorModel(call_rate_per_s=0) for i in range(1, lifts + 1)})
-    gw = Gateway(lift_config(tmp_path, port, lifts=lifts, **cfg))
+    gw = Gateway(lift_config(tmp_path, port, lifts=lifts + missing, **cfg))
     if book:  # follows the stream from the start, like the real book
         gw.alarm_book = StandInAlarmBook(gw)  # type: ignore[attr-defined]
     async with sim, gw:

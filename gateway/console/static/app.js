@@ -268,7 +268,7 @@ function alarmCard(a) {
         : cid);
   });
   const dev = S.devices.get(a.device);
-  return el("article", {class: `alarm sev-${a.severity || "info"} st-${a.state}`, dataset: {alarmId: a.alarm_id}},
+  return el("article", {class: `alarm sev-${a.severity || "info"} st-${a.state}`, dataset: {alarmId: a.alarm_id, type: a.type, device: a.device}},
     el("div", {class: "alarm-head"},
       el("span", {class: `sev sev-${a.severity || "info"}`, text: t(`sev_${a.severity || "info"}`)}),
       el("strong", {class: "alarm-type", text: I18N.typeWords(a.type)}),

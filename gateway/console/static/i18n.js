@@ -51,7 +51,7 @@ const I18N = (() => {
     a_clip: "clip", a_message: "message", a_zone: "zone", a_db: "dB", a_priority: "priority",
     // event types
     "t.device.offline": "device offline", "t.device.online": "device back online",
-    "t.elevator.passenger_trapped": "passenger trapped in lift", "t.elevator.overspeed": "lift overspeed",
+    "t.elevator.passenger_trapped": "passenger trapped in lift", "t.elevator.alarm_button": "lift alarm button pressed", "t.elevator.overspeed": "lift overspeed",
     "t.elevator.door_open_while_running": "lift door open while running",
     "t.elevator.stopped_outside_door_zone": "lift stopped between floors", "t.elevator.mode_changed": "lift mode changed",
     "t.elevator.fault.unknown": "lift fault", "t.camera.fire_detected": "fire seen by camera",
@@ -104,7 +104,7 @@ const I18N = (() => {
     c_raise_barrier: "抬杆", c_open_barrier: "抬杆", c_lower_barrier: "落杆",
     a_seconds: "秒", a_floor: "楼层", a_door: "门号", a_zones: "分区（逗号分隔，空为全部）", a_clip: "音频",
     a_message: "内容", a_zone: "分区", a_db: "分贝", a_priority: "优先级",
-    "t.device.offline": "设备离线", "t.device.online": "设备恢复在线", "t.elevator.passenger_trapped": "电梯困人",
+    "t.device.offline": "设备离线", "t.device.online": "设备恢复在线", "t.elevator.passenger_trapped": "电梯困人", "t.elevator.alarm_button": "电梯警铃按下",
     "t.elevator.overspeed": "电梯超速", "t.elevator.door_open_while_running": "电梯开门走车",
     "t.elevator.stopped_outside_door_zone": "电梯非平层停梯", "t.elevator.mode_changed": "电梯模式变化",
     "t.elevator.fault.unknown": "电梯故障", "t.camera.fire_detected": "摄像机发现火情",
