@@ -96,10 +96,14 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
         assert "1 offline" in by_css(driver, "#offline-count")[0].text
         await shot(driver, "site", tmp_path)
 
-        # the device page: recent events and a chart from the local history
-        await run(by_css(driver, ".tile[data-device-id=lift-1]")[0].click)
+        # the device page: recent events and a chart from the local history (lift 2 has travelled)
+        await gw.commands.submit("elevator", "lift-2", "call", {"id": "to-6", "args": {"floor": 6}},
+                                 requester="console:op")
+        await eventually(lambda: sim.elevators[2].floor == 6, 30)
+        await run(by_css(driver, ".tile[data-device-id=lift-2]")[0].click)
         await until(lambda: len(by_css(driver, "#device-rows tr")) > 2)
-        assert by_css(driver, "canvas#chart") and by_css(driver, "#chart-field option")
+        assert by_css(driver, "canvas#chart")
+        await until(lambda: by_css(driver, "#chart-field option")[0].get_attribute("value") == "floor")
         assert by_css(driver, "#device-page button[data-command=call]")
         await shot(driver, "device", tmp_path)
 

@@ -379,7 +379,11 @@ async function renderDevice(id) {
     el("td", {text: fmtTime(ev.time, true)}), el("td", {text: I18N.typeWords(ev.type)}),
     el("td", {text: t(`sev_${ev.severity}`)}), el("td", {text: ev.state}), el("td", {text: detail(ev)}))));
   const series = numericSeries(events);
-  const fields = Object.keys(series);
+  // The most telling fields first (a lift's floor, a zone's volume), then those with most points.
+  const preferred = ["floor", "speed_mps", "load_pct", "volume_db", "temperature_c", "battery_pct", "confidence"];
+  const rank = (f) => (preferred.includes(f) ? preferred.indexOf(f) : preferred.length);
+  const fields = Object.keys(series).filter((f) => series[f].length > 1)
+    .sort((a, b) => rank(a) - rank(b) || series[b].length - series[a].length);
   select.replaceChildren(...fields.map((f) => el("option", {value: f, text: f.replaceAll("_", " ")})));
   const draw = () => drawChart(chart, series[select.value] || []);
   select.addEventListener("change", draw);
