@@ -280,13 +280,21 @@ function alarmCard(a) {
     el("div", {class: "alarm-state-line"},
       el("span", {class: "alarm-state", dataset: {state: a.state}, text: t(`st_${a.state}`)}), ...flags,
       a.comment ? el("q", {text: a.comment}) : null),
-    a.snapshot ? el("img", {class: "snapshot", src: a.snapshot, alt: I18N.typeWords(a.type), loading: "lazy"}) : null,
+    a.snapshot ? snapshotImage(a) : null,
     actions.length ? el("div", {class: "linked"}, el("span", {text: t("actions")}), el("ul", {}, actions)) : null,
     el("div", {class: "buttons"},
       ops.map((op) => el("button", {type: "button", class: `op op-${op}`, disabled: !canAct, dataset: {op},
                                     text: t(op), onclick: () => alarmOp(a, op)})),
       commandButtons(a.device)),
   );
+}
+
+function snapshotImage(a) {
+  // A picture the browser cannot show (a camera's odd format) still gets a link to download it.
+  const img = el("img", {class: "snapshot", src: a.snapshot, alt: I18N.typeWords(a.type), loading: "lazy"});
+  img.addEventListener("error", () => img.replaceWith(el("a", {class: "snapshot-link", href: a.snapshot,
+                                                                 text: t("snapshot")})));
+  return img;
 }
 
 function tickTimers() {
@@ -337,7 +345,9 @@ function deviceTile(dev) {
     el("span", {class: "dev-name", text: dev.name}),
     el("span", {class: "dev-kind", text: t(`k_${dev.kind}`)}),
     el("span", {class: "avail", text: words}),
-    el("span", {class: "dev-state", text: stateWords(dev)}),
+    el("span", {class: "dev-state", text: dev.online === false
+      ? `${t("since")} ${fmtTime(dev.since)}${dev.state.offline_reason ? " · " + dev.state.offline_reason : ""}`
+      : stateWords(dev)}),
     dev.location && dev.location.floor ? el("span", {class: "dev-place", text: t("floor", {f: dev.location.floor})}) : null);
 }
 

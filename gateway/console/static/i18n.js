@@ -16,7 +16,7 @@ const I18N = (() => {
     acked_by: "acknowledged by {u}",
     ack: "Acknowledge", shelve: "Shelve", unshelve: "Unshelve", reset: "Reset", comment: "Comment",
     shelve_hours: "Shelve for (hours)", no_lifecycle: "This gateway runs no alarm lifecycle: acknowledgement is unavailable.",
-    actions: "Linked actions", confirm: "Confirm", cancel: "Cancel", send: "Send",
+    actions: "Linked actions", snapshot: "camera snapshot", confirm: "Confirm", cancel: "Cancel", send: "Send",
     confirm_command: "Send “{c}” to {d}?", confirm_op: "{op} alarm “{a}”?",
     cmd_accepted: "accepted", cmd_sent: "sent", cmd_succeeded: "succeeded", cmd_failed: "failed",
     cmd_expired: "expired", cmd_rejected: "rejected",
@@ -63,7 +63,9 @@ const I18N = (() => {
     "t.pa.battery_low": "PA battery low", "t.pa.backup_power_fault": "PA backup power fault",
     "t.pa.emergency_broadcast": "emergency broadcast", "t.pa.spare_amp_switched": "PA spare amplifier took over",
     "t.lpr.plate_read": "plate read", "t.lpr.gate_decision": "barrier decision", "t.lpr.barrier_stuck": "barrier stuck",
-    "t.lpr.barrier_command_failed": "barrier command failed",
+    "t.lpr.barrier_command_failed": "barrier command failed", "t.door.forced_open": "door forced open",
+    "t.door.held_open": "door held open", "t.gate.tailgating": "tailgating at the gate",
+    "t.lpr.blocklisted": "blocklisted plate", "t.pa.source": "PA source changed", "t.pa.zone_state": "PA zone changed",
     k_elevator: "lift", k_access_gate: "gate", k_pa: "PA", k_plate_reader: "plate reader", k_camera: "camera",
   };
   const zh = {
@@ -76,7 +78,7 @@ const I18N = (() => {
     shelved_until: "已搁置至 {t}", latched: "已锁存（需复位）", acked_by: "{u} 已确认",
     ack: "确认", shelve: "搁置", unshelve: "取消搁置", reset: "复位", comment: "备注",
     shelve_hours: "搁置时长（小时）", no_lifecycle: "本网关未启用报警生命周期，无法确认。",
-    actions: "联动动作", confirm: "确定", cancel: "取消", send: "发送",
+    actions: "联动动作", snapshot: "抓拍图片", confirm: "确定", cancel: "取消", send: "发送",
     confirm_command: "向 {d} 发送“{c}”？", confirm_op: "{op}报警“{a}”？",
     cmd_accepted: "已受理", cmd_sent: "已发送", cmd_succeeded: "成功", cmd_failed: "失败",
     cmd_expired: "已过期", cmd_rejected: "被拒绝",
@@ -115,7 +117,9 @@ const I18N = (() => {
     "t.pa.amp_fault": "广播功放故障", "t.pa.mains_fault": "广播主电断电", "t.pa.battery_low": "广播电池电量低",
     "t.pa.backup_power_fault": "广播备电故障", "t.pa.emergency_broadcast": "紧急广播", "t.pa.spare_amp_switched": "备用功放已切换",
     "t.lpr.plate_read": "车牌识别", "t.lpr.gate_decision": "道闸决策", "t.lpr.barrier_stuck": "道闸卡滞",
-    "t.lpr.barrier_command_failed": "道闸指令失败",
+    "t.lpr.barrier_command_failed": "道闸指令失败", "t.door.forced_open": "门被强行打开", "t.door.held_open": "门长时间未关",
+    "t.gate.tailgating": "尾随进入", "t.lpr.blocklisted": "黑名单车牌", "t.pa.source": "广播音源变化",
+    "t.pa.zone_state": "广播分区状态变化",
     k_elevator: "电梯", k_access_gate: "门禁", k_pa: "广播", k_plate_reader: "车牌识别", k_camera: "摄像机",
   };
   const dicts = {en, zh};
