@@ -32,8 +32,17 @@ async def log_in(driver: Any, base: str, user: str = "op") -> None:
     (password,) = by_css(driver, "#password")
     await run(name.send_keys, user)
     await run(password.send_keys, PASSWORDS[user])
-    await run(by_css(driver, "#submit")[0].click)
+    await click(driver, "#submit")
     await until(lambda: by_css(driver, "#me") and by_css(driver, "#me")[0].text.startswith(user))
+
+
+async def click(driver: Any, css: str) -> None:
+    """Click the first match; found and clicked in one go, again if a live update replaced it meanwhile."""
+    def go() -> bool:
+        by_css(driver, css)[0].click()
+        return True
+
+    await until(go)
 
 
 async def confirm(driver: Any, fields: dict[str, str] | None = None) -> None:
@@ -43,7 +52,7 @@ async def confirm(driver: Any, fields: dict[str, str] | None = None) -> None:
         (box,) = by_css(driver, f"#dlg-{name}")
         await run(box.clear)
         await run(box.send_keys, value)
-    await run(by_css(driver, "#dlg-ok")[0].click)
+    await click(driver, "#dlg-ok")
     await until(lambda: not by_css(driver, "dialog#dlg[open]"))
 
 
@@ -56,24 +65,23 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
 
         # an alarm raised in the simulator reaches the queue by itself
         await sim.inject("alarm_button", device_id=1)
-        (card,) = await until(lambda: by_css(driver, ALARM), timeout=15)
-        text = await run(lambda: card.text)
+        await until(lambda: by_css(driver, ALARM), timeout=15)
+        text = await until(lambda: by_css(driver, ALARM)[0].text)
         assert "lift alarm button pressed" in text and "Tower 4 lift 1" in text and "Building 4" in text
         assert "unacknowledged" in text
         await until(lambda: "active for 0:0" in by_css(driver, ALARM + " .timer")[0].text)
         await shot(driver, "queue", tmp_path)
 
         # acknowledge, with a comment, through the confirmation step
-        await run(by_css(driver, ALARM + " button[data-op=ack]")[0].click)
+        await click(driver, ALARM + " button[data-op=ack]")
         await confirm(driver, {"comment": "going to lift 1"})
         await until(lambda: by_css(driver, ALARM + " .alarm-state")[0].text == "acknowledged")
         book = gw.alarm_book  # type: ignore[attr-defined]
         assert [(op, who, comment) for _, op, who, comment in book.ops] == [("ack", "console:op", "going to lift 1")]
 
         # a command from the alarm card: hold the doors; the simulated lift acts
-        buttons = by_css(driver, ALARM + " button[data-command=hold_door]")
-        assert buttons, "the lift's commands are offered on its alarm"
-        await run(buttons[0].click)
+        assert by_css(driver, ALARM + " button[data-command=hold_door]"), "its commands are offered on the alarm"
+        await click(driver, ALARM + " button[data-command=hold_door]")
         await confirm(driver, {"seconds": "30"})
         await eventually(lambda: sim.elevators[1].hold_until is not None, 10)
         assert [c[:3] for c in sim.commands] == [(1, "hold_door", 30)]
@@ -81,26 +89,24 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
                     "accepted" in by_css(driver, "#toasts")[0].text)
 
         # cancelling the confirmation sends nothing
-        await run(by_css(driver, ALARM + " button[data-command=release_door]")[0].click)
+        await click(driver, ALARM + " button[data-command=release_door]")
         await until(lambda: by_css(driver, "dialog#dlg[open]"))
-        await run(by_css(driver, "#dlg-cancel")[0].click)
+        await click(driver, "#dlg-cancel")
         assert len(sim.commands) == 1
 
         # the site: every lift with its state in words; the one that never answers is OFFLINE
         await eventually(lambda: gw.devices["lift-3"].online is False, 20)
         await run(driver.get, base + "/#site")
-        tile = (await until(lambda: by_css(driver, ".tile[data-device-id=lift-3].offline")))[0]
-        assert "OFFLINE" in await run(lambda: tile.text)
-        lift1 = by_css(driver, ".tile[data-device-id=lift-1]")[0]
-        assert "floor 1" in await run(lambda: lift1.text)
-        assert "1 offline" in by_css(driver, "#offline-count")[0].text
+        await until(lambda: "OFFLINE" in by_css(driver, ".tile[data-device-id=lift-3].offline")[0].text)
+        await until(lambda: "floor 1" in by_css(driver, ".tile[data-device-id=lift-1]")[0].text)
+        await until(lambda: "1 offline" in by_css(driver, "#offline-count")[0].text)
         await shot(driver, "site", tmp_path)
 
         # the device page: recent events and a chart from the local history (lift 2 has travelled)
         await gw.commands.submit("elevator", "lift-2", "call", {"id": "to-6", "args": {"floor": 6}},
                                  requester="console:op")
         await eventually(lambda: sim.elevators[2].floor == 6, 30)
-        await run(by_css(driver, ".tile[data-device-id=lift-2]")[0].click)
+        await click(driver, ".tile[data-device-id=lift-2]")
         await until(lambda: len(by_css(driver, "#device-rows tr")) > 2)
         assert by_css(driver, "canvas#chart")
         await until(lambda: by_css(driver, "#chart-field option")[0].get_attribute("value") == "floor")
@@ -112,18 +118,18 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
         await until(lambda: len(by_css(driver, "#log-rows tr")) > 0)
         (kind,) = by_css(driver, "#f-type")
         await run(kind.send_keys, "elevator.alarm_button")
-        await run(by_css(driver, "#filters button[type=submit]")[0].click)
+        await click(driver, "#filters button[type=submit]")
         await until(lambda: by_css(driver, "#log-rows tr") and all(
             "lift alarm button pressed" in r.text for r in by_css(driver, "#log-rows tr")))
         assert "events.csv?" in by_css(driver, "#csv")[0].get_attribute("href")
 
         # Chinese, switched in the page
-        await run(by_css(driver, "button[data-lang=zh]")[0].click)
+        await click(driver, "button[data-lang=zh]")
         await until(lambda: by_css(driver, "a[data-tab=alarms] span")[0].text == "报警")
         await run(driver.get, base + "/#alarms")
         await until(lambda: by_css(driver, ALARM + " .alarm-state") and
                     by_css(driver, ALARM + " .alarm-state")[0].text == "已确认")
-        await run(by_css(driver, "button[data-lang=en]")[0].click)
+        await click(driver, "button[data-lang=en]")
 
         # logging out ends it: the API refuses the old cookie (HttpOnly: only the browser's store has it)
         (cookie,) = [c for c in await run(driver.get_cookies) if c["name"] == "courtyard_session"]
@@ -131,7 +137,7 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
         old = {"Cookie": f"courtyard_session={cookie['value']}"}
         async with client() as s, s.get(base + "/api/state", headers=old) as r:
             assert r.status == 200
-        await run(by_css(driver, "#logout")[0].click)
+        await click(driver, "#logout")
         await until(lambda: driver.current_url.endswith("/login"))
         async with client() as s, s.get(base + "/api/state", headers=old) as r:
             assert r.status == 401
