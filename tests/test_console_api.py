@@ -374,6 +374,13 @@ async def test_console_shares_the_ops_port(tmp_path: Path) -> None:
             assert r.status == 401  # the ops routes keep their token
         async with s.get(base + "/metrics", headers={"Authorization": "Bearer ops-secret-token"}) as r:
             assert r.status == 200
+            text = await r.text()
+        assert "courtyard_console_sessions 1.0" in text
+        assert "courtyard_console_refusals_total{" not in text  # none refused yet
+        async with client() as anon, anon.get(base + "/api/events") as r:
+            assert r.status == 401
+        async with s.get(base + "/metrics", headers={"Authorization": "Bearer ops-secret-token"}) as r:
+            assert 'courtyard_console_refusals_total{reason="unauthenticated"} 1.0' in await r.text()
 
 
 def test_users_cli_manages_a_private_file(tmp_path: Path) -> None:

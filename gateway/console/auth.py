@@ -151,6 +151,11 @@ class Sessions:
             return None
         return s
 
+    def live(self) -> int:
+        """Sessions not expired yet."""
+        now = time.time()
+        return sum(1 for s in self._by_id.values() if s.expires > now)
+
     def drop(self, sid: str) -> None:
         """Log a session out."""
         self._by_id.pop(sid, None)

@@ -21,7 +21,7 @@ import mimetypes
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.config import ConsoleConfig, is_loopback_host
 from gateway.console.auth import (
@@ -115,6 +117,26 @@ def host_timezone() -> str:
     return "UTC"
 
 
+class _ConsoleCollector(Collector):
+    """The console's refusals, sessions and live streams, for /metrics."""
+
+    def __init__(self, console: ConsoleServer) -> None:
+        self.console = console
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        c = self.console
+        refused = CounterMetricFamily("courtyard_console_refusals", "Requests or connections the console turned"
+                                      " away, by reason", labels=["reason"])
+        for reason, n in sorted(c.counters.items()):
+            refused.add_metric([reason], n)
+        yield refused
+        yield GaugeMetricFamily("courtyard_console_sessions", "Logged-in console sessions", value=c.sessions.live())
+        yield GaugeMetricFamily("courtyard_console_streams", "Open live views (SSE streams)", value=len(c._streams))
+
+
 class ConsoleServer:
     """The duty console of one gateway: its own listener, or routes on the ops server's."""
 
@@ -137,6 +159,7 @@ class ConsoleServer:
         if not is_loopback_host(cfg.host) and not self.users:
             raise ValueError(f"console on {cfg.host} is reachable from the network but has no users: add one"
                              " with `courtyard users add` (or bind 127.0.0.1)")
+        gw.metrics.register(_ConsoleCollector(self))
         if not self.users:
             log.warning("the console has no users: nobody can log in (add one with `courtyard users add`)")
 
