@@ -146,6 +146,8 @@ class ConsoleServer:
         self.live = LiveModel(gw)
         self.sessions = Sessions(cfg.session_ttl_s)
         self.throttle = Throttle(cfg.login_attempts, cfg.login_window_s)
+        #: Password checks in flight (scrypt: ~50 ms of CPU and 16 MiB each); more wait their turn, briefly.
+        self._checks = asyncio.Semaphore(2)
         self.counters: dict[str, int] = {}
         self.timezone = cfg.timezone or host_timezone()
         self.users = all_users(cfg)
@@ -341,7 +343,15 @@ class ConsoleServer:
         if wait > 0:
             raise Refused(429, "throttled", "too many failed logins; wait", {"Retry-After": str(int(wait) + 1)})
         self._refresh_users()
-        user = await asyncio.to_thread(check_login, self.users, name, password)  # scrypt: off the loop
+        try:
+            async with asyncio.timeout(5):
+                await self._checks.acquire()
+        except TimeoutError:
+            raise Refused(503, "busy", "too many logins at once; try again", {"Retry-After": "5"}) from None
+        try:
+            user = await asyncio.to_thread(check_login, self.users, name, password)  # scrypt: off the loop
+        finally:
+            self._checks.release()
         if user is None:
             self.throttle.failed(*keys)
             log.warning("console login refused for %r from %s", name[:64], peer)
