@@ -79,6 +79,18 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
         book = gw.alarm_book  # type: ignore[attr-defined]
         assert [(op, who, comment) for _, op, who, comment in book.ops] == [("ack", "console:op", "going to lift 1")]
 
+        # the live feed drops (the gateway ends every stream) and an alarm is raised meanwhile: the
+        # browser reconnects with the last id it saw and shows the alarm once, nothing repeated
+        resumed = gw.console.resumed
+        for task in list(gw.console._streams):
+            task.cancel()
+        await sim.inject("alarm_button", device_id=2)
+        await until(lambda: len(by_css(driver, "article.alarm[data-device=lift-2]")) == 1, timeout=15)
+        await until(lambda: by_css(driver, "#conn.ok"))
+        cards = [c.get_attribute("data-alarm-id") for c in by_css(driver, "article.alarm")]
+        assert len(cards) == len(set(cards)) == len(gw.console.live.alarms)
+        assert gw.console.resumed == resumed + 1  # the browser came back with Last-Event-ID
+
         # a command from the alarm card: hold the doors; the simulated lift acts
         assert by_css(driver, ALARM + " button[data-command=hold_door]"), "its commands are offered on the alarm"
         await click(driver, ALARM + " button[data-command=hold_door]")

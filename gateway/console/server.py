@@ -149,6 +149,7 @@ class ConsoleServer:
         #: Password checks in flight (scrypt: ~50 ms of CPU and 16 MiB each); more wait their turn, briefly.
         self._checks = asyncio.Semaphore(2)
         self.counters: dict[str, int] = {}
+        self.resumed = 0  # streams picked up after a reconnect (a valid Last-Event-ID)
         self.timezone = cfg.timezone or host_timezone()
         self.users = all_users(cfg)
         self._users_mtime = self._file_mtime()
@@ -414,6 +415,7 @@ class ConsoleServer:
                 await response.write(f"id: {live.stream_id(n)}\nevent: reset\ndata: {{}}\n\n".encode())
             else:
                 n = start
+                self.resumed += "Last-Event-ID" in request.headers
             await response.write(b"retry: 1000\n\n")
             while self.sessions.get(session.sid) is not None:
                 batch = live.since(n)
