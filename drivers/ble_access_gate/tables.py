@@ -98,6 +98,7 @@ class Enumerations(BaseModel):
     directions: dict[int, Literal["in", "out", "unknown"]]
     reasons: dict[int, DenyReason | None]
     modes: dict[int, DoorMode]
+    command_refusals: dict[int, str] = {}
 
 
 @cache
