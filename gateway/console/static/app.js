@@ -156,6 +156,7 @@ const COMMAND_ARGS = {
   hold_door: {seconds: 60}, call: {floor: 1}, return_to_floor: {floor: 1},
   open: {door: 1}, hold_open: {door: 1, seconds: 300}, lock: {door: 1}, release: {door: 1},
   emergency_start: {zones: "", clip: "evacuation"}, play: {zones: "", clip: "chime"}, set_volume: {zone: "", db: -10},
+  relay: {output: 1, state: "on"},
 };
 
 function confirmDialog(text, fields) {
