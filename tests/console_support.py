@@ -75,7 +75,8 @@ class OpRejected(Exception):
 class StandInAlarmBook:
     """Raise -> active_unacked; ack -> active_acked; clear -> cleared_unacked or closed (acked)."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Gateway, classes: tuple[str, ...] = ("alarm", "fault", "connectivity")) -> None:
+        self.classes = classes
         self.views: dict[str, View] = {}
         self.subscribers: list[Callable[[View], None]] = []
         self.ops: list[tuple[str, str, str, str | None]] = []
@@ -83,7 +84,7 @@ class StandInAlarmBook:
 
     def _events(self, events: Sequence[Any]) -> None:
         for ev in events:
-            if ev.alarm_id is None or ev.state not in ("raised", "cleared"):
+            if ev.alarm_id is None or ev.state not in ("raised", "cleared") or ev.class_ not in self.classes:
                 continue
             old = self.views.get(ev.alarm_id)
             if ev.state == "raised" and old is None:
@@ -134,7 +135,8 @@ class StandInAlarmBook:
 
 
 @contextlib.asynccontextmanager
-async def lift_rig(tmp_path: Path, *, book: bool = False, lifts: int = 1, missing: int = 0, **cfg: Any) -> \
+async def lift_rig(tmp_path: Path, *, book: bool | tuple[str, ...] = False, lifts: int = 1, missing: int = 0,
+                   **cfg: Any) -> \
         AsyncIterator[tuple[ElevatorSimulator, Gateway, str]]:
     """Elevator simulator + gateway with a console; yields (sim, gw, console base URL).
 
@@ -144,7 +146,7 @@ async def lift_rig(tmp_path: Path, *, book: bool = False, lifts: int = 1, missin
     sim = ElevatorSimulator(port=port, elevators={i: ElevatorModel(call_rate_per_s=0) for i in range(1, lifts + 1)})
     gw = Gateway(lift_config(tmp_path, port, lifts=lifts + missing, **cfg))
     if book:  # follows the stream from the start, like the real book
-        gw.alarm_book = StandInAlarmBook(gw)  # type: ignore[attr-defined]
+        gw.alarm_book = StandInAlarmBook(gw, *([book] if isinstance(book, tuple) else []))  # type: ignore[attr-defined]
     async with sim, gw:
         yield sim, gw, f"http://127.0.0.1:{gw.console.port}"
 

@@ -324,6 +324,22 @@ async def test_alarm_operations_go_through_the_alarm_book(tmp_path: Path) -> Non
             assert [a["state"] for a in (await r.json())["alarms"]] == ["active_acked"]
 
 
+async def test_alarms_the_book_does_not_manage_still_show(tmp_path: Path) -> None:
+    async with lift_rig(tmp_path, book=("alarm", "fault"), missing=1) as (sim, gw, base), client() as s:
+        live = gw.console.live
+        await sim.inject("alarm_button", device_id=1)
+        await eventually(lambda: {a.type for a in live.alarms.values()} == {"elevator.alarm_button", "device.offline"},
+                         20)
+        managed = {a.type: a.managed for a in live.alarms.values()}
+        assert managed == {"elevator.alarm_button": True, "device.offline": False}
+        await login(s, base)
+        async with s.get(base + "/api/state") as r:
+            state = await r.json()
+        assert state["lifecycle"] is True
+        assert [(a["type"], a["managed"]) for a in state["alarms"]] == [  # critical first, then major
+            ("elevator.alarm_button", True), ("device.offline", False)]
+
+
 async def test_without_a_lifecycle_the_queue_follows_raise_and_clear(tmp_path: Path) -> None:
     async with lift_rig(tmp_path) as (sim, gw, base), client() as s:
         csrf = await login(s, base)

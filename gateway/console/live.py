@@ -42,6 +42,8 @@ SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "info": 3}
 RING = 20_000
 #: Payload fields never merged into a device's state (raw dumps, per-event detail).
 _NOT_STATE = {"raw", "raw_hex", "error", "detail", "kind", "duration_s", "suppressed"}
+#: Payloads about something other than the device's own state (its alarms' lifecycle, rules, commands).
+_NOT_DEVICE_STATE = {"alarm_lifecycle", "rule", "command", "connectivity"}
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -84,6 +86,7 @@ class AlarmItem:
     last_event_id: str | None = None
     snapshot: str | None = None  # a console URL of the camera picture
     actions: list[str] = field(default_factory=list)  # command ids a rule started for it
+    managed: bool = False  # its lifecycle is the alarm book's (acknowledge, shelve, reset apply)
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,8 +137,7 @@ class LiveModel:
         book = getattr(self.gw, "alarm_book", None)
         if book is not None and self._book is None:
             self._book = book
-            self.alarms.clear()
-            for view in book.active():
+            for view in book.active():  # alarms it does not manage stay as their events left them
                 self._apply_view(view, publish=False)
             self._unsubscribe.append(book.subscribe(self._book_changed))
             self._publish({"t": "reload"})  # pages reload their queue from the book's
@@ -231,7 +233,7 @@ class LiveModel:
                 if online is False and p.get("reason"):
                     dev["state"]["offline_reason"] = p["reason"]
                     changed = True
-            elif ev.class_ in ("status", "event", "alarm", "fault"):
+            elif ev.class_ in ("status", "event", "alarm", "fault") and p.get("kind") not in _NOT_DEVICE_STATE:
                 for k, v in p.items():
                     if k not in _NOT_STATE and dev["state"].get(k) != v:
                         dev["state"][k] = v
@@ -251,10 +253,15 @@ class LiveModel:
             self._publish({"t": "event", "event": self.event_row(ev)})
         if ev.alarm_id is not None and ev.state == "raised":
             self._note_raise(ev)
-        if self.alarm_book is None and ev.alarm_id is not None and ev.state in ("raised", "cleared"):
-            self._alarm_event(ev, publish=True)
-        elif ev.state == "raised" and ev.alarm_id is not None and ev.alarm_id in self.alarms:
-            self._decorate(self.alarms[ev.alarm_id], publish=True)
+        if ev.alarm_id is not None and ev.state in ("raised", "cleared"):
+            item = self.alarms.get(ev.alarm_id)
+            if item is not None and item.managed:  # the book owns its state; the raise adds the picture
+                if ev.state == "raised":
+                    self._decorate(item, publish=True)
+            elif self._book is None or self._book.get(ev.alarm_id) is None:
+                # Without a book, or an alarm the book does not manage (or has not taken in yet: its
+                # view replaces this entry when it does).
+                self._alarm_event(ev, publish=True)
 
     def event_row(self, ev: Event) -> dict[str, Any]:
         """One event as the page's event log shows it."""
@@ -299,7 +306,7 @@ class LiveModel:
                 self._publish({"t": "alarm", "alarm": item.public()})
 
     def _alarm_event(self, ev: Event, *, publish: bool = False) -> None:
-        """Without an alarm book: raise and clear events are the queue."""
+        """Alarms no book manages: the raise puts them in the queue, the clear takes them out."""
         assert ev.alarm_id is not None
         item = self.alarms.get(ev.alarm_id)
         if ev.state == "raised":
@@ -360,7 +367,7 @@ class LiveModel:
             cleared_at=_iso(data.get("cleared_at")), shelved_until=_iso(data.get("shelved_until")),
             latched=bool(data.get("latched")), acked_by=data.get("acked_by"), comment=data.get("comment"),
             location=dict(data.get("location") or {}), last_event_id=data.get("last_event_id"),
-            snapshot=old.snapshot if old else None, actions=old.actions if old else [],
+            snapshot=old.snapshot if old else None, actions=old.actions if old else [], managed=True,
         )
         self._decorate(item, publish=False)
         if item.state == "closed":

@@ -253,7 +253,7 @@ function renderAlarms() {
 }
 
 function alarmCard(a) {
-  const canAct = S.lifecycle && S.me.role !== "viewer";
+  const canAct = S.lifecycle && a.managed && S.me.role !== "viewer";
   const flags = [];
   if (a.shelved_until) flags.push(el("span", {class: "flag", text: t("shelved_until", {t: fmtTime(a.shelved_until, true)})}));
   if (a.latched) flags.push(el("span", {class: "flag latched", text: t("latched")}));
