@@ -6,6 +6,7 @@ Screenshots go to the test's tmp dir and build/console-screenshots/ (docs/consol
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 from tests.browser import browser, run, shot, until  # noqa: F401  (browser is a fixture)
 from tests.console_support import PASSWORDS, client, lift_rig, login
 from tests.helpers import eventually
+from tests.mqtt_support import retained
+from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.slow
 ALARM = 'article.alarm[data-type="elevator.alarm_button"]'
@@ -171,3 +174,39 @@ async def test_viewer_sees_but_cannot_act(tmp_path: Path, browser: Any) -> None:
                               headers={"X-CSRF-Token": csrf}) as r:
                 assert r.status == 403
         assert sim.commands == []
+
+
+async def test_ack_in_the_browser_changes_the_retained_alarm(tmp_path: Path, browser: Any,  # noqa: F811
+                                                             mosquitto: Mosquitto) -> None:
+    """With the real alarm lifecycle: an independent MQTT subscriber sees the acknowledgement."""
+    if importlib.util.find_spec("gateway.alarm_book") is None:
+        pytest.skip("the alarm lifecycle (gateway/alarm_book.py) is not on this branch yet")
+    driver = browser
+    async with lift_rig(tmp_path, mqtt=mosquitto) as (sim, gw, base):
+        assert gw.alarm_book is not None  # type: ignore[attr-defined]
+        await log_in(driver, base)
+        await eventually(lambda: gw.devices["lift-1"].online, 10)
+        await sim.inject("alarm_button", device_id=1)
+        await until(lambda: by_css(driver, ALARM + " button[data-op=ack]:enabled"), timeout=15)
+        alarm_id = by_css(driver, ALARM)[0].get_attribute("data-alarm-id")
+
+        async def retained_body() -> Any:
+            got = await retained(mosquitto.host, mosquitto.port, f"courtyard/test-site/+/+/alarm/{alarm_id}")
+            return next(iter(got.values()), None)
+
+        await eventually(retained_body, 10)
+        before = await retained_body()
+        assert before["type"] == "elevator.alarm_button"
+        await click(driver, ALARM + " button[data-op=ack]")
+        await confirm(driver, {"comment": "on the phone with the car"})
+
+        async def acked() -> bool:
+            body = await retained_body()
+            return bool(body and body["type"] == "alarm.acked")
+
+        await eventually(acked, 10, interval=0.2)
+        body = await retained_body()
+        assert body["payload"]["lifecycle_state"] == "active_acked"
+        assert body["payload"]["acked_by"] == "op" and body["payload"]["requester"] == "console:op"
+        assert body["payload"]["comment"] == "on the phone with the car"
+        await until(lambda: by_css(driver, ALARM + " .alarm-state")[0].text == "acknowledged")
