@@ -8,6 +8,7 @@ interface the console codes against (`active`, `get`, `operate`, `subscribe`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ from simulators.elevator import ElevatorModel, ElevatorSimulator
 from tests.helpers import base_config
 from tests.servers import free_port
 
+#: Whether the gateway's own alarm lifecycle (gateway/alarm_book.py) is on this branch.
+REAL_BOOK = importlib.util.find_spec("gateway.alarm_book") is not None
 PASSWORDS = {"op": "operator-pass-1", "viewer": "viewer-pass-1", "admin": "admin-pass-1"}
 #: Hashing is slow on purpose; the tests hash each password once.
 _HASHES = {name: hash_password(pw) for name, pw in PASSWORDS.items()}
@@ -135,17 +138,21 @@ class StandInAlarmBook:
 
 
 @contextlib.asynccontextmanager
-async def lift_rig(tmp_path: Path, *, book: bool | tuple[str, ...] = False, lifts: int = 1, missing: int = 0,
+async def lift_rig(tmp_path: Path, *, book: bool | str | tuple[str, ...] = False, lifts: int = 1, missing: int = 0,
                    **cfg: Any) -> \
         AsyncIterator[tuple[ElevatorSimulator, Gateway, str]]:
     """Elevator simulator + gateway with a console; yields (sim, gw, console base URL).
 
-    `missing` more lifts are configured than simulated: they never answer (offline).
+    `book`: False, no alarm lifecycle; True (or the event classes it manages), the stand-in;
+    "real", the gateway's own alarm book. `missing` more lifts are configured than simulated:
+    they never answer (offline).
     """
+    if REAL_BOOK and book != "real":
+        cfg["alarms"] = {**cfg.get("alarms", {}), "lifecycle": {"enabled": False}}
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={i: ElevatorModel(call_rate_per_s=0) for i in range(1, lifts + 1)})
     gw = Gateway(lift_config(tmp_path, port, lifts=lifts + missing, **cfg))
-    if book:  # follows the stream from the start, like the real book
+    if book and book != "real":  # follows the stream from the start, like the real book
         gw.alarm_book = StandInAlarmBook(gw, *([book] if isinstance(book, tuple) else []))  # type: ignore[attr-defined]
     async with sim, gw:
         yield sim, gw, f"http://127.0.0.1:{gw.console.port}"
