@@ -132,6 +132,15 @@ class StandInAlarmBook:
         self._set(view)
         return view
 
+    async def start(self) -> None:
+        """Nothing to start: it follows the outbox from construction on."""
+
+    async def wait_idle(self) -> None:
+        """Operations complete at once."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
     def subscribe(self, fn: Callable[[View], None]) -> Callable[[], None]:
         self.subscribers.append(fn)
         return lambda: self.subscribers.remove(fn)
