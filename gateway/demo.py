@@ -565,6 +565,11 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
             raw["console"], *login = demo_console(console_port)
             raw["commands"] = {"allow": [{"requesters": ["console:*"], "devices": ["*"], "commands": ["*"],
                                           "note": "the demo's operator"}]}
+            from gateway.config import AlarmsConfig
+
+            if "lifecycle" in AlarmsConfig.model_fields:  # the alarm book: the operator may acknowledge
+                raw["alarms"] = {"lifecycle": {"allow": [{"requesters": ["console:*"], "devices": ["*"],
+                                                          "ops": ["*"]}]}}
         cfg = parse_config(raw, source="<demo>")
         sweep = f"{cfg.mqtt.topic_prefix}/{cfg.site}/#"
         gw = Gateway(cfg, scenario=scenario.scenario)

@@ -158,6 +158,9 @@ async def lift_rig(tmp_path: Path, *, book: bool | str | tuple[str, ...] = False
     """
     if REAL_BOOK and book != "real":
         cfg["alarms"] = {**cfg.get("alarms", {}), "lifecycle": {"enabled": False}}
+    elif book == "real":  # operators may operate (the book's own allowlist)
+        cfg["alarms"] = {**cfg.get("alarms", {}), "lifecycle": {
+            "allow": [{"requesters": ["console:op", "console:admin"], "devices": ["*"], "ops": ["*"]}]}}
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={i: ElevatorModel(call_rate_per_s=0) for i in range(1, lifts + 1)})
     gw = Gateway(lift_config(tmp_path, port, lifts=lifts + missing, **cfg))
