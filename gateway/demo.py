@@ -563,13 +563,14 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
         login = None
         if console_port is not None:
             raw["console"], *login = demo_console(console_port)
-            raw["commands"] = {"allow": [{"requesters": ["console:*"], "devices": ["*"], "commands": ["*"],
-                                          "note": "the demo's operator"}]}
+            # Added to what the scenario allows (its rules keep their own entries).
+            raw.setdefault("commands", {}).setdefault("allow", []).append(
+                {"requesters": ["console:*"], "devices": ["*"], "commands": ["*"], "note": "the demo's operator"})
             from gateway.config import AlarmsConfig
 
             if "lifecycle" in AlarmsConfig.model_fields:  # the alarm book: the operator may acknowledge
-                raw["alarms"] = {"lifecycle": {"allow": [{"requesters": ["console:*"], "devices": ["*"],
-                                                          "ops": ["*"]}]}}
+                raw.setdefault("alarms", {}).setdefault("lifecycle", {}).setdefault("allow", []).append(
+                    {"requesters": ["console:*"], "devices": ["*"], "ops": ["*"]})
         cfg = parse_config(raw, source="<demo>")
         sweep = f"{cfg.mqtt.topic_prefix}/{cfg.site}/#"
         gw = Gateway(cfg, scenario=scenario.scenario)

@@ -273,7 +273,11 @@ function alarmCard(a) {
     el("div", {class: "alarm-head"},
       el("span", {class: `sev sev-${a.severity || "info"}`, text: t(`sev_${a.severity || "info"}`)}),
       el("strong", {class: "alarm-type", text: I18N.typeWords(a.type)}),
-      el("span", {class: "timer", dataset: {since: a.raised_at}, title: `${t("raised")} ${fmtTime(a.raised_at, true)}`}),
+      a.cleared_at
+        ? el("span", {class: "timer cleared", title: `${t("raised")} ${fmtTime(a.raised_at, true)}`,
+                      text: t("cleared_after", {d: fmtDuration(Date.parse(a.cleared_at) - Date.parse(a.raised_at)),
+                                                t: fmtTime(a.cleared_at)})})
+        : el("span", {class: "timer", dataset: {since: a.raised_at}, title: `${t("raised")} ${fmtTime(a.raised_at, true)}`}),
     ),
     el("div", {class: "alarm-where"},
       el("a", {href: `#device/${encodeURIComponent(a.device)}`, text: deviceName(a.device)}),
