@@ -87,6 +87,7 @@ class AlarmItem:
     snapshot: str | None = None  # a console URL of the camera picture
     actions: list[str] = field(default_factory=list)  # command ids a rule started for it
     managed: bool = False  # its lifecycle is the alarm book's (acknowledge, shelve, reset apply)
+    escalated: bool = False  # not acknowledged in its severity's time (the book says so)
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -368,6 +369,7 @@ class LiveModel:
             latched=bool(data.get("latched")), acked_by=data.get("acked_by"), comment=data.get("comment"),
             location=dict(data.get("location") or {}), last_event_id=data.get("last_event_id"),
             snapshot=old.snapshot if old else None, actions=old.actions if old else [], managed=True,
+            escalated=bool(data.get("escalated")),
         )
         self._decorate(item, publish=False)
         if item.state == "closed":

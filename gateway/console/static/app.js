@@ -218,7 +218,7 @@ function commandButtons(device) {
 
 async function alarmOp(alarm, op) {
   const fields = [{name: "comment", label: t("comment"), value: "", multiline: true}];
-  if (op === "shelve") fields.unshift({name: "hours", label: t("shelve_hours"), value: 8, type: "number"});
+  if (op === "shelve") fields.unshift({name: "hours", label: t("shelve_hours"), value: 4, type: "number"});
   const values = await confirmDialog(t("confirm_op", {op: t(op), a: I18N.typeWords(alarm.type)}), fields);
   if (values === null) return;
   const json = {comment: values.comment || null};
@@ -257,6 +257,7 @@ function alarmCard(a) {
   const flags = [];
   if (a.shelved_until) flags.push(el("span", {class: "flag", text: t("shelved_until", {t: fmtTime(a.shelved_until, true)})}));
   if (a.latched) flags.push(el("span", {class: "flag latched", text: t("latched")}));
+  if (a.escalated) flags.push(el("span", {class: "flag latched", text: t("escalated")}));
   if (a.acked_by) flags.push(el("span", {class: "flag", text: t("acked_by", {u: a.acked_by})}));
   const ops = [];
   if (a.state === "active_unacked" || a.state === "cleared_unacked") ops.push("ack");
