@@ -223,6 +223,7 @@ async def test_login_throttling(tmp_path: Path) -> None:
         assert gw.console.counters["throttled"] == 2
 
 
+@pytest.mark.slow
 async def test_slow_clients_are_cut_off(tmp_path: Path) -> None:
     section = console_section(header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4)
     async with lift_rig(tmp_path, console=section) as (_sim, gw, base), client() as s:
@@ -399,6 +400,7 @@ async def test_console_shares_the_ops_port(tmp_path: Path) -> None:
             assert 'courtyard_console_refusals_total{reason="unauthenticated"} 1.0' in await r.text()
 
 
+@pytest.mark.slow
 def test_users_cli_manages_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "users.yaml"
 
