@@ -244,7 +244,7 @@ function renderAlarms() {
   const note = document.getElementById("lifecycle-note");
   note.hidden = S.lifecycle;
   note.textContent = t("no_lifecycle");
-  const box = document.getElementById("alarms");
+  const box = document.getElementById("alarm-list");
   if (!list.length) {
     box.replaceChildren(el("p", {class: "empty", text: t("no_alarms")}));
     return;
@@ -590,7 +590,7 @@ function relabel() {
 document.addEventListener("DOMContentLoaded", async () => {
   I18N.apply(document);
   try { S.me = await api("/api/me"); } catch (e) { return; }
-  document.getElementById("site").textContent = S.me.site;
+  document.getElementById("site-name").textContent = S.me.site;
   document.getElementById("me").textContent = `${S.me.user} (${S.me.role})`;
   document.getElementById("tz").textContent = t("times_in", {tz: `${S.me.timezone} (${zoneOffset()})`});
   for (const b of document.querySelectorAll("[data-lang]")) {
