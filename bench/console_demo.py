@@ -67,7 +67,7 @@ def main() -> None:
                         print(card.text.replace("\n", " | ")[:160])
                 path = SHOTS / f"demo-{name}{suffix}.png"
                 driver.save_screenshot(str(path))
-                if args.docs:
+                if args.docs and (args.lang == "en" or name == "queue"):  # docs show the queue in Chinese
                     (ROOT / "docs" / "console").mkdir(exist_ok=True)
                     shutil.copy(path, ROOT / "docs" / "console" / f"{name}{suffix}.png")
                 print(f"saved {path}")
