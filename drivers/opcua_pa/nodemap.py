@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.yamlfile import load_model
 
 MAPS_DIR = Path(__file__).parent / "maps"
 
@@ -254,9 +255,7 @@ def map_path(ref: str) -> Path:
 
 @functools.cache
 def _load_cached(path: Path, mtime: float) -> NodeMap:
-    with path.open(encoding="utf-8") as f:
-        data: Any = yaml.safe_load(f)
-    return NodeMap.model_validate(data)
+    return load_model(NodeMap, path)  # ConfigError: "vendor.yaml:12: zones.z1.source: ..."
 
 
 def load_map(ref: str) -> NodeMap:
