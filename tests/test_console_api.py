@@ -196,6 +196,9 @@ async def test_hostile_bodies_are_refused_and_nothing_else_is_disturbed(tmp_path
         async with s.post(base + "/api/login", data=b"user=op&password=x",
                           headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
             assert r.status == 415  # a cross-site form cannot log anybody in
+        async with s.post(base + "/api/login", json={"user": "op", "password": PASSWORDS["op"]},
+                          headers={"Origin": "http://evil.example"}) as r:
+            assert r.status == 403  # nor can a cross-site script
         for q in ("since=yesterday", "limit=many", "device=" + "d" * 200):
             async with s.get(base + "/api/events?" + q) as r:
                 assert r.status == 400, q
@@ -436,10 +439,12 @@ async def test_users_file_is_read_at_login_and_logs_out_removed_users(tmp_path: 
     users = tmp_path / "users.yaml"
     save_users_file(users, [ConsoleUser.model_validate(
         {"name": "carol", "role": "operator", "password_hash": hash_password("carol-password")})])
+    users.chmod(0o644)  # loosened by hand: the gateway makes it private again
     section = console_section(users_file=str(users))
     async with lift_rig(tmp_path, console=section) as (_sim, _gw, base), client() as s:
         async with s.post(base + "/api/login", json={"user": "carol", "password": "carol-password"}) as r:
             assert r.status == 200
+        assert stat.S_IMODE(users.stat().st_mode) == 0o600
         save_users_file(users, [])
         os.utime(users, (1, 1))  # a different mtime even within the same clock tick
         async with s.get(base + "/api/state") as r:

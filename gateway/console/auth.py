@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -22,7 +23,9 @@ from typing import Any
 import yaml
 
 from gateway.config import ROLES, USER_NAME_PATTERN, ConsoleConfig, ConsoleUser
-from gateway.files import make_private_dirs, write_private
+from gateway.files import FILE_MODE, make_private_dirs, write_private
+
+log = logging.getLogger(__name__)
 
 #: scrypt cost: n=2**14, r=8, p=1 takes ~50 ms and 16 MiB per check, enough to slow guessing.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -87,10 +90,17 @@ def save_users_file(path: Path, users: list[ConsoleUser]) -> None:
 
 
 def all_users(cfg: ConsoleConfig) -> dict[str, ConsoleUser]:
-    """The config's users, then the users file's (a name in both: the file's entry wins)."""
+    """The config's users, then the users file's (a name in both: the file's entry wins).
+
+    A users file readable by others is made 0600 again, and the log says so.
+    """
     users = {u.name: u for u in cfg.users}
-    if cfg.users_file is not None:
-        users.update({u.name: u for u in load_users_file(cfg.users_file)})
+    path = cfg.users_file
+    if path is not None:
+        if path.exists() and path.stat().st_mode & 0o077:
+            log.warning("console users file %s was readable by others: made 0600", path)
+            path.chmod(FILE_MODE)
+        users.update({u.name: u for u in load_users_file(path)})
     return users
 
 

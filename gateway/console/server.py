@@ -201,7 +201,7 @@ class ConsoleServer:
             ("GET", "/", r(self._index, page=True)),
             ("GET", "/login", r(self._login_page, public=True)),
             ("GET", "/static/{name}", r(self._static, public=True)),
-            ("POST", "/api/login", r(self._login, public=True, body=True)),
+            ("POST", "/api/login", r(self._login, public=True, post=True, body=True)),
             ("POST", "/api/logout", r(self._logout, post=True)),
             ("GET", "/api/me", r(self._me)),
             ("GET", "/api/state", r(self._state)),
