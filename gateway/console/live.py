@@ -9,8 +9,9 @@ browser that reconnects to a restarted gateway, or fell behind further than the 
 is told to reload its snapshot instead of silently missing something. Alarms are keyed by
 `alarm_id`, so a message applied twice changes nothing.
 
-With the alarm lifecycle (`gw.alarm_book`, gateway/alarm_book.py) the queue is the book's;
-without it, the queue comes from raise and clear events (acknowledgement then unavailable).
+With the alarm lifecycle (`gw.alarm_book`, gateway/alarm_book.py) the queue takes the book's
+views for the alarms it manages; alarms it does not manage (and every alarm, without a book)
+come from their raise and clear events and cannot be acknowledged.
 """
 
 from __future__ import annotations
