@@ -29,7 +29,7 @@ from gateway.errors import ConfigError
 from gateway.runtime import Gateway
 from tests.console_support import PASSWORDS, client, console_section, lift_rig, login, now
 from tests.helpers import base_config, eventually
-from tests.servers import free_port
+from tests.servers import InfluxV1, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -451,6 +451,48 @@ async def test_users_file_is_read_at_login_and_logs_out_removed_users(tmp_path: 
             assert r.status == 401  # removed: logged out
         async with s.post(base + "/api/login", json={"user": "carol", "password": "carol-password"}) as r:
             assert r.status == 401
+
+
+@pytest.mark.slow
+async def test_device_chart_reads_influxdb_and_falls_back_to_the_local_history(tmp_path: Path,
+                                                                              influx_v1: InfluxV1) -> None:
+    db = "console_series"
+    influx_v1.query_sync(f"CREATE DATABASE {db}")
+    influx = {"url": influx_v1.url, "api": "v1", "database": db}
+    async with lift_rig(tmp_path, influx=influx) as (sim, gw, base), client() as s:
+        await login(s, base)
+        await gw.commands.submit("elevator", "lift-1", "call", {"id": "c1", "args": {"floor": 4}},
+                                 requester="console:op")
+        await eventually(lambda: sim.elevators[1].floor == 4, 30)
+
+        async def series() -> dict[str, Any] | None:
+            async with s.get(base + "/api/devices/lift-1/series") as r:
+                got: dict[str, Any] = await r.json()
+            floors = {p["payload"].get("floor") for p in got["points"]}
+            return got if {1, 4} <= floors else None
+
+        data = await eventually(series, 15, interval=0.3)  # once the sink has written the car's arrival
+        assert data["source"] == "influx"
+        assert all(p["time"].endswith("Z") for p in data["points"])
+        # a device id that tries to break out of its quotes finds nothing, and breaks nothing
+        from gateway.console.series import influx_points
+
+        assert await influx_points(gw.config.influx, "elevator", "x' OR device =~ /.*/ --", data_since()) == []
+    # InfluxDB gone: the chart says so and draws the local history
+    async with lift_rig(tmp_path / "b", influx={**influx, "url": f"http://127.0.0.1:{free_port()}",
+                                                "timeout_s": 1}) as (_sim, gw, base), client() as s:
+        await login(s, base)
+        await eventually(lambda: gw.devices["lift-1"].online, 10)
+        async with s.get(base + "/api/devices/lift-1/series") as r:
+            data = await r.json()
+        assert data["source"] == "local" and "unreachable" in data["problem"]
+        assert any("floor" in p["payload"] for p in data["points"])
+
+
+def data_since() -> Any:
+    from datetime import timedelta
+
+    return now() - timedelta(hours=1)
 
 
 def test_gateway_without_console_section_serves_none(tmp_path: Path) -> None:

@@ -209,6 +209,7 @@ class ConsoleServer:
             ("GET", "/api/events", r(self._events)),
             ("GET", "/api/events.csv", r(self._events_csv)),
             ("GET", "/api/devices/{device}/history", r(self._history)),
+            ("GET", "/api/devices/{device}/series", r(self._series)),
             ("POST", "/api/alarms/{alarm_id}/{op}", r(self._alarm_op, post=True, role="operator", body=True)),
             ("POST", "/api/commands", r(self._command, post=True, role="operator", body=True)),
             ("GET", "/media", r(self._media)),
@@ -535,6 +536,36 @@ class ConsoleServer:
         except sqlite3.Error as exc:
             raise Refused(503, "history_unavailable", str(exc)) from None
         return web.json_response({"device": device, "events": [_row(b) for b in rows]}, dumps=_dumps)
+
+    async def _series(self, request: web.Request, call: Call) -> web.StreamResponse:
+        """Numeric history for the chart: InfluxDB (1.x) when configured, else (or when it fails) local."""
+        from datetime import UTC, timedelta
+
+        from gateway.console.series import SeriesUnavailable, influx_points
+
+        device = request.match_info["device"]
+        dev = self.live.devices.get(device)
+        if dev is None:
+            raise Refused(404, "unknown_device", "no such device")
+        f = self._filters(request)
+        since = datetime.fromtimestamp(f["since"] / 1e9, UTC) if "since" in f else \
+            datetime.now(UTC) - timedelta(days=1)
+        until = datetime.fromtimestamp(f["until"] / 1e9, UTC) if "until" in f else None
+        problem = None
+        if self.gw.config.influx.url:
+            try:
+                points = await influx_points(self.gw.config.influx, dev["kind"], device, since, until, f["limit"])
+                return web.json_response({"device": device, "source": "influx", "points": points}, dumps=_dumps)
+            except SeriesUnavailable as exc:
+                problem = str(exc)
+        f.update(device=device, since=int(since.timestamp() * 1e9))
+        try:
+            rows = await asyncio.to_thread(self._query, f)
+        except sqlite3.Error as exc:
+            raise Refused(503, "history_unavailable", str(exc)) from None
+        points = [{"time": r["time"], "payload": r["payload"]} for r in map(_row, rows)]
+        return web.json_response({"device": device, "source": "local", "problem": problem, "points": points},
+                                 dumps=_dumps)
 
     async def _media(self, request: web.Request, call: Call) -> web.StreamResponse:
         uri = request.query.get("uri", "")

@@ -380,28 +380,33 @@ async function renderDevice(id) {
     el("p", {class: "dev-state", id: "device-state", text: stateWords(dev)}),
     el("p", {class: "dev-place", text: placeWords(dev.location)}),
     el("div", {class: "buttons"}, commandButtons(id)),
-    el("h2", {}, t("chart"), " ", select, " ", el("small", {text: t("last_day")})), chart,
+    el("h2", {}, t("chart"), " ", select, " ", el("small", {id: "chart-source", text: t("last_day")})), chart,
     el("h2", {text: t("recent_events")}),
     el("table", {class: "log"}, el("thead", {}, el("tr", {}, el("th", {text: t("col_time")}), el("th", {text: t("col_type")}),
       el("th", {text: t("col_severity")}), el("th", {text: t("col_state")}), el("th", {text: t("col_detail")}))), rows));
-  const since = new Date(Date.now() - 86400e3).toISOString();
-  let data;
+  const since = encodeURIComponent(new Date(Date.now() - 86400e3).toISOString());
+  const base = `/api/devices/${encodeURIComponent(id)}`;
+  let data, series;
   try {
-    data = await api(`/api/devices/${encodeURIComponent(id)}/history?since=${encodeURIComponent(since)}&limit=5000`);
+    [data, series] = await Promise.all([api(`${base}/history?since=${since}&limit=200`),
+                                        api(`${base}/series?since=${since}&limit=10000`)]);
   } catch (e) { toast(e.message, true); return; }
   if (S.deviceOpen !== id) return;
   const events = data.events;
+  document.getElementById("chart-source").textContent =
+    `${t("last_day")} · ${t(series.source === "influx" ? "from_influx" : "from_local")}` +
+    (series.problem ? ` (${series.problem})` : "");
   rows.replaceChildren(...events.slice(0, 200).map((ev) => el("tr", {class: `sev-${ev.severity}`},
     el("td", {text: fmtTime(ev.time, true)}), el("td", {text: I18N.typeWords(ev.type)}),
     el("td", {text: t(`sev_${ev.severity}`)}), el("td", {text: ev.state}), el("td", {text: detail(ev)}))));
-  const series = numericSeries(events);
+  const numbers = numericSeries(series.points);
   // The most telling fields first (a lift's floor, a zone's volume), then those with most points.
   const preferred = ["floor", "speed_mps", "load_pct", "volume_db", "temperature_c", "battery_pct", "confidence"];
   const rank = (f) => (preferred.includes(f) ? preferred.indexOf(f) : preferred.length);
-  const fields = Object.keys(series).filter((f) => series[f].length > 1)
-    .sort((a, b) => rank(a) - rank(b) || series[b].length - series[a].length);
+  const fields = Object.keys(numbers).filter((f) => numbers[f].length > 1)
+    .sort((a, b) => rank(a) - rank(b) || numbers[b].length - numbers[a].length);
   select.replaceChildren(...fields.map((f) => el("option", {value: f, text: f.replaceAll("_", " ")})));
-  const draw = () => drawChart(chart, series[select.value] || []);
+  const draw = () => drawChart(chart, numbers[select.value] || []);
   select.addEventListener("change", draw);
   draw();
 }

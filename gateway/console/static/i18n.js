@@ -32,7 +32,7 @@ const I18N = (() => {
     filter_since: "From", filter_until: "To", any: "any", apply: "Apply", export_csv: "Export CSV",
     col_time: "Time", col_device: "Device", col_type: "Event", col_severity: "Severity", col_state: "State",
     col_detail: "Detail", rows: "{n} events", commands: "Commands", last_hour: "last hour",
-    last_day: "last 24 h", viewer_only: "Your role can only look.",
+    last_day: "last 24 h", from_influx: "from InfluxDB", from_local: "from the local history", viewer_only: "Your role can only look.",
     // device state words
     floor_n: "floor {f}", dir_up: "going up", dir_down: "going down", dir_stopped: "stopped",
     dir_none: "idle", doors: "doors {s}", door_open: "open", door_closed: "closed", door_opening: "opening",
@@ -95,7 +95,7 @@ const I18N = (() => {
     filter_since: "起", filter_until: "止", any: "全部", apply: "查询", export_csv: "导出 CSV",
     col_time: "时间", col_device: "设备", col_type: "事件", col_severity: "级别", col_state: "状态",
     col_detail: "详情", rows: "{n} 条事件", commands: "操作", last_hour: "最近一小时",
-    last_day: "最近 24 小时", viewer_only: "您的角色只能查看。",
+    last_day: "最近 24 小时", from_influx: "来自 InfluxDB", from_local: "来自本地历史", viewer_only: "您的角色只能查看。",
     floor_n: "{f} 层", dir_up: "上行", dir_down: "下行", dir_stopped: "停止", dir_none: "空闲",
     doors: "门{s}", door_open: "开", door_closed: "关", door_opening: "正在开", door_closing: "正在关",
     door_unknown: "状态未知", mode: "模式：{m}", occupied: "有人", zone_state: "分区{s}", source: "音源：{s}",
