@@ -534,6 +534,10 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
 
     if not headless and not sys.stdout.isatty():
         headless = True  # a pipe or a file gets the plain log; the live view needs a terminal
+    if console_port and _listening("127.0.0.1", console_port):
+        print(f"courtyard demo: 127.0.0.1:{console_port} is taken, so the console cannot serve there: pass"
+              " --console-port P (0: any free port, -1: no console)", file=sys.stderr)
+        return 2
     make_private_dirs(data_dir)  # 0700: the history holds plates in clear
     scenario = load_scenario(community_scenario())
     generate_secrets(scenario)

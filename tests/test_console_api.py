@@ -499,3 +499,17 @@ def test_gateway_without_console_section_serves_none(tmp_path: Path) -> None:
     cfg = parse_config(base_config(tmp_path))
     assert cfg.console is None
     assert Gateway(cfg).console is None
+
+
+def test_demo_says_when_its_console_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "gateway", "demo", "--headless", "--duration", "1",
+                              "--console-port", str(port), "--data", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert res.returncode == 2
+    assert f"127.0.0.1:{port} is taken" in res.stderr and "--console-port" in res.stderr
