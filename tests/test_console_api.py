@@ -204,6 +204,10 @@ async def test_hostile_bodies_are_refused_and_nothing_else_is_disturbed(tmp_path
                 assert r.status == 400, q
         async with s.get(base + "/media?uri=" + "file:///etc/passwd") as r:
             assert r.status == 404
+        async with s.get(base + "/media?uri=" + "file:///" + "../" * 20 + "etc/passwd") as r:
+            assert r.status == 404
+        async with s.get(base + "/api/state", headers={"X-Junk": "j" * 20000}) as r:
+            assert r.status in (400, 431)  # a head over the limit is refused by the HTTP parser
         async with s.get(base + "/api/devices/nope/history") as r:
             assert r.status == 404
         # still serving
