@@ -7,7 +7,8 @@ SSE -> page). Prints:
 * render: from navigation to the site view showing 1,000 tiles and the queue 50 alarms;
 * alarm latency: from the commit call of a new alarm to its card in the queue (p50/p95/max);
 * update latency: a burst of 200 device changes, from the commit call to the last tile changed;
-* main-thread long tasks (over 50 ms) in the page while the updates arrive.
+* main-thread long tasks (over 50 ms) in the page while the updates arrive;
+* first, without a browser: what the live model costs the gateway per status event.
 
 Run: .venv/bin/python bench/console.py  (needs chromium and chromium-driver: make deps-test)
 """
@@ -86,7 +87,38 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+async def model_cost() -> None:
+    """Status events of 1,000 lifts through the live model alone (the gateway's share of the console)."""
+    from datetime import UTC, datetime
+
+    from gateway.console.live import LiveModel
+    from gateway.runtime import EventFactory, device_ref
+    from schemas.elevator import ElevatorPayload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        devices = [{"id": f"lift-{i}", "driver": "modbus_elevator", "port": 1, "enabled": False,
+                    "location": {"building": str(i % 20)}} for i in range(DEVICES)]
+        cfg = parse_config({"site": "bench-site", "outbox": {"path": str(Path(tmp) / "o.db")},
+                            "mqtt": {"enabled": False}, "devices": devices})
+        gw = Gateway(cfg)
+        live = LiveModel(gw)
+        factories = [EventFactory(site="bench-site", gateway="gw", device=device_ref(d, "elevator"), simulated=True,
+                                  scenario=None) for d in cfg.devices]
+        now = datetime.now(UTC)
+        n = 20_000
+        events = [factories[i % DEVICES].build(EventDraft(
+            type="elevator.status", cls="status", payload=ElevatorPayload(
+                floor=i % 30, direction="up", door_state="closed", car_running=True)), now) for i in range(n)]
+        started = time.perf_counter()
+        for i in range(0, n, 100):
+            live._committed(events[i:i + 100])
+        per = (time.perf_counter() - started) / n
+        print(f"live model: {per * 1e6:.1f} us per status event that changes a lift "
+              f"({DEVICES} lifts reporting every second: {per * DEVICES * 100:.1f} % of a core)")
+
+
 async def main() -> None:
+    await model_cost()
     with tempfile.TemporaryDirectory() as tmp:
         gw = Gateway(config(Path(tmp)))
         driver = await run(make_driver)
