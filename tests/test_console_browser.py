@@ -136,6 +136,10 @@ async def test_duty_console_in_the_browser(tmp_path: Path, browser: Any) -> None
         await until(lambda: by_css(driver, "#log-rows tr") and all(
             "lift alarm button pressed" in r.text for r in by_css(driver, "#log-rows tr")))
         assert "events.csv?" in by_css(driver, "#csv")[0].get_attribute("href")
+        rows = len(by_css(driver, "#log-rows tr"))
+        await sim.clear("alarm_button", device_id=2)  # arrives live, on top, as it passes the filter
+        await until(lambda: len(by_css(driver, "#log-rows tr")) == rows + 1 and
+                    by_css(driver, "#log-rows tr td:nth-child(5)")[0].text == "cleared", timeout=15)
 
         # Chinese, switched in the page
         await click(driver, "button[data-lang=zh]")

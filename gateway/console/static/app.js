@@ -471,17 +471,42 @@ function filterParams() {
   return params;
 }
 
+function logRow(ev) {
+  return el("tr", {class: `sev-${ev.severity}`},
+    el("td", {text: fmtTime(ev.time, true)}),
+    el("td", {}, el("a", {href: `#device/${encodeURIComponent(ev.device)}`, text: deviceName(ev.device)})),
+    el("td", {text: I18N.typeWords(ev.type), title: ev.type}), el("td", {text: t(`sev_${ev.severity}`)}),
+    el("td", {text: ev.state}), el("td", {text: detail(ev)}));
+}
+
+function matchesFilters(ev) {
+  // The event log's filters, for events arriving live (an end time shows a closed period: none).
+  const f = Object.fromEntries(new FormData(document.getElementById("filters")).entries());
+  if (f.until || (f.kind && f.kind !== ev.kind) || (f.device && f.device.trim() !== ev.device)) return false;
+  if (f.severity && f.severity !== ev.severity) return false;
+  if (f.type) {
+    const glob = f.type.trim();
+    const re = new RegExp("^" + glob.replace(/[.+^${}()|\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".") +
+                          (/[*?[]/.test(glob) ? "$" : ""));
+    if (!re.test(ev.type)) return false;
+  }
+  return true;
+}
+
+function appendLive(ev) {
+  if (document.getElementById("view-events").hidden || !matchesFilters(ev)) return;
+  const body = document.getElementById("log-rows");
+  body.prepend(logRow(ev));
+  while (body.rows.length > 1000) body.deleteRow(-1);
+}
+
 async function loadEvents() {
   const params = filterParams();
   document.getElementById("csv").href = `/api/events.csv?${params}`;
   let data;
   try { data = await api(`/api/events?${params}`); } catch (e) { toast(e.message, true); return; }
   document.getElementById("event-count").textContent = t("rows", {n: data.events.length});
-  document.getElementById("log-rows").replaceChildren(...data.events.map((ev) => el("tr", {class: `sev-${ev.severity}`},
-    el("td", {text: fmtTime(ev.time, true)}),
-    el("td", {}, el("a", {href: `#device/${encodeURIComponent(ev.device)}`, text: deviceName(ev.device)})),
-    el("td", {text: I18N.typeWords(ev.type), title: ev.type}), el("td", {text: t(`sev_${ev.severity}`)}),
-    el("td", {text: ev.state}), el("td", {text: detail(ev)}))));
+  document.getElementById("log-rows").replaceChildren(...data.events.map(logRow));
 }
 
 function setupFilters() {
@@ -531,6 +556,7 @@ function applyMessage(msg) {
       S.commands.set(msg.command.id, msg.command);
       if ([...S.alarms.values()].some((a) => (a.actions || []).includes(msg.command.id))) renderAlarms();
       break;
+    case "event": appendLive(msg.event); break;
     case "reload": reload(); break;
     default: break;
   }
