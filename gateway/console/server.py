@@ -55,6 +55,8 @@ COOKIE = "courtyard_session"
 MAX_BODY = 16 * 1024
 #: SSE: a comment this often keeps proxies and the browser from timing the stream out.
 HEARTBEAT_S = 15.0
+#: SSE: a browser that takes longer than this to take a write has stalled; its stream ends (it resumes).
+STALL_S = 30.0
 #: Event log pages: at most this many rows per request (CSV export too).
 MAX_ROWS = 10_000
 DEFAULT_PORT = 8080
@@ -424,13 +426,14 @@ class ConsoleServer:
                     n = live.cursor
                     await response.write(f"id: {live.stream_id(n)}\nevent: reset\ndata: {{}}\n\n".encode())
                     continue
-                if batch:
-                    out = "".join(f"id: {live.stream_id(i)}\ndata: {msg}\n\n" for i, msg in batch)
+                out = "".join(f"id: {live.stream_id(i)}\ndata: {msg}\n\n" for i, msg in batch) or ": ping\n\n"
+                async with asyncio.timeout(STALL_S):  # a reader that stopped reading loses its stream
                     await response.write(out.encode())
+                if batch:
                     n = batch[-1][0]
-                else:
-                    await response.write(b": ping\n\n")
                 await live.wait(n, HEARTBEAT_S)
+        except TimeoutError:
+            self.count("stream_stalled", f"a live view read nothing for {STALL_S:g} s")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
