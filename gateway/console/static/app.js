@@ -241,6 +241,7 @@ function sortedAlarms() {
 function renderAlarms() {
   const list = sortedAlarms();
   document.getElementById("alarm-count").textContent = list.length ? String(list.length) : "";
+  document.title = `${list.length ? `(${list.length}) ` : ""}${S.me ? S.me.site + " · " : ""}${t("title")}`;
   const note = document.getElementById("lifecycle-note");
   note.hidden = S.lifecycle;
   note.textContent = t("no_lifecycle");
