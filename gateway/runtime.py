@@ -357,7 +357,7 @@ class Gateway:
         await self.outbox.open()
         await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
         shared_console = None
-        if self.config.console is not None:
+        if self.config.console is not None and self.reconcile:  # a replay (`courtyard replay -c`) serves none
             from gateway.console.server import ConsoleServer
 
             try:
