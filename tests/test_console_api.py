@@ -39,6 +39,27 @@ def _concrete(path: str) -> str:
             .replace("{op}", "ack"))
 
 
+async def test_media_paths_stay_inside_the_stores(tmp_path: Path) -> None:
+    from gateway.console.live import media_path
+    from gateway.media import MediaStore
+
+    store = MediaStore(tmp_path / "media", 10_000)
+    store.scan()
+    uri = await store.store("cam-1/abc.jpg", b"\xff\xd8picture\xff\xd9")
+    (tmp_path / "secret.txt").write_text("no")
+    stores = [(store.root, None)]
+    assert media_path(uri, stores) == store.root / "cam-1" / "abc.jpg"
+    assert media_path(f"file://{store.root}/../secret.txt", stores) is None
+    assert media_path(f"file://{tmp_path}/secret.txt", stores) is None
+    assert media_path("http://elsewhere/cam-1/abc.jpg", stores) is None
+    # a store that publishes under a prefix: the console still serves its own file
+    prefixed = [(store.root, "https://media.example/pics")]
+    assert media_path("https://media.example/pics/cam-1/abc.jpg", prefixed) == store.root / "cam-1" / "abc.jpg"
+    assert media_path("https://media.example/pics/../../secret.txt", prefixed) is None
+    (store.root / "cam-1" / "link").symlink_to(tmp_path / "secret.txt")
+    assert media_path(f"file://{store.root}/cam-1/link", stores) is None  # a link out of the store
+
+
 def test_hashes_are_salted_and_verify() -> None:
     a, b = hash_password("correct horse"), hash_password("correct horse")
     assert a != b and a.startswith("scrypt$")  # salted: the same password never hashes the same

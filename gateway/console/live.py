@@ -51,19 +51,27 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def media_path(uri: str, roots: Sequence[Path]) -> Path | None:
-    """The file a `file://` media URI names, when it lies inside one of the media stores."""
+def media_path(uri: str, stores: Sequence[tuple[Path, str | None]]) -> Path | None:
+    """The file a media URI names, when it lies inside one of the media stores (root, uri_prefix).
+
+    Events carry `file://` URIs, or `<uri_prefix>/<name>` when a store publishes its pictures
+    through another server; either way the console serves the file itself, from the store.
+    """
     parts = urlsplit(uri)
-    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-        return None
-    path = Path(unquote(parts.path))
-    try:
-        real = path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    for root in roots:
-        if real.is_relative_to(root.resolve()) and real.is_file():
-            return real
+    candidates: list[Path] = []
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        candidates.append(Path(unquote(parts.path)))
+    for root, prefix in stores:
+        if prefix and uri.startswith(prefix.rstrip("/") + "/"):
+            candidates.append(root / unquote(uri[len(prefix.rstrip("/")) + 1:]))
+    for path in candidates:
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        for root, _ in stores:
+            if real.is_relative_to(root.resolve()) and real.is_file():
+                return real
     return None
 
 

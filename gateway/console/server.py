@@ -572,8 +572,9 @@ class ConsoleServer:
 
     async def _media(self, request: web.Request, call: Call) -> web.StreamResponse:
         uri = request.query.get("uri", "")
-        roots = [obj.root for obj in getattr(self.gw, "_shared", {}).values() if isinstance(obj, MediaStore)]
-        path = media_path(uri, roots) if len(uri) < 2048 else None
+        stores = [(obj.root, obj.uri_prefix) for obj in getattr(self.gw, "_shared", {}).values()
+                  if isinstance(obj, MediaStore)]
+        path = media_path(uri, stores) if len(uri) < 2048 else None
         if path is None:
             raise Refused(404, "not_found", "no such picture")
         return web.FileResponse(path, headers={"Content-Type": mimetypes.guess_type(path.name)[0] or "image/jpeg"})
