@@ -536,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-c", "--config", help="the gateway config naming console.users_file")
     src.add_argument("--file", help="the users file itself")
     s.set_defaults(func=cmd_users)
+    from gateway.rules_cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 

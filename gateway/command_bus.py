@@ -79,6 +79,8 @@ class CommandBus:
         self.connected = asyncio.Event()
         self.counters = service.counters
         self._client: aiomqtt.Client | None = None
+        #: Operations on alarms arrive on `{prefix}/{site}/alarm/{alarm_id}/cmd/{op}` (same filter).
+        self.alarm_book: Any = None
         self._order = asyncio.Lock()  # results leave in the order they were produced
         self._backlog: bool | None = None  # unpublished results kept (None: not looked yet)
         self._lost = asyncio.Event()  # set when the current connection ends: its publishes never complete
@@ -122,6 +124,9 @@ class CommandBus:
         if len(parts) != len(self.prefix.split("/")) + 4:  # {kind}/{device}/cmd/{name}
             return
         kind, device, name = parts[-4], parts[-3], parts[-1]
+        if kind == "alarm":
+            await self._alarm_op(str(msg.topic), device, name, msg.payload)
+            return
         props = msg.properties
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
@@ -143,6 +148,27 @@ class CommandBus:
         except Exception:  # one bad request never ends the subscription
             self.counters.inc("bus_errors")
             log.exception("command request on %s failed", msg.topic)
+
+    async def _alarm_op(self, topic: str, alarm_id: str, op: str, payload: Any) -> None:
+        """An alarm operation: handed to the alarm book; its result on `{topic}/result` (QoS 1)."""
+        body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        if self.alarm_book is None:
+            self.counters.inc("alarm_ops_unavailable")
+            result: dict[str, Any] = {"id": None, "alarm_id": alarm_id, "op": op, "ok": False,
+                                      "reason": "alarm_book_disabled"}
+        else:
+            try:
+                result = await self.alarm_book.mqtt_operation(alarm_id, op, bytes(body))
+            except Exception:  # one bad request never ends the subscription
+                self.counters.inc("bus_errors")
+                log.exception("alarm operation on %s failed", topic)
+                return
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await client.publish(f"{topic}/result", json.dumps(result), qos=1)
 
     def _usable_response_topic(self, topic: str) -> bool:
         """A requester's response topic, unless it would make the gateway publish where it speaks

@@ -28,6 +28,7 @@ from pydantic import (
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.yamlfile import Lines, format_path, line_of, load_yaml
+from schemas.rule import Rule
 
 
 class _Strict(BaseModel):
@@ -146,8 +147,57 @@ class InfluxConfig(_Strict):
     backoff_max_s: float = Field(30.0, gt=0)
 
 
+class AlarmOpRule(_Strict):
+    """One allowlist entry of alarm operations: these requesters may do these operations on the
+    alarms of these devices (shell-style patterns; requesters as for commands: `mqtt:<user>`,
+    `cli:<login>`, `console:<user>`)."""
+
+    requesters: list[str] = Field(min_length=1)
+    devices: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    ops: list[Literal["ack", "shelve", "unshelve", "reset", "*"]] = Field(["*"], min_length=1)
+    note: str | None = None
+
+
+class AlarmLifecycleConfig(_Strict):
+    """The alarm book (docs/rules.md): acknowledgement, shelving, latching, escalation."""
+
+    enabled: bool = Field(True, description="Keep every managed alarm until a person closes it")
+    classes: list[Literal["alarm", "fault", "connectivity"]] = Field(
+        ["alarm", "fault"], description="Event classes whose alarms the book manages")
+    severities: list[Literal["critical", "major", "minor", "info"]] = Field(
+        ["critical", "major"],
+        description="Severities the book manages; other alarms close when their condition clears")
+    latch: list[str] = Field(
+        default_factory=lambda: ["*fire*", "*smoke*", "*tamper*"],
+        description="Alarm types (shell patterns) that stay active after their condition clears, until reset")
+    escalate_after_s: dict[Literal["critical", "major", "minor", "info"], float] = Field(
+        {"critical": 60.0, "major": 300.0},
+        description="An alarm not acknowledged this long after its raise gets `alarm.escalated` (once)")
+    max_shelve_s: float = Field(8 * 3600.0, gt=0, description="Longest shelving one operation may ask for")
+    allow: list[AlarmOpRule] = Field(
+        default_factory=list, description="Who may ack/shelve/unshelve/reset; everything else is `not_allowed`")
+
+    def manages(self, cls: str, severity: str | None) -> bool:
+        """Whether an alarm of this class and severity is kept in the book until closed."""
+        return self.enabled and cls in self.classes and (severity or "info") in self.severities
+
+    def latches(self, alarm_type: str) -> bool:
+        """Whether an alarm of this type latches until reset."""
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(alarm_type, p) for p in self.latch)
+
+    def allows(self, requester: str, device: str, op: str) -> bool:
+        """Whether an entry lets `requester` do `op` on the alarms of `device`."""
+        from fnmatch import fnmatchcase
+
+        return any(any(fnmatchcase(requester, p) for p in r.requesters)
+                   and any(fnmatchcase(device, p) for p in r.devices)
+                   and ("*" in r.ops or op in r.ops) for r in self.allow)
+
+
 class AlarmsConfig(_Strict):
-    """How alarms left open by a previous run are carried across a restart."""
+    """How alarms left open by a previous run are carried across a restart, and their lifecycle."""
 
     restart_grace_s: float = Field(
         60.0, ge=0,
@@ -155,6 +205,7 @@ class AlarmsConfig(_Strict):
         " it then keeps its alarm_id and is not re-published; the others are cleared (gateway_restarted)."
         " Keep it above the longest raise window (elevator outside_door_zone_s: 45 s); 0 clears at once.",
     )
+    lifecycle: AlarmLifecycleConfig = AlarmLifecycleConfig()
 
 
 class CommandRule(_Strict):
@@ -307,6 +358,9 @@ class GatewayConfigBase(_Strict):
     console: ConsoleConfig | None = Field(
         None, description="The duty console in the browser (docs/console.md); absent: not served")
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
+    rules: list[Rule] = Field(default_factory=list, description="Linkage rules (docs/rules.md)")
+    rule_files: list[Path] = Field(default_factory=list, description="Files of rules (`rules: [...]`), loaded at"
+                                   " start; relative paths from the working directory")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
 
     @model_validator(mode="after")

@@ -228,6 +228,18 @@ def event_detail(ev: Event) -> str:
         parts += _camera_detail(p)
     elif kind == "connectivity" and p.get("reason"):
         parts.append(str(p["reason"]))
+    elif kind == "rule":  # the gateway's own linkage (docs/rules.md)
+        done = [a for a in p.get("actions", []) if a["phase"] in ("do", "clear")]
+        ok = sum(1 for a in done if a["state"] == "succeeded")
+        parts.append(f"{p['rule']} ({p['phase']})")
+        if done:
+            parts.append(f"{ok}/{len(done)} commands succeeded")
+        if p.get("reason"):
+            parts.append(_words(str(p["reason"])))
+    elif kind == "alarm_lifecycle":
+        parts.append(_words(p["lifecycle_state"]))
+        if p.get("user"):
+            parts.append(f"by {p['user']}")
     if ev.quality.status != "valid":
         parts.append(f"{ev.quality.status}: {', '.join(ev.quality.reasons)}")
     return ", ".join(parts)
@@ -347,13 +359,13 @@ class DeviceRow:
         return text
 
 
-#: Event classes the recent panel shows (status lives in the device table).
+#: Event classes the recent panel shows (status lives in the device table); rule firings too.
 NOTABLE_CLASSES = frozenset({"alarm", "fault", "connectivity", "command"})
 
 
 def is_notable(ev: Event) -> bool:
     """Alarms, faults, link changes and anything above `info`: what the recent panel lists."""
-    return ev.class_ in NOTABLE_CLASSES or ev.severity != "info"
+    return ev.class_ in NOTABLE_CLASSES or ev.severity != "info" or ev.type.startswith("rule.")
 
 
 @dataclass
@@ -380,7 +392,7 @@ class DemoView:
             if ev.alarm_id:
                 if ev.state == "raised":
                     self.alarms[ev.alarm_id] = ev
-                else:
+                elif ev.state == "cleared":  # the alarm book's transitions (momentary) keep it listed
                     self.alarms.pop(ev.alarm_id, None)
             if is_notable(ev):
                 self.recent.append(ev)
@@ -570,11 +582,9 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
             # Added to what the scenario allows (its rules keep their own entries).
             raw.setdefault("commands", {}).setdefault("allow", []).append(
                 {"requesters": ["console:*"], "devices": ["*"], "commands": ["*"], "note": "the demo's operator"})
-            from gateway.config import AlarmsConfig
-
-            if "lifecycle" in AlarmsConfig.model_fields:  # the alarm book: the operator may acknowledge
-                raw.setdefault("alarms", {}).setdefault("lifecycle", {}).setdefault("allow", []).append(
-                    {"requesters": ["console:*"], "devices": ["*"], "ops": ["*"]})
+            # and may acknowledge, shelve and reset alarms (the alarm book's own allowlist)
+            raw.setdefault("alarms", {}).setdefault("lifecycle", {}).setdefault("allow", []).append(
+                {"requesters": ["console:*"], "devices": ["*"], "ops": ["*"]})
         cfg = parse_config(raw, source="<demo>")
         sweep = f"{cfg.mqtt.topic_prefix}/{cfg.site}/#"
         gw = Gateway(cfg, scenario=scenario.scenario)

@@ -336,6 +336,8 @@ class Gateway:
         self._shared_lock = asyncio.Lock()
         self._confirm: RestartConfirmation | None = None
         self.commands: Any = None  # gateway.commands.CommandService, once started
+        self.rules: Any = None  # gateway.rules.RuleService, once started (when the config has rules)
+        self.alarm_book: Any = None  # gateway.alarm_book.AlarmBook, once started (alarms.lifecycle)
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
         self.reconcile = reconcile
@@ -356,6 +358,11 @@ class Gateway:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
         await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        if self.config.alarms.lifecycle.enabled and self.reconcile:
+            from gateway.alarm_book import AlarmBook
+
+            self.alarm_book = AlarmBook(self)
+            await self.alarm_book.start()  # follows the committed stream before the first driver event
         shared_console = None
         if self.config.console is not None and self.reconcile:  # a replay (`courtyard replay -c`) serves none
             from gateway.console.server import ConsoleServer
@@ -363,6 +370,8 @@ class Gateway:
             try:
                 self.console = ConsoleServer(self, self.config.console)
             except BaseException:
+                if self.alarm_book is not None:
+                    await self.alarm_book.stop()
                 await self.outbox.close()
                 raise
             await self.console.live.attach()  # before any driver runs: the console sees every event
@@ -406,6 +415,7 @@ class Gateway:
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         await self._start_grace()
         await self._start_commands()
+        await self._start_rules()
         if self.console is not None:
             await self._start_console()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
@@ -423,8 +433,20 @@ class Gateway:
         bus = self.commands.bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
         await self.commands.start()  # the journal exists before the first request can arrive
         if bus is not None:
+            bus.alarm_book = self.alarm_book
             self._spawn(bus.run(), "commands-mqtt")
 
+    async def _start_rules(self) -> None:
+        """Linkage rules, after the command journal (their actions are commands)."""
+        if not self.reconcile:  # a replay acts on nothing
+            return
+        from gateway.rules import RuleService, load_rules
+
+        rules = load_rules(self.config)
+        if not rules:
+            return
+        self.rules = RuleService(self, rules)
+        await self.rules.start()
     async def _start_console(self) -> None:
         """Serve the duty console (its own listener, or the ops one); a console that cannot bind is fatal."""
         assert self.console is not None
@@ -562,8 +584,13 @@ class Gateway:
                     await aclose()
                 except Exception:
                     log.exception("closing shared %s failed", key)
+        if self.rules is not None:
+            await self.rules.stop()
         if self.commands is not None:
             await self.commands.stop()
+        if self.alarm_book is not None:
+            await self.alarm_book.wait_idle()
+            await self.alarm_book.stop()
         if self.sinks:
             await self.drain(flush_timeout)
         stopped = self._stopped_availability()

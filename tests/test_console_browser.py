@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.browser import browser, run, shot, until  # noqa: F401  (browser is a fixture)
-from tests.console_support import PASSWORDS, REAL_BOOK, client, lift_rig, login
+from tests.console_support import PASSWORDS, client, lift_rig, login
 from tests.helpers import eventually
 from tests.mqtt_support import retained
 from tests.servers import Mosquitto
@@ -182,8 +182,6 @@ async def test_viewer_sees_but_cannot_act(tmp_path: Path, browser: Any) -> None:
 async def test_ack_in_the_browser_changes_the_retained_alarm(tmp_path: Path, browser: Any,  # noqa: F811
                                                              mosquitto: Mosquitto) -> None:
     """With the real alarm lifecycle: an independent MQTT subscriber sees the acknowledgement."""
-    if not REAL_BOOK:
-        pytest.skip("the alarm lifecycle (gateway/alarm_book.py) is not on this branch yet")
     driver = browser
     async with lift_rig(tmp_path, book="real", mqtt=mosquitto) as (sim, gw, base):
         assert gw.alarm_book is not None  # type: ignore[attr-defined]
