@@ -49,7 +49,7 @@ def main() -> None:
         if login is None:
             raise SystemExit("the demo did not print its console")
         url, user, password = login
-        driver = make_driver(lang="zh-CN" if args.lang == "zh" else "en-US")
+        driver = make_driver(height=1500, lang="zh-CN" if args.lang == "zh" else "en-US")
         try:
             driver.get(url + "login")
             driver.execute_script(f"localStorage.setItem('courtyard.lang', '{args.lang}')")
