@@ -284,6 +284,66 @@ class OpsConfig(_Strict):
         return self
 
 
+ROLES = ("viewer", "operator", "admin")
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class ConsoleUser(_Strict):
+    """One console login: a name, a role and a salted scrypt hash (`courtyard users add` writes them)."""
+
+    name: str = Field(pattern=USER_NAME_PATTERN)
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer: look only; operator: also acknowledge, shelve, reset and command; admin: all of it")
+    password_hash: SecretStr = Field(
+        description="`scrypt$<n>$<r>$<p>$<salt>$<hash>` (base64), as `courtyard users add` prints; never a password")
+
+
+class ConsoleConfig(_Strict):
+    """The duty console (docs/console.md): one screen in the browser, served by the gateway itself."""
+
+    host: str = Field("127.0.0.1", description="Loopback by default; another address needs at least one user")
+    port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Empty: the ops port when `ops.port` is set (one listener), else 8080; 0: a free port")
+    users: list[ConsoleUser] = Field(default_factory=list, description="Logins kept in the config itself")
+    users_file: Path | None = Field(
+        None, description="A users file managed by `courtyard users add|passwd|remove` (0600); read at start")
+    timezone: str | None = Field(
+        None, description="IANA zone the console shows times in (e.g. Asia/Shanghai); empty: the host's zone")
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, le=7 * 86400, description="A login lasts this long")
+    secure_cookies: bool = Field(
+        False, description="Mark cookies Secure (set this when a TLS proxy serves the console)")
+    max_connections: int = Field(64, ge=2, description="Open connections in total (live views hold one each)")
+    header_timeout_s: float = Field(5.0, gt=0, description="A request head must arrive this soon")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive this soon")
+    login_attempts: int = Field(5, ge=1, description="Failed logins per user or address before a pause")
+    login_window_s: float = Field(300.0, gt=0, description="The window `login_attempts` is counted over")
+
+    @field_validator("port", "users_file", "timezone", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> ConsoleConfig:
+        names = [u.name for u in self.users]
+        if len(names) != len(set(names)):
+            raise ValueError("console.users: a name appears twice")
+        return self
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -295,11 +355,22 @@ class GatewayConfigBase(_Strict):
     alarms: AlarmsConfig = AlarmsConfig()
     commands: CommandsConfig = CommandsConfig()
     ops: OpsConfig = OpsConfig()
+    console: ConsoleConfig | None = Field(
+        None, description="The duty console in the browser (docs/console.md); absent: not served")
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
     rules: list[Rule] = Field(default_factory=list, description="Linkage rules (docs/rules.md)")
     rule_files: list[Path] = Field(default_factory=list, description="Files of rules (`rules: [...]`), loaded at"
                                    " start; relative paths from the working directory")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
+
+    @model_validator(mode="after")
+    def _console_listener(self) -> GatewayConfigBase:
+        con = self.console
+        if con is not None and self.ops.port is not None and con.port in (None, self.ops.port) \
+                and con.host != self.ops.host:
+            raise ValueError(f"console shares the ops port {self.ops.port}: set console.host to ops.host"
+                             f" ({self.ops.host}), or give the console a port of its own")
+        return self
 
 
 @cache

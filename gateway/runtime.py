@@ -346,6 +346,7 @@ class Gateway:
         #: Prometheus registry of this gateway (`ops.port` serves it; features add their metrics here).
         self.metrics = GatewayMetrics(self)
         self.ops_server: OpsServer | None = None
+        self.console: Any = None  # gateway.console.server.ConsoleServer, when the config has `console:`
 
     async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         async with self._shared_lock:
@@ -362,12 +363,28 @@ class Gateway:
 
             self.alarm_book = AlarmBook(self)
             await self.alarm_book.start()  # follows the committed stream before the first driver event
+        shared_console = None
+        if self.config.console is not None and self.reconcile:  # a replay (`courtyard replay -c`) serves none
+            from gateway.console.server import ConsoleServer
+
+            try:
+                self.console = ConsoleServer(self, self.config.console)
+            except BaseException:
+                if self.alarm_book is not None:
+                    await self.alarm_book.stop()
+                await self.outbox.close()
+                raise
+            await self.console.live.attach()  # before any driver runs: the console sees every event
+            if self.config.ops.port is not None and self.config.console.port in (None, self.config.ops.port):
+                shared_console = self.console
         if self.config.ops.port is not None:
             from gateway.ops import start_ops
 
             try:  # a configured ops port that cannot be served is fatal: the operator would be blind
-                self.ops_server = await start_ops(self)
+                self.ops_server = await start_ops(self, shared_console)
             except BaseException:
+                if self.console is not None:
+                    self.console.live.stop()
                 await self.outbox.close()
                 raise
         self._bind_sinks()
@@ -399,6 +416,8 @@ class Gateway:
         await self._start_grace()
         await self._start_commands()
         await self._start_rules()
+        if self.console is not None:
+            await self._start_console()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
                  "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
@@ -428,6 +447,17 @@ class Gateway:
             return
         self.rules = RuleService(self, rules)
         await self.rules.start()
+    async def _start_console(self) -> None:
+        """Serve the duty console (its own listener, or the ops one); a console that cannot bind is fatal."""
+        assert self.console is not None
+        try:
+            if self.console.shared:
+                await self.console.start_shared()
+            else:
+                await self.console.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _close_stale_alarms(self) -> None:
         """Take over the alarms the previous run raised and never cleared.
@@ -572,6 +602,8 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.console is not None:
+            await self.console.aclose()
         if self.ops_server is not None:
             await self.ops_server.aclose()
             self.ops_server = None
