@@ -77,6 +77,11 @@ class SimCamera:
     relay_log: list[tuple[int, bool]] = field(default_factory=list)  # what the camera acted on (tests)
     refuse_relay: bool = False  # answers every output trigger with an error (e.g. output in alarm linkage)
     ignore_relay: bool = False  # answers OK but the output never changes (a dead relay driver)
+    #: Tests: an output trigger waits at `relay_gate` "before" it acts (then answers an error, never
+    #: acting) or "after" it acted (then answers OK), so a client can die with the trigger in flight.
+    hold_relay: Literal["before", "after"] | None = None
+    relay_gate: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_requests: int = 0  # output triggers that arrived, acted on or not
 
     def subscribe(self) -> asyncio.Queue[SimDetection | None]:
         """A queue of this camera's detections (one per open event stream)."""

@@ -279,7 +279,7 @@ class CameraServer:
         if cam.brand == "hikvision" and rest.startswith("/ISAPI/System/IO/outputs/"):
             return await self._isapi_output(request, cam, rest)
         if cam.brand == "dahua" and rest in ("/cgi-bin/configManager.cgi", "/cgi-bin/alarm.cgi"):
-            return self._dahua_output(request, cam, rest)
+            return await self._dahua_output(request, cam, rest)
         if cam.brand == "dahua" and rest == "/cgi-bin/snapshot.cgi":
             return web.Response(body=jpeg(int(time.time())), content_type="image/jpeg")
         raise web.HTTPNotFound(text=f"{cam.brand} camera has no {rest}")
@@ -305,12 +305,11 @@ class CameraServer:
         if cam.refuse_relay:
             return isapi_status(403, 4, "Invalid Operation", "alarmOutputLinked")
         on = found.group(1) == "high"
-        cam.relay_log.append((port, on))
-        if not cam.ignore_relay:
-            cam.outputs[port] = on
+        if not await self._relay(cam, port, on):
+            return isapi_status(503, 2, "Device Busy", "deviceBusy")
         return isapi_status(200, 1, "OK", "ok")
 
-    def _dahua_output(self, request: web.Request, cam: SimCamera, rest: str) -> web.Response:
+    async def _dahua_output(self, request: web.Request, cam: SimCamera, rest: str) -> web.Response:
         """`configManager.cgi?action=setConfig&AlarmOut[n].Mode=1|2` (forced on / off, 0-based n) and
         `alarm.cgi?action=getOutState` (`result=<bitmask>`, bit n = output n+1 on)."""
         action = request.query.get("action")
@@ -328,11 +327,23 @@ class CameraServer:
             return web.Response(status=400, text="Error\r\nBad Request!\r\n")
         if cam.refuse_relay:
             return web.Response(status=403, text="Error\r\nNo Authority!\r\n")
-        on = mode == "1"
+        if not await self._relay(cam, port, mode == "1"):
+            return web.Response(status=503, text="Error\r\nDevice Busy!\r\n")
+        return web.Response(text="OK\r\n")
+
+    @staticmethod
+    async def _relay(cam: SimCamera, port: int, on: bool) -> bool:
+        """Switch an output (unless the relay driver is dead); False when a test hold made it give up."""
+        cam.relay_requests += 1
+        if cam.hold_relay == "before":
+            await cam.relay_gate.wait()
+            return False
         cam.relay_log.append((port, on))
         if not cam.ignore_relay:
             cam.outputs[port] = on
-        return web.Response(text="OK\r\n")
+        if cam.hold_relay == "after":
+            await cam.relay_gate.wait()
+        return True
 
     async def _write(self, resp: web.StreamResponse, cam: SimCamera, data: bytes) -> None:
         if "slow_drip" in cam.faults:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from asyncua import ua
 from asyncua.common.node import Node
@@ -83,6 +83,11 @@ class PaSimulator:
         self._ticker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.response_delay_s = 0.0
+        #: Tests: a command method call waits at `command_gate` "before" it acts (then gives up, never
+        #: acting) or "after" it acted (then answers), so a client can die with the call in flight.
+        self.hold_commands: Literal["before", "after"] | None = None
+        self.command_gate = asyncio.Event()
+        self.commands_received = 0  # command method calls that arrived, acted on or not
 
     @property
     def url(self) -> str:
@@ -302,8 +307,14 @@ class PaSimulator:
             raise UaStatusCodeError(StatusCodes.BadArgumentsMissing)  # type: ignore[no-untyped-call]
         self.model.clips = self.map.commands.clips if self.map.commands and self.map.commands.clips else \
             self.model.clips
+        self.commands_received += 1
+        if self.hold_commands == "before":
+            await self.command_gate.wait()
+            raise UaStatusCodeError(StatusCodes.BadTimeout)  # type: ignore[no-untyped-call]
         reason = self.model.command(name, args)
         await self.publish()  # the nodes show the change before the result goes back
+        if self.hold_commands == "after":
+            await self.command_gate.wait()
         return [ua.Variant(codes.get(reason, max(codes.values()) + 1), ua.VariantType.Int32)]
 
     # ------------------------------------------------------------------ values
