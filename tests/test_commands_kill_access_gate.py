@@ -59,7 +59,7 @@ async def die(gw: Gateway, spawned: set[asyncio.Task[Any]]) -> None:
 def reads_queue_of(client: CommandClient, task: asyncio.Task[Any]) -> bool:
     """A task the requester's MQTT client made to wait for its next message (not the gateway's)."""
     frame = getattr(task.get_coro(), "cr_frame", None)
-    inner = client._client._queue if client._client is not None else None  # type: ignore[attr-defined]
+    inner = client._client._queue if client._client is not None else None
     return frame is not None and frame.f_locals.get("self") is inner
 
 
