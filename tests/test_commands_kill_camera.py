@@ -93,7 +93,7 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
         try:
             cid = await eventually(lambda: send_until_accepted(client, device, {"output": 2, "state": "on"}), 40)
             await eventually(lambda: state_of(db, cid) == "sent", 15)
-            await eventually(lambda: cam.relay_requests == 1, 15)  # the trigger is at the camera
+            await eventually(lambda: cam.relay_requests == 1, 30)  # the trigger is at the camera
             kill(proc)
         finally:
             stop(proc)
@@ -131,7 +131,7 @@ async def test_a_trigger_whose_ttl_ran_out_while_the_gateway_was_dead_expires_un
         proc = start(path)
         try:
             first = await eventually(lambda: send_until_accepted(client, "hik-1", {"output": 1, "state": "on"}), 40)
-            await eventually(lambda: cam.relay_requests == 1, 15)
+            await eventually(lambda: cam.relay_requests == 1, 30)
             second = await client.send("camera", "hik-1", "relay", args={"output": 2, "state": "on"}, ttl_s=3)
             await eventually(lambda: state_of(db, second) == "accepted", 15)  # behind the first
             kill(proc)

@@ -70,7 +70,7 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
             try:
                 cid = await eventually(lambda: send_until_accepted(client, {"zone": "z2", "db": -33}), 40)
                 await eventually(lambda: state_of(db, cid) == "sent", 15)
-                await eventually(lambda: sim.commands_received == 1, 15)  # the call is at the system
+                await eventually(lambda: sim.commands_received == 1, 30)  # the call is at the system
                 kill(proc)
             finally:
                 stop(proc)
@@ -109,7 +109,7 @@ async def test_a_command_whose_ttl_ran_out_while_the_gateway_was_dead_expires_un
             proc = start(path)
             try:
                 first = await eventually(lambda: send_until_accepted(client, {"zone": "z1", "db": -20}), 40)
-                await eventually(lambda: sim.commands_received == 1, 15)
+                await eventually(lambda: sim.commands_received == 1, 30)
                 second = await client.send("pa", "pa-1", "set_volume", args={"zone": "z3", "db": -40}, ttl_s=3)
                 await eventually(lambda: state_of(db, second) == "accepted", 15)  # behind the first
                 kill(proc)
