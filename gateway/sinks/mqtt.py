@@ -29,11 +29,13 @@ import logging
 import secrets
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import BackoffConfig, backoff_delays
@@ -55,6 +57,9 @@ STATE_SCHEMA = "courtyard.state/1"
 #: of that part in the retained state (`zone/z1`); a status event without one is `device`.
 STATE_PARTS = (("zone", "zone"), ("amplifier", "amplifier"), ("lane", "lane"), ("door_no", "door"))
 MAX_CLIENT_ID = 64  # MQTT 3.1.1 only promises 23 bytes; mosquitto and the big brokers take more
+#: Most messages one batch may have awaiting PUBACK: packet ids are 16 bits, and a few are left
+#: for the client's other publishes (status, metrics, commands).
+MAX_IN_FLIGHT = 60_000
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -142,7 +147,9 @@ class MqttSink(Sink):
             keepalive=cfg.keepalive_s,
             will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
             tls_context=tls_context(cfg),
-            max_inflight_messages=cfg.batch,
+            # No paho queue: paho scans every queued message on each PUBACK when it keeps one
+            # (quadratic in the batch); the sink bounds what is in flight, one batch.
+            max_inflight_messages=0,
             timeout=10,
             clean_session=True,
         )
@@ -202,37 +209,35 @@ class MqttSink(Sink):
                 raise aiomqtt.MqttError("connection lost")
 
     async def _deliver(self, client: aiomqtt.Client, outbox: Outbox) -> None:
+        publisher = Publisher.of(client)
         while True:
-            rows = await outbox.fetch(self.name, self.cfg.batch)
+            rows = await outbox.fetch(self.name, min(self.cfg.batch, MAX_IN_FLIGHT // 4))
             if not rows:
                 await outbox.wait_new(self.name, timeout=1.0)
                 continue
-            publishes = [p for row in rows for p in self._publishes(client, row)]
+            pub = publisher.batch()
+            for row in rows:
+                self._publish_row(pub, row)
             # One retained state per device and batch, once every part in the batch is merged.
-            changed = dict.fromkeys(r.device for r in rows if r.cls == "status" and r.device in self._dirty)
-            self._dirty.clear()
-            for device in changed:
+            for device in self._dirty:
                 doc = self._states[device]
-                kind = doc["device"]["kind"]
-                publishes.append(client.publish(f"{self.prefix}/{kind}/{device}/state", json.dumps(doc),
-                                                qos=1, retain=True))
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await asyncio.gather(*publishes)
+                pub.publish(f"{self.prefix}/{doc['device']['kind']}/{device}/state", json.dumps(doc), retain=True)
+            self._dirty.clear()
+            await pub.confirmed(PUBLISH_TIMEOUT_S)
             await outbox.ack(self.name, rows)
             self.counters.inc("published", len(rows))
 
-    def _publishes(self, client: aiomqtt.Client, row: Stored) -> list[Any]:
+    def _publish_row(self, pub: Batch, row: Stored) -> None:
+        """The stored body, as is, on every topic the row belongs on (its columns route it)."""
         base = f"{self.prefix}/{row.kind}/{row.device}"
-        out = [client.publish(f"{base}/event/{row.type.replace('.', self.cfg.type_separator)}", row.body, qos=1)]
+        pub.publish(f"{base}/event/{row.type.replace('.', self.cfg.type_separator)}", row.body)
         if row.cls == "status":
             self._merge_state(row)
-        if row.cls == "connectivity":
-            out.append(client.publish(f"{base}/availability", row.body, qos=1, retain=True))
-        # An offline device is an active alarm too. The row's columns route it: no JSON parse.
-        if row.cls in ("alarm", "fault", "connectivity") and row.alarm_id:
-            body = row.body if row.state == "raised" else b""
-            out.append(client.publish(f"{base}/alarm/{row.alarm_id}", body, qos=1, retain=True))
-        return out
+        elif row.cls == "connectivity":
+            pub.publish(f"{base}/availability", row.body, retain=True)
+        # An offline device is an active alarm too.
+        if row.alarm_id and row.cls in ("alarm", "fault", "connectivity"):
+            pub.publish(f"{base}/alarm/{row.alarm_id}", row.body if row.state == "raised" else b"", retain=True)
 
     def _merge_state(self, row: Stored) -> None:
         """Fold one status event into its device's state; rejected samples change nothing."""
@@ -263,11 +268,12 @@ class MqttSink(Sink):
         client = self._client
         if client is not None:
             try:
-                async with asyncio.timeout(2 + 0.01 * len(self._stopped)):
-                    await asyncio.gather(*(
-                        client.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/availability", ev.to_json(),
-                                       qos=1, retain=True)
-                        for ev in self._stopped))
+                pub = Publisher.of(client).batch()
+                for ev in self._stopped:
+                    pub.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/availability", ev.to_json(),
+                                retain=True)
+                await pub.confirmed(2 + 0.01 * len(self._stopped))
+                async with asyncio.timeout(2):
                     await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             except (aiomqtt.MqttError, TimeoutError):
                 log.debug("could not publish offline status", exc_info=True)
@@ -356,16 +362,100 @@ class MqttSink(Sink):
                 self._states.setdefault(device, doc)  # parts not reported again since still hold
         restore = [ev for aid, ev in open_alarms.items()
                    if f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{aid}" not in retained]
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await asyncio.gather(
-                *(client.publish(t, b"", qos=1, retain=True) for t in clears),
-                *(client.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{ev.alarm_id}",
-                                 ev.to_json(), qos=1, retain=True) for ev in restore))
+        pub = Publisher.of(client).batch()
+        for t in clears:
+            pub.publish(t, b"", retain=True)
+        for ev in restore:
+            pub.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{ev.alarm_id}", ev.to_json(),
+                        retain=True)
+        await pub.confirmed(PUBLISH_TIMEOUT_S)
         if clears or restore:
             log.info("retained topics reconciled: %d emptied, %d open alarms retained again",
                      len(clears), len(restore))
         self.counters.inc("retained_cleared", len(clears))
         self.counters.inc("retained_restored", len(restore))
+
+
+class Publisher:
+    """QoS-1 publishes straight through paho, confirmed per batch: one future per batch.
+
+    aiomqtt's `publish` costs an Event, a `wait_for` and a scan of every pending call per
+    message (quadratic in a batch). Here each message is handed to paho at once and its packet
+    id remembered by its batch; paho's PUBACK callback, which still confirms aiomqtt's own
+    publishes (status, metrics, the reconciliation marker), takes ids off their batch. One
+    publisher per client (`Publisher.of`); a reconnect makes a new client, so ids never carry
+    over from a lost connection.
+    """
+
+    _by_client: weakref.WeakKeyDictionary[aiomqtt.Client, Publisher] = weakref.WeakKeyDictionary()
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.paho: paho.Client = client._client
+        self.owner: dict[int, Batch] = {}  # packet id -> the batch waiting for its PUBACK
+        self._chained: Callable[..., None] = self.paho.on_publish  # type: ignore[assignment]
+        self.paho.on_publish = self._on_publish
+
+    @classmethod
+    def of(cls, client: aiomqtt.Client) -> Publisher:
+        """The publisher of `client`, installed on first use."""
+        pub = cls._by_client.get(client)
+        if pub is None:
+            pub = cls._by_client[client] = cls(client)
+        return pub
+
+    def batch(self) -> Batch:
+        """A set of messages confirmed together."""
+        return Batch(self)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        batch = self.owner.pop(mid, None)
+        if batch is None:
+            self._chained(client, userdata, mid, reason_code, properties)
+        else:
+            batch.acked(mid)
+
+
+class Batch:
+    """Messages handed to paho at once, confirmed together by `confirmed()`."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._pub = publisher
+        self._waiting: set[int] = set()
+        self._done: asyncio.Future[None] | None = None
+
+    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
+        """Hand one message to paho (written when the socket is writable); raises on a lost link."""
+        info = self._pub.paho.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        self._waiting.add(info.mid)
+        self._pub.owner[info.mid] = self
+
+    def acked(self, mid: int) -> None:
+        self._waiting.discard(mid)
+        if not self._waiting and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def confirmed(self, timeout: float) -> None:
+        """Wait until the broker has acknowledged every message of this batch."""
+        if not self._waiting:
+            return
+        self._done = asyncio.get_running_loop().create_future()
+        disconnected = getattr(self._pub.client, "_disconnected", None)
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(disconnected, asyncio.Future):
+                    # A lost link fails the batch at once, not at the timeout.
+                    await asyncio.wait((self._done, disconnected), return_when=asyncio.FIRST_COMPLETED)
+                    if not self._done.done():
+                        raise aiomqtt.MqttError("connection lost before every PUBACK arrived")
+                else:
+                    await self._done
+        finally:
+            for mid in self._waiting:  # a lost or timed-out batch leaves nothing behind
+                self._pub.owner.pop(mid, None)
+            self._done = None
 
 
 class _Unreadable(Exception):
