@@ -145,7 +145,7 @@ async def serve_sim(name: str, port: int, count: int, out: str, changing: bool, 
     else:
         models = {i: ElevatorModel(seed=hash(name) % 1000 + i, call_rate_per_s=0.1) for i in range(1, count + 1)}
     sim = TimedSimulator(name, log, reads, CHANGING_KEYS if changing else KEYS, port=port, elevators=models,
-                         tick_s=0.01 if changing else 0.1)
+                         tick_s=0.05 if changing else 0.1)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with sim:
@@ -230,9 +230,11 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "warning", "run", "-c", cfg], cwd=root)
     await asyncio.sleep(max(5.0, n / 100))  # warm-up: every link up, first status sent
     cpu0, _ = proc_stats(gw.pid)
+    others0 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     spy = None
     if profile:  # py-spy samples the gateway during the window (its own CPU is not the gateway's)
-        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "50", "-f", "raw",
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--gil",
+                                "-f", "raw",
                                 "-o", profile, "--pid", str(gw.pid), "--duration", str(int(seconds))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sub.measuring = True
@@ -240,6 +242,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     cpu1, rss = proc_stats(gw.pid)
+    others1 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     elapsed = time.monotonic() - t0
     w1 = time.time()
     await asyncio.sleep(2 * poll)  # what changed near the end of the window arrives after it
@@ -290,6 +293,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         "jitter_p99_ms": p99(jitter) * 1000,
         "rss_mb": rss / 2**20,
         "polls_s": n / poll,
+        "others_share": (others1 - others0) / elapsed,
     }
 
 
@@ -319,7 +323,8 @@ async def main() -> None:
                 r = await run_size(n, args.seconds, args.poll, mosquitto, args.changing, args.profile)
                 print(f"{r['elevators']:>9} {r['polls_s']:>8.0f} {r['events_s']:>9.1f} {r['cpu_per_1000']:>11.3f} "
                       f"{r['cpu_share']:>11.3f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
-                      f"{r['delivered_pct']:>8.1f}% {r['jitter_p99_ms']:>8.1f}ms {r['rss_mb']:>11.1f}", flush=True)
+                      f"{r['delivered_pct']:>8.1f}% {r['jitter_p99_ms']:>8.1f}ms {r['rss_mb']:>11.1f} "
+                      f"{r['others_share']:>15.3f}", flush=True)
     finally:
         mosquitto.close()
 

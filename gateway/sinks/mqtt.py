@@ -24,6 +24,7 @@ are emptied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -60,6 +61,10 @@ MAX_CLIENT_ID = 64  # MQTT 3.1.1 only promises 23 bytes; mosquitto and the big b
 #: Most messages one batch may have awaiting PUBACK: packet ids are 16 bits, and a few are left
 #: for the client's other publishes (status, metrics, commands).
 MAX_IN_FLIGHT = 60_000
+#: A batch smaller than `mqtt.batch` is followed by this pause before the next fetch, so events
+#: arriving one by one (polls spread over their interval) travel a few per batch, not one per
+#: fetch, publish, confirm and cursor write. A full batch (a backlog) is followed at once.
+LINGER_S = 0.01
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
@@ -110,7 +115,7 @@ class MqttSink(Sink):
         self.devices: dict[str, str] = {}  # configured device id -> kind
         self.reconcile = False
         self._known: set[tuple[str, str]] | None = None  # (gateway, device) in the outbox, read once
-        self._states: dict[str, dict[str, Any]] = {}  # device -> retained state document
+        self._states: dict[str, DeviceState] = {}  # device -> its retained state document
         self._stopped: list[Event] = []
         self._dirty: set[str] = set()  # devices whose state changed in the batch being published
         self._brokers = cfg.brokers()
@@ -210,8 +215,11 @@ class MqttSink(Sink):
 
     async def _deliver(self, client: aiomqtt.Client, outbox: Outbox) -> None:
         publisher = Publisher.of(client)
+        loop = asyncio.get_running_loop()
+        limit = min(self.cfg.batch, MAX_IN_FLIGHT // 4)
         while True:
-            rows = await outbox.fetch(self.name, min(self.cfg.batch, MAX_IN_FLIGHT // 4))
+            fetched_at = loop.time()
+            rows = await outbox.fetch(self.name, limit)
             if not rows:
                 await outbox.wait_new(self.name, timeout=1.0)
                 continue
@@ -220,12 +228,14 @@ class MqttSink(Sink):
                 self._publish_row(pub, row)
             # One retained state per device and batch, once every part in the batch is merged.
             for device in self._dirty:
-                doc = self._states[device]
-                pub.publish(f"{self.prefix}/{doc['device']['kind']}/{device}/state", json.dumps(doc), retain=True)
+                state = self._states[device]
+                pub.publish(f"{self.prefix}/{state.kind}/{device}/state", state.document(), retain=True)
             self._dirty.clear()
             await pub.confirmed(PUBLISH_TIMEOUT_S)
             await outbox.ack(self.name, rows)
             self.counters.inc("published", len(rows))
+            if len(rows) < limit and (rest := fetched_at + LINGER_S - loop.time()) > 0:
+                await asyncio.sleep(rest)
 
     def _publish_row(self, pub: Batch, row: Stored) -> None:
         """The stored body, as is, on every topic the row belongs on (its columns route it)."""
@@ -243,14 +253,11 @@ class MqttSink(Sink):
         """Fold one status event into its device's state; rejected samples change nothing."""
         if row.quality == "rejected":
             return
-        ev = json.loads(row.body)  # the state document embeds the whole event
-        doc = self._states.get(row.device)
-        if doc is None:
-            doc = self._states[row.device] = {"schema": STATE_SCHEMA, "parts": {}}
-        doc.update(site=ev["site"], gateway=ev["gateway"], device=ev["device"])
-        doc["parts"][state_part(ev["payload"])] = ev
-        # Times may carry a device's UTC offset: compare instants, not strings.
-        doc["time"] = max((p["time"] for p in doc["parts"].values()), key=datetime.fromisoformat)
+        ev = json.loads(row.body)  # where it belongs (its part) and when; the body itself is kept as is
+        state = self._states.get(row.device)
+        if state is None:
+            state = self._states[row.device] = DeviceState()
+        state.merge(ev, row.body)
         self._dirty.add(row.device)
 
     async def _report(self, client: aiomqtt.Client, outbox: Outbox) -> None:
@@ -358,8 +365,10 @@ class MqttSink(Sink):
                     clears.append(topic)
             elif not configured:
                 clears.append(topic)
-            elif leaf == "state" and isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA:
-                self._states.setdefault(device, doc)  # parts not reported again since still hold
+            elif leaf == "state" and isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA \
+                    and device not in self._states:
+                with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):  # not ours to trust
+                    self._states[device] = DeviceState.from_document(doc)  # parts not reported again still hold
         restore = [ev for aid, ev in open_alarms.items()
                    if f"{self.prefix}/{ev.device.kind}/{ev.device.id}/alarm/{aid}" not in retained]
         pub = Publisher.of(client).batch()
@@ -374,6 +383,47 @@ class MqttSink(Sink):
                      len(clears), len(restore))
         self.counters.inc("retained_cleared", len(clears))
         self.counters.inc("retained_restored", len(restore))
+
+
+class DeviceState:
+    """One device's retained `courtyard.state/1` document, kept as the parts' stored JSON.
+
+    The document embeds whole status events; they are kept as the exact bodies the outbox
+    holds, and the document is joined from them, so a state costs no re-encoding of events.
+    """
+
+    __slots__ = ("header", "kind", "parts")
+
+    def __init__(self) -> None:
+        self.kind = ""
+        self.header = ""  # the "site", "gateway" and "device" members, from the latest event
+        self.parts: dict[str, tuple[datetime, str, str]] = {}  # part -> (instant, time as sent, body)
+
+    def merge(self, ev: Mapping[str, Any], body: str) -> None:
+        """The latest status event of its part."""
+        device = ev["device"]
+        self.kind = device["kind"]
+        self.header = (f'"site":{json.dumps(ev["site"])},"gateway":{json.dumps(ev["gateway"])},'
+                       f'"device":{json.dumps(device)}')
+        # Times may carry a device's UTC offset: compare instants, not strings.
+        self.parts[state_part(ev["payload"])] = (datetime.fromisoformat(ev["time"]), ev["time"], body)
+
+    def document(self) -> str:
+        """The retained document (schema, parts, site, gateway, device, time)."""
+        parts = ",".join(f"{json.dumps(name)}:{body}" for name, (_, _, body) in self.parts.items())
+        latest = max(self.parts.values(), key=lambda p: p[0])[1]
+        return f'{{"schema":"{STATE_SCHEMA}","parts":{{{parts}}},{self.header},"time":{json.dumps(latest)}}}'
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> DeviceState:
+        """A document read back from the broker (a restart): its parts hold until reported again."""
+        state = cls()
+        for name, ev in doc["parts"].items():
+            state.parts[str(name)] = (datetime.fromisoformat(ev["time"]), ev["time"], json.dumps(ev))
+        state.kind = doc["device"]["kind"]
+        state.header = (f'"site":{json.dumps(doc["site"])},"gateway":{json.dumps(doc["gateway"])},'
+                        f'"device":{json.dumps(doc["device"])}')
+        return state
 
 
 class Publisher:
