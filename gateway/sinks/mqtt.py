@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import ssl
 import time
 import weakref
@@ -464,6 +465,8 @@ class Publisher:
             self._chained(client, userdata, mid, reason_code, properties)
         else:
             batch.acked(mid)
+            if self.owner:  # more PUBACKs to come: acknowledge this segment now (see `_quickack`)
+                _quickack(client.socket())
 
 
 class Batch:
@@ -506,6 +509,21 @@ class Batch:
             for mid in self._waiting:  # a lost or timed-out batch leaves nothing behind
                 self._pub.owner.pop(mid, None)
             self._done = None
+
+
+def _quickack(sock: Any) -> None:
+    """Acknowledge what the broker just sent at once (Linux TCP_QUICKACK), not after up to 40 ms.
+
+    A broker with Nagle on (mosquitto's default) sends the first PUBACK of a batch and holds
+    the others until that segment is acknowledged; with nothing more to send, our kernel
+    delays that acknowledgement, and each batch waited for it (3,000 events/s where the same
+    broker with `set_tcp_nodelay true` took 9,000). Setting the option sends a pending
+    acknowledgement now.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None and sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 class _Unreadable(Exception):
