@@ -145,6 +145,15 @@ class Stored:
     quality: str
 
 
+class _Pending(NamedTuple):
+    """An append waiting for its commit."""
+
+    rows: list[Row]
+    fut: asyncio.Future[None]
+    events: Sequence[Event]
+    due: float  # loop time by which it must be committing (now + linger)
+
+
 _STORED_COLUMNS = "seq, lane, device, kind, type, class, body, id, time_ns, alarm_id, state, quality"
 
 
@@ -219,7 +228,7 @@ class Outbox:
         self.counters = counters or Counters()
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._pending: list[tuple[list[Row], asyncio.Future[None], Sequence[Event]]] = []
+        self._pending: list[_Pending] = []
         self._observers: list[Callable[[Sequence[Event]], None]] = []
         self._wake = asyncio.Event()
         self._new = {sink: asyncio.Event() for sink in self.sinks}
@@ -344,12 +353,17 @@ class Outbox:
             quality=event.quality.status,
         )
 
-    async def append(self, events: Sequence[Event], *, wait_s: float | None = None) -> None:
+    async def append(self, events: Sequence[Event], *, wait_s: float | None = None, linger: float = 0.0) -> None:
         """Commit `events`; returns once they are durable (accepted).
 
         Under `overflow: block`, a batch of lane-1 events only waits for room: at most `wait_s`
         seconds when given, then `OutboxFull` (push transports answer 503 with Retry-After).
         A batch holding any lane-0 event never waits.
+
+        `linger`: the commit may wait up to this long for other appends to share its
+        transaction (many producers each appending a little: a thousand polls a second spread
+        over the second). A transaction costs about 0.25 ms of CPU however few its events. Any
+        append without linger commits at once, and takes every pending one with it.
         """
         if not events:
             return
@@ -363,7 +377,7 @@ class Outbox:
             self._admitted += admitted
         try:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pending.append((rows, fut, events))
+            self._pending.append(_Pending(rows, fut, events, asyncio.get_running_loop().time() + linger))
             self._wake.set()
             await fut
         finally:
@@ -438,25 +452,37 @@ class Outbox:
             return 0
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch: list[tuple[list[Row], asyncio.Future[None], Sequence[Event]]] = []
+                delay = min(p.due for p in self._pending) - loop.time()
+                if delay > 0 and not self._closing:  # let lingering appends gather; a new one wakes us
+                    timer = loop.call_later(delay, self._wake.set)
+                    await self._wake.wait()
+                    self._wake.clear()
+                    timer.cancel()
+                    continue
+                batch: list[_Pending] = []
                 size = 0
-                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.batch_max):
+                while self._pending and (not batch or size + len(self._pending[0].rows) <= self.batch_max):
                     item = self._pending.pop(0)
+                    if item.fut.cancelled():  # its producer gave up before the commit: never accepted
+                        continue
                     batch.append(item)
-                    size += len(item[0])
-                rows = [r for item, _, _ in batch for r in item]
+                    size += len(item.rows)
+                if not batch:
+                    continue
+                rows = [r for item in batch for r in item.rows]
                 freed = self._freed
                 try:
                     await self._run(self._commit_sync, rows)
                 except Exception as exc:  # disk full, I/O error: producers see it, nothing half-accepted
                     self._commit_failed(exc)
-                    for _, fut, _ in batch:
-                        if not fut.done():
-                            fut.set_exception(OutboxError(f"commit failed: {exc}"))
+                    for item in batch:
+                        if not item.fut.done():
+                            item.fut.set_exception(OutboxError(f"commit failed: {exc}"))
                     continue
                 self._commit_succeeded()
                 if self._freed != freed:
@@ -465,9 +491,9 @@ class Outbox:
                 for lane in LANES:  # per lane, for /metrics
                     self.counters.inc(f"outbox.accepted.lane{lane}", sum(1 for r in rows if r[1] == lane))
                 self._tell_observers(batch)
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+                for item in batch:
+                    if not item.fut.done():
+                        item.fut.set_result(None)
                 for ev in self._new.values():
                     ev.set()
             if self._closing and not self._pending:
@@ -483,9 +509,9 @@ class Outbox:
         self._observers.append(fn)
         return lambda: self._observers.remove(fn) if fn in self._observers else None
 
-    def _tell_observers(self, batch: Sequence[tuple[list[Row], asyncio.Future[None], Sequence[Event]]]) -> None:
+    def _tell_observers(self, batch: Sequence[_Pending]) -> None:
         for fn in list(self._observers):
-            for _, _, events in batch:
+            for events in (item.events for item in batch):
                 try:
                     fn(events)
                 except Exception:

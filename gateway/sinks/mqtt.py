@@ -65,7 +65,7 @@ MAX_IN_FLIGHT = 60_000
 #: A batch smaller than `mqtt.batch` is followed by this pause before the next fetch, so events
 #: arriving one by one (polls spread over their interval) travel a few per batch, not one per
 #: fetch, publish, confirm and cursor write. A full batch (a backlog) is followed at once.
-LINGER_S = 0.01
+LINGER_S = 0.005
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
