@@ -33,7 +33,12 @@ from gateway.config import MqttConfig
 from gateway.ids import uuid7
 from gateway.metrics import Counters
 from gateway.outbox import Outbox
-from gateway.runtime import loop_factory
+
+try:
+    from gateway.runtime import loop_factory
+except ImportError:  # a gateway from before uvloop support (to compare)
+    def loop_factory() -> None:  # type: ignore[misc]
+        return None
 from gateway.sinks.mqtt import MqttSink
 from schemas.common import DeviceRef
 from schemas.elevator import ElevatorPayload
