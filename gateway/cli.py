@@ -1,5 +1,5 @@
 """`courtyard` command line: run, replay, validate, drivers, schema, simulate, events, dead-letters, command,
-commands, demo."""
+commands, demo, users."""
 
 from __future__ import annotations
 
@@ -341,7 +341,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return asyncio.run(run_demo(duration=args.duration, headless=args.headless, data_dir=Path(args.data),
-                                speed=args.speed))
+                                speed=args.speed, console_port=None if args.console_port < 0 else args.console_port))
+
+
+def _users_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    from gateway.config import load_config
+
+    cfg = load_config(args.config)
+    if cfg.console is None or cfg.console.users_file is None:
+        raise SystemExit(f"courtyard users: {args.config} has no console.users_file; name one, or use --file")
+    return cfg.console.users_file
+
+
+def _new_password(name: str) -> str:
+    """From COURTYARD_PASSWORD (scripts), else asked twice on the terminal; never an argument."""
+    import getpass
+
+    from gateway.console.auth import MAX_PASSWORD, MIN_PASSWORD
+
+    password = os.environ.get("COURTYARD_PASSWORD")
+    if password is None:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise SystemExit("courtyard users: the passwords differ")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise SystemExit(f"courtyard users: a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Console logins in a users file (0600): add, passwd, remove, list."""
+    from pydantic import SecretStr
+
+    from gateway.config import ConsoleUser
+    from gateway.console.auth import hash_password, load_users_file, save_users_file, valid_user_name
+
+    path = _users_file(args)
+    users = load_users_file(path)
+    by_name = {u.name: u for u in users}
+    if args.action == "list":
+        for u in users:
+            print(f"{u.name}\t{u.role}")
+        return 0
+    name = args.name
+    if not name or not valid_user_name(name):
+        print("courtyard users: a user name is letters, digits and _.@- (at most 64)", file=sys.stderr)
+        return 2
+    if args.action == "add":
+        if name in by_name:
+            print(f"courtyard users: {name} exists (use passwd)", file=sys.stderr)
+            return 1
+        by_name[name] = ConsoleUser(name=name, role=args.role or "operator",
+                                    password_hash=SecretStr(hash_password(_new_password(name))))
+    elif args.action == "passwd":
+        if name not in by_name:
+            print(f"courtyard users: no user {name}", file=sys.stderr)
+            return 1
+        old = by_name[name]
+        by_name[name] = ConsoleUser(name=name, role=args.role or old.role,
+                                    password_hash=SecretStr(hash_password(_new_password(name))))
+    elif args.action == "remove" and by_name.pop(name, None) is None:
+        print(f"courtyard users: no user {name}", file=sys.stderr)
+        return 1
+    save_users_file(path, list(by_name.values()))
+    print(f"courtyard users: {args.action} {name}: done ({path}); a running gateway reads it at the next login")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,7 +522,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain log instead of the live view (automatic when stdout is not a terminal)")
     s.add_argument("--data", default="./courtyard-data/demo", help="where the demo keeps its history")
     s.add_argument("--speed", type=float, help="scenario speed factor (default: the community file's)")
+    s.add_argument("--console-port", type=int, default=8080,
+                   help="serve the duty console on 127.0.0.1:PORT (default 8080; 0: a free port; -1: none)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("users", help="console logins in a users file: add, passwd, remove, list (docs/console.md)",
+                       description="Passwords come from COURTYARD_PASSWORD or are asked on the terminal, never"
+                       " from an argument (arguments show in `ps` and shell history).")
+    s.add_argument("action", choices=["add", "passwd", "remove", "list"])
+    s.add_argument("name", nargs="?", help="the login")
+    s.add_argument("--role", choices=["viewer", "operator", "admin"], help="for add (default operator) and passwd")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", help="the gateway config naming console.users_file")
+    src.add_argument("--file", help="the users file itself")
+    s.set_defaults(func=cmd_users)
+    from gateway.rules_cli import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -6,9 +6,11 @@ retained), and also on the request's MQTT 5 response topic with its correlation 
 had one. Its own MQTT 5 connection, apart from the event sink's: requests keep flowing while
 the sink works through a backlog, and the sink's session (3.1.1) is unchanged.
 
-A result that cannot be published (broker down) is not queued: the same state is a `command`
-event in the outbox, delivered when the broker is back, and repeating the request (same id)
-returns it.
+A result that cannot be published (broker down, link cut, publish timed out) is kept in the
+outbox database (`command_results_pending`) and published, in order, as soon as the bus is
+connected again, before any newer result; so results produced during an outage are not lost,
+across restarts either. The same state is also a `command` event in the outbox, and repeating
+the request (same id) returns the current result.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ from gateway.sinks.mqtt import tls_context
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
+#: Results kept while the broker is away; beyond this the oldest go (counted `results_dropped`):
+#: their states are still `command` events in the outbox and in the journal.
+MAX_PENDING_RESULTS = 100_000
+FLUSH_BATCH = 500
+_PENDING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS command_results_pending (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    body TEXT NOT NULL,
+    correlation BLOB
+);
+"""
 #: Requests and results are small and latency-bound: no Nagle delay on our side of the link
 #: (the broker's side needs `set_tcp_nodelay true` in mosquitto.conf, docs/commands.md).
 #: Requests waiting to be read; a flood beyond this is dropped by the client, not buffered without bound.
@@ -65,6 +79,11 @@ class CommandBus:
         self.connected = asyncio.Event()
         self.counters = service.counters
         self._client: aiomqtt.Client | None = None
+        #: Operations on alarms arrive on `{prefix}/{site}/alarm/{alarm_id}/cmd/{op}` (same filter).
+        self.alarm_book: Any = None
+        self._order = asyncio.Lock()  # results leave in the order they were produced
+        self._backlog: bool | None = None  # unpublished results kept (None: not looked yet)
+        self._lost = asyncio.Event()  # set when the current connection ends: its publishes never complete
         service.listeners.append(self.publish_result)
 
     async def run(self) -> None:
@@ -81,8 +100,11 @@ class CommandBus:
                     max_queued_incoming_messages=MAX_QUEUED_REQUESTS,
                 )
                 async with client:
-                    self._client = client
+                    self._lost = asyncio.Event()
                     await client.subscribe(self.filter, qos=1)
+                    async with self._order:  # what the outage held back goes first, in order
+                        self._client = client
+                        await self._flush(client)
                     self.connected.set()
                     delays = backoff_delays(BackoffConfig(initial_s=0.2, max_s=self.cfg.backoff_max_s))
                     log.info("command requests taken on %s", self.filter)
@@ -94,6 +116,7 @@ class CommandBus:
             finally:
                 self.connected.clear()
                 self._client = None
+                self._lost.set()
             await asyncio.sleep(next(delays))
 
     async def _request(self, msg: aiomqtt.Message) -> None:
@@ -101,6 +124,9 @@ class CommandBus:
         if len(parts) != len(self.prefix.split("/")) + 4:  # {kind}/{device}/cmd/{name}
             return
         kind, device, name = parts[-4], parts[-3], parts[-1]
+        if kind == "alarm":
+            await self._alarm_op(str(msg.topic), device, name, msg.payload)
+            return
         props = msg.properties
         response = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
@@ -123,6 +149,27 @@ class CommandBus:
             self.counters.inc("bus_errors")
             log.exception("command request on %s failed", msg.topic)
 
+    async def _alarm_op(self, topic: str, alarm_id: str, op: str, payload: Any) -> None:
+        """An alarm operation: handed to the alarm book; its result on `{topic}/result` (QoS 1)."""
+        body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+        if self.alarm_book is None:
+            self.counters.inc("alarm_ops_unavailable")
+            result: dict[str, Any] = {"id": None, "alarm_id": alarm_id, "op": op, "ok": False,
+                                      "reason": "alarm_book_disabled"}
+        else:
+            try:
+                result = await self.alarm_book.mqtt_operation(alarm_id, op, bytes(body))
+            except Exception:  # one bad request never ends the subscription
+                self.counters.inc("bus_errors")
+                log.exception("alarm operation on %s failed", topic)
+                return
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await client.publish(f"{topic}/result", json.dumps(result), qos=1)
+
     def _usable_response_topic(self, topic: str) -> bool:
         """A requester's response topic, unless it would make the gateway publish where it speaks
         for devices (inside its site's prefix, only result topics are) or is not a topic."""
@@ -131,27 +178,116 @@ class CommandBus:
         return not topic.startswith(f"{self.prefix}/") or (topic.endswith("/result") and "/cmd/" in topic)
 
     async def publish_result(self, cmd: Command) -> None:
-        """Publish one state of `cmd` (QoS 1), on the result topic and the response topic if any."""
-        client = self._client
-        if client is None:
-            self.counters.inc("results_unpublished")
-            return
+        """Publish one state of `cmd` (QoS 1), on the result topic and the response topic if any;
+        kept for later when the broker cannot take it now (or older results still wait)."""
         body = cmd.result(self.site, self.service.gateway).to_json()
         topic = result_topic(self.cfg.topic_prefix, self.site, cmd.kind, cmd.device, cmd.name)
-        props: Any = None
-        if cmd.correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.CorrelationData = cmd.correlation
         targets = [topic]
         if cmd.response_topic and cmd.response_topic != topic:
             targets.append(cmd.response_topic)
+        async with self._order:
+            if self._backlog is None:
+                self._backlog = await self._pending_count() > 0
+            client = self._client
+            rows = [(target, body, cmd.correlation) for target in targets]
+            if client is not None and not self._backlog and await self._send(client, rows):
+                self.counters.inc("results_published")
+                return
+            await self._keep(rows)  # QoS 1: a result published twice is harmless (same id and state)
+
+    async def _send(self, client: aiomqtt.Client, rows: list[tuple[str, str, bytes | None]]) -> bool:
+        """Publish QoS 1 (in order, together) until acknowledged; False when the connection ends first,
+        or after `PUBLISH_TIMEOUT_S` (a publish on a dead link would otherwise wait for ever)."""
+        lost = self._lost
+        if lost.is_set():
+            return False
+        pubs: asyncio.Future[Any] = asyncio.gather(*(client.publish(topic, body, qos=1, properties=_props(corr))
+                                                     for topic, body, corr in rows))
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(lost.wait())
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                for target in targets:
-                    await client.publish(target, body, qos=1, properties=props)
-            self.counters.inc("results_published")
-        except (aiomqtt.MqttError, TimeoutError):
+            done, _ = await asyncio.wait({pubs, waiter}, timeout=PUBLISH_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if pubs in done and not pubs.cancelled() and pubs.exception() is None:
+            return True
+        pubs.cancel()
+        with contextlib.suppress(BaseException):
+            await pubs
+        return False
+
+    # --- results held back while the broker is away ------------------------------------------
+
+    async def _pending_count(self) -> int:
+        def run(db: Any) -> int:
+            db.executescript(_PENDING_SCHEMA)
+            (n,) = db.execute("SELECT COUNT(*) FROM command_results_pending").fetchone()
+            return int(n)
+        result: int = await self.service.gw.outbox.on_writer(run)
+        return result
+
+    async def _keep(self, rows: list[tuple[str, str, bytes | None]]) -> None:
+        """Store results for the next connection (oldest dropped beyond `MAX_PENDING_RESULTS`)."""
+        from gateway.outbox import transaction
+
+        def run(db: Any) -> int:
+            with transaction(db):
+                db.executemany("INSERT INTO command_results_pending (topic, body, correlation) VALUES (?, ?, ?)",
+                               rows)
+                (n,) = db.execute("SELECT COUNT(*) FROM command_results_pending").fetchone()
+                over = int(n) - MAX_PENDING_RESULTS
+                if over > 0:
+                    db.execute("DELETE FROM command_results_pending WHERE n IN (SELECT n FROM"
+                               " command_results_pending ORDER BY n LIMIT ?)", (over,))
+                return max(over, 0)
+        try:
+            dropped = await self.service.gw.outbox.on_writer(run)
+        except Exception:  # the outbox is closing: the journal and the events keep the states
             self.counters.inc("results_unpublished")
+            log.debug("result not kept", exc_info=True)
+            return
+        self._backlog = True
+        self.counters.inc("results_held", len(rows))
+        if dropped:
+            self.counters.inc("results_dropped", dropped)
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        """Publish the kept results, oldest first, deleting each batch once the broker has it."""
+        from gateway.outbox import transaction
+
+        def take(db: Any) -> list[tuple[int, str, str, bytes | None]]:
+            db.executescript(_PENDING_SCHEMA)
+            return list(db.execute("SELECT n, topic, body, correlation FROM command_results_pending"
+                                   " ORDER BY n LIMIT ?", (FLUSH_BATCH,)))
+
+        def forget(last: int) -> Any:
+            def run(db: Any) -> None:
+                with transaction(db):
+                    db.execute("DELETE FROM command_results_pending WHERE n <= ?", (last,))
+            return run
+
+        outbox = self.service.gw.outbox
+        while True:
+            rows = await outbox.on_writer(take)
+            if not rows:
+                self._backlog = False
+                return
+            # QoS 1 in flight together, in order on one connection (the broker keeps the order)
+            if not await self._send(client, [(topic, body, corr) for _, topic, body, corr in rows]):
+                self._backlog = True
+                raise aiomqtt.MqttError("result backlog not published")
+            await outbox.on_writer(forget(rows[-1][0]))
+            self.counters.inc("results_published", len(rows))
+            self.counters.inc("results_flushed", len(rows))
+
+
+def _props(correlation: bytes | None) -> Any:
+    """MQTT 5 publish properties carrying the request's correlation data, if it had any."""
+    if correlation is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.CorrelationData = correlation
+    return props
 
 
 class CommandClient:

@@ -411,6 +411,14 @@ class CommandService:
             raise CommandRejected(f"not_allowed:{cmd.requester}")
         return executor.check(cmd.name, cmd.args)
 
+    def offered(self, device: str) -> frozenset[str]:
+        """The commands `device` takes (its executor's names; none without one), for the console."""
+        try:
+            executor = self._executor(device)
+        except Exception:  # an executor that cannot be built offers nothing; submit reports why
+            return frozenset()
+        return executor.names() if executor is not None else frozenset()
+
     def _executor(self, device: str) -> Executor | None:
         if device not in self._executors:
             self._executors[device] = self._build_executor(device)

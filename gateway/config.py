@@ -28,6 +28,7 @@ from pydantic import (
 from gateway.driver import DeviceConfig
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.yamlfile import Lines, format_path, line_of, load_yaml
+from schemas.rule import Rule
 
 
 class _Strict(BaseModel):
@@ -146,8 +147,57 @@ class InfluxConfig(_Strict):
     backoff_max_s: float = Field(30.0, gt=0)
 
 
+class AlarmOpRule(_Strict):
+    """One allowlist entry of alarm operations: these requesters may do these operations on the
+    alarms of these devices (shell-style patterns; requesters as for commands: `mqtt:<user>`,
+    `cli:<login>`, `console:<user>`)."""
+
+    requesters: list[str] = Field(min_length=1)
+    devices: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    ops: list[Literal["ack", "shelve", "unshelve", "reset", "*"]] = Field(["*"], min_length=1)
+    note: str | None = None
+
+
+class AlarmLifecycleConfig(_Strict):
+    """The alarm book (docs/rules.md): acknowledgement, shelving, latching, escalation."""
+
+    enabled: bool = Field(True, description="Keep every managed alarm until a person closes it")
+    classes: list[Literal["alarm", "fault", "connectivity"]] = Field(
+        ["alarm", "fault"], description="Event classes whose alarms the book manages")
+    severities: list[Literal["critical", "major", "minor", "info"]] = Field(
+        ["critical", "major"],
+        description="Severities the book manages; other alarms close when their condition clears")
+    latch: list[str] = Field(
+        default_factory=lambda: ["*fire*", "*smoke*", "*tamper*"],
+        description="Alarm types (shell patterns) that stay active after their condition clears, until reset")
+    escalate_after_s: dict[Literal["critical", "major", "minor", "info"], float] = Field(
+        {"critical": 60.0, "major": 300.0},
+        description="An alarm not acknowledged this long after its raise gets `alarm.escalated` (once)")
+    max_shelve_s: float = Field(8 * 3600.0, gt=0, description="Longest shelving one operation may ask for")
+    allow: list[AlarmOpRule] = Field(
+        default_factory=list, description="Who may ack/shelve/unshelve/reset; everything else is `not_allowed`")
+
+    def manages(self, cls: str, severity: str | None) -> bool:
+        """Whether an alarm of this class and severity is kept in the book until closed."""
+        return self.enabled and cls in self.classes and (severity or "info") in self.severities
+
+    def latches(self, alarm_type: str) -> bool:
+        """Whether an alarm of this type latches until reset."""
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(alarm_type, p) for p in self.latch)
+
+    def allows(self, requester: str, device: str, op: str) -> bool:
+        """Whether an entry lets `requester` do `op` on the alarms of `device`."""
+        from fnmatch import fnmatchcase
+
+        return any(any(fnmatchcase(requester, p) for p in r.requesters)
+                   and any(fnmatchcase(device, p) for p in r.devices)
+                   and ("*" in r.ops or op in r.ops) for r in self.allow)
+
+
 class AlarmsConfig(_Strict):
-    """How alarms left open by a previous run are carried across a restart."""
+    """How alarms left open by a previous run are carried across a restart, and their lifecycle."""
 
     restart_grace_s: float = Field(
         60.0, ge=0,
@@ -155,6 +205,7 @@ class AlarmsConfig(_Strict):
         " it then keeps its alarm_id and is not re-published; the others are cleared (gateway_restarted)."
         " Keep it above the longest raise window (elevator outside_door_zone_s: 45 s); 0 clears at once.",
     )
+    lifecycle: AlarmLifecycleConfig = AlarmLifecycleConfig()
 
 
 class CommandRule(_Strict):
@@ -233,6 +284,66 @@ class OpsConfig(_Strict):
         return self
 
 
+ROLES = ("viewer", "operator", "admin")
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class ConsoleUser(_Strict):
+    """One console login: a name, a role and a salted scrypt hash (`courtyard users add` writes them)."""
+
+    name: str = Field(pattern=USER_NAME_PATTERN)
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer: look only; operator: also acknowledge, shelve, reset and command; admin: all of it")
+    password_hash: SecretStr = Field(
+        description="`scrypt$<n>$<r>$<p>$<salt>$<hash>` (base64), as `courtyard users add` prints; never a password")
+
+
+class ConsoleConfig(_Strict):
+    """The duty console (docs/console.md): one screen in the browser, served by the gateway itself."""
+
+    host: str = Field("127.0.0.1", description="Loopback by default; another address needs at least one user")
+    port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Empty: the ops port when `ops.port` is set (one listener), else 8080; 0: a free port")
+    users: list[ConsoleUser] = Field(default_factory=list, description="Logins kept in the config itself")
+    users_file: Path | None = Field(
+        None, description="A users file managed by `courtyard users add|passwd|remove` (0600); read at start")
+    timezone: str | None = Field(
+        None, description="IANA zone the console shows times in (e.g. Asia/Shanghai); empty: the host's zone")
+    session_ttl_s: float = Field(12 * 3600.0, gt=0, le=7 * 86400, description="A login lasts this long")
+    secure_cookies: bool = Field(
+        False, description="Mark cookies Secure (set this when a TLS proxy serves the console)")
+    max_connections: int = Field(64, ge=2, description="Open connections in total (live views hold one each)")
+    header_timeout_s: float = Field(5.0, gt=0, description="A request head must arrive this soon")
+    body_timeout_s: float = Field(10.0, gt=0, description="A request body must arrive this soon")
+    login_attempts: int = Field(5, ge=1, description="Failed logins per user or address before a pause")
+    login_window_s: float = Field(300.0, gt=0, description="The window `login_attempts` is counted over")
+
+    @field_validator("port", "users_file", "timezone", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> ConsoleConfig:
+        names = [u.name for u in self.users]
+        if len(names) != len(set(names)):
+            raise ValueError("console.users: a name appears twice")
+        return self
+
+
 class GatewayConfigBase(_Strict):
     """Top-level settings shared by every gateway."""
 
@@ -244,8 +355,22 @@ class GatewayConfigBase(_Strict):
     alarms: AlarmsConfig = AlarmsConfig()
     commands: CommandsConfig = CommandsConfig()
     ops: OpsConfig = OpsConfig()
+    console: ConsoleConfig | None = Field(
+        None, description="The duty console in the browser (docs/console.md); absent: not served")
     status_interval_s: float = Field(30.0, gt=0, description="Gateway health report period")
+    rules: list[Rule] = Field(default_factory=list, description="Linkage rules (docs/rules.md)")
+    rule_files: list[Path] = Field(default_factory=list, description="Files of rules (`rules: [...]`), loaded at"
+                                   " start; relative paths from the working directory")
     devices: list[DeviceConfig] = Field(default_factory=list)  # narrowed per driver in config_model()
+
+    @model_validator(mode="after")
+    def _console_listener(self) -> GatewayConfigBase:
+        con = self.console
+        if con is not None and self.ops.port is not None and con.port in (None, self.ops.port) \
+                and con.host != self.ops.host:
+            raise ValueError(f"console shares the ops port {self.ops.port}: set console.host to ops.host"
+                             f" ({self.ops.host}), or give the console a port of its own")
+        return self
 
 
 @cache

@@ -228,6 +228,18 @@ def event_detail(ev: Event) -> str:
         parts += _camera_detail(p)
     elif kind == "connectivity" and p.get("reason"):
         parts.append(str(p["reason"]))
+    elif kind == "rule":  # the gateway's own linkage (docs/rules.md)
+        done = [a for a in p.get("actions", []) if a["phase"] in ("do", "clear")]
+        ok = sum(1 for a in done if a["state"] == "succeeded")
+        parts.append(f"{p['rule']} ({p['phase']})")
+        if done:
+            parts.append(f"{ok}/{len(done)} commands succeeded")
+        if p.get("reason"):
+            parts.append(_words(str(p["reason"])))
+    elif kind == "alarm_lifecycle":
+        parts.append(_words(p["lifecycle_state"]))
+        if p.get("user"):
+            parts.append(f"by {p['user']}")
     if ev.quality.status != "valid":
         parts.append(f"{ev.quality.status}: {', '.join(ev.quality.reasons)}")
     return ", ".join(parts)
@@ -347,13 +359,13 @@ class DeviceRow:
         return text
 
 
-#: Event classes the recent panel shows (status lives in the device table).
+#: Event classes the recent panel shows (status lives in the device table); rule firings too.
 NOTABLE_CLASSES = frozenset({"alarm", "fault", "connectivity", "command"})
 
 
 def is_notable(ev: Event) -> bool:
     """Alarms, faults, link changes and anything above `info`: what the recent panel lists."""
-    return ev.class_ in NOTABLE_CLASSES or ev.severity != "info"
+    return ev.class_ in NOTABLE_CLASSES or ev.severity != "info" or ev.type.startswith("rule.")
 
 
 @dataclass
@@ -380,7 +392,7 @@ class DemoView:
             if ev.alarm_id:
                 if ev.state == "raised":
                     self.alarms[ev.alarm_id] = ev
-                else:
+                elif ev.state == "cleared":  # the alarm book's transitions (momentary) keep it listed
                     self.alarms.pop(ev.alarm_id, None)
             if is_notable(ev):
                 self.recent.append(ev)
@@ -513,13 +525,31 @@ def _quiet_logging_for_live_view() -> list[tuple[logging.Handler, int]]:
     return saved
 
 
-async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, speed: float | None = None) -> int:
-    """Run the demo until Ctrl-C / SIGTERM or `duration` seconds."""
+def demo_console(port: int) -> tuple[dict[str, Any], str, str]:
+    """The demo's console section (loopback) with a generated operator login: (section, user, password).
+
+    The demo's allowlist lets that operator command every device (a real site lists its own).
+    """
+    from gateway.console.auth import hash_password
+
+    user, password = "operator", secrets.token_urlsafe(12)
+    section = {"host": "127.0.0.1", "port": port,
+               "users": [{"name": user, "role": "operator", "password_hash": hash_password(password)}]}
+    return section, user, password
+
+
+async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, speed: float | None = None,
+                   console_port: int | None = 8080) -> int:
+    """Run the demo until Ctrl-C / SIGTERM or `duration` seconds (with the duty console unless port is None)."""
     from simulators.scenario.model import load_scenario
     from simulators.scenario.runner import Infra, ScenarioRunner
 
     if not headless and not sys.stdout.isatty():
         headless = True  # a pipe or a file gets the plain log; the live view needs a terminal
+    if console_port and _listening("127.0.0.1", console_port):
+        print(f"courtyard demo: 127.0.0.1:{console_port} is taken, so the console cannot serve there: pass"
+              " --console-port P (0: any free port, -1: no console)", file=sys.stderr)
+        return 2
     make_private_dirs(data_dir)  # 0700: the history holds plates in clear
     scenario = load_scenario(community_scenario())
     generate_secrets(scenario)
@@ -545,8 +575,17 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
             await _sweep(broker, sweep, "left by an earlier run")
         await runner.start()
         mqtt = {"host": broker.host, "port": broker.port, "backoff_max_s": 2.0} if broker.host else None
-        cfg = parse_config(runner.gateway_config(data_dir=data_dir, mqtt=mqtt, gateway_id="gw-demo"),
-                           source="<demo>")
+        raw = runner.gateway_config(data_dir=data_dir, mqtt=mqtt, gateway_id="gw-demo")
+        login = None
+        if console_port is not None:
+            raw["console"], *login = demo_console(console_port)
+            # Added to what the scenario allows (its rules keep their own entries).
+            raw.setdefault("commands", {}).setdefault("allow", []).append(
+                {"requesters": ["console:*"], "devices": ["*"], "commands": ["*"], "note": "the demo's operator"})
+            # and may acknowledge, shelve and reset alarms (the alarm book's own allowlist)
+            raw.setdefault("alarms", {}).setdefault("lifecycle", {}).setdefault("allow", []).append(
+                {"requesters": ["console:*"], "devices": ["*"], "ops": ["*"]})
+        cfg = parse_config(raw, source="<demo>")
         sweep = f"{cfg.mqtt.topic_prefix}/{cfg.site}/#"
         gw = Gateway(cfg, scenario=scenario.scenario)
         view = DemoView(cfg.mqtt.topic_prefix, cfg.site)
@@ -567,6 +606,9 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
               f"{plural(len(cfg.devices), 'simulated device')}; subscribe: {sub}; "
               "camera tokens and the credential key are generated for this run", flush=True)
         async with gw:
+            if gw.console is not None and login:
+                print(f"courtyard demo: duty console at {gw.console.url} (user {login[0]}, password {login[1]};"
+                      " generated for this run)", flush=True)
             infra = Infra(broker=broker if broker.owned else None)
             play = asyncio.create_task(runner.play(infra, loop_forever=True))
             if headless:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,8 @@ class DeviceConfig(BaseModel):
     vendor: str | None = None
     model: str | None = None
     location: Location = Location()
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]] = Field(
+        default_factory=list, max_length=32, description="Free labels rules select devices by (evacuation, lobby)")
     enabled: bool = True
     offline_after: int = Field(3, ge=1, description="Consecutive misses before `device.offline`")
     backoff: BackoffConfig = BackoffConfig()

@@ -220,17 +220,26 @@ class OpsServer:
         self.port: int = cfg.port
         self.counters: dict[str, int] = {}  # refusals, per reason (also exported)
         self._routes: list[tuple[str, str, Handler]] = []
+        self._own_auth: set[Handler] = set()  # routes that check their own sessions (the console)
+        #: Largest request body; the ops routes take none, the console raises it for its JSON.
+        self.client_max_size = 1024
         self._runner: web.AppRunner | None = None
         self._guard: Any = None
         self.add_route("GET", "/metrics", self._metrics)
         self.add_route("GET", "/healthz", self._healthz)
         self.add_route("GET", "/readyz", self._readyz)
 
-    def add_route(self, method: str, path: str, handler: Handler) -> None:
-        """Serve `handler` too (the console shares this port); call before `start()`."""
+    def add_route(self, method: str, path: str, handler: Handler, *, own_auth: bool = False) -> None:
+        """Serve `handler` too (the console shares this port); call before `start()`.
+
+        `own_auth`: the handler authenticates its requests itself (console sessions), so the
+        bearer token does not apply to it.
+        """
         if self._runner is not None:
             raise RuntimeError("routes must be added before the ops server starts")
         self._routes.append((method, path, handler))
+        if own_auth:
+            self._own_auth.add(handler)
 
     def count(self, error: str, reason: str) -> None:
         """One refused connection or request (the connection guard calls this as well)."""
@@ -240,7 +249,7 @@ class OpsServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.cfg.token
-        if token is not None:
+        if token is not None and request.match_info.handler not in self._own_auth:
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token.get_secret_value()}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -253,7 +262,7 @@ class OpsServer:
         """Bind and serve; with port 0 the chosen port is in `self.port`."""
         from drivers.http_plate_reader.listener import _Guard, _GuardedSite
 
-        app = web.Application(client_max_size=1024, middlewares=[self._auth])  # GETs only: no bodies
+        app = web.Application(client_max_size=self.client_max_size, middlewares=[self._auth])
         for method, path, handler in self._routes:
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=self.cfg.header_timeout_s,
@@ -294,10 +303,16 @@ class OpsServer:
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
-async def start_ops(gw: Gateway) -> OpsServer | None:
-    """The configured ops server, started; None when `ops.port` is unset."""
+async def start_ops(gw: Gateway, console: Any = None) -> OpsServer | None:
+    """The configured ops server, started; None when `ops.port` is unset.
+
+    `console` (a `ConsoleServer` configured to share this port) adds its routes first.
+    """
     cfg = gw.config.ops
     if cfg.port is None:
         return None
-    return await OpsServer(gw, cfg).start()
+    server = OpsServer(gw, cfg)
+    if console is not None:
+        console.attach(server)
+    return await server.start()
 

@@ -769,6 +769,17 @@ class Outbox:
             lambda: [r[0] for r in self._require_db().execute("SELECT body FROM open_alarms ORDER BY rowid")])
         return result
 
+    async def book_alarms(self) -> list[str]:
+        """Bodies the alarm book keeps retained for alarms not closed (gateway/alarm_book.py)."""
+        def read() -> list[str]:
+            try:
+                return [r[0] for r in self._require_db().execute(
+                    "SELECT body FROM alarm_book WHERE state != 'closed' ORDER BY rowid")]
+            except sqlite3.OperationalError:  # no alarm book in this database
+                return []
+        result: list[str] = await self._run(read)
+        return result
+
     # --- inspection ------------------------------------------------------------------------
 
     async def backlog(self) -> dict[str, int]:

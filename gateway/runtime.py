@@ -344,6 +344,8 @@ class Gateway:
         self._shared_lock = asyncio.Lock()
         self._confirm: RestartConfirmation | None = None
         self.commands: Any = None  # gateway.commands.CommandService, once started
+        self.rules: Any = None  # gateway.rules.RuleService, once started (when the config has rules)
+        self.alarm_book: Any = None  # gateway.alarm_book.AlarmBook, once started (alarms.lifecycle)
         #: Bring the broker's retained topics in line with this config (off when the gateway
         #: runs none of its devices, as `courtyard replay --config` does).
         self.reconcile = reconcile
@@ -352,6 +354,7 @@ class Gateway:
         #: Prometheus registry of this gateway (`ops.port` serves it; features add their metrics here).
         self.metrics = GatewayMetrics(self)
         self.ops_server: OpsServer | None = None
+        self.console: Any = None  # gateway.console.server.ConsoleServer, when the config has `console:`
 
     async def _get_shared(self, key: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         async with self._shared_lock:
@@ -363,12 +366,33 @@ class Gateway:
         """Open the outbox, close alarms a previous run left open, start sinks, then devices."""
         await self.outbox.open()
         await self._close_stale_alarms()  # before any driver runs: they emit through self._admit
+        if self.config.alarms.lifecycle.enabled and self.reconcile:
+            from gateway.alarm_book import AlarmBook
+
+            self.alarm_book = AlarmBook(self)
+            await self.alarm_book.start()  # follows the committed stream before the first driver event
+        shared_console = None
+        if self.config.console is not None and self.reconcile:  # a replay (`courtyard replay -c`) serves none
+            from gateway.console.server import ConsoleServer
+
+            try:
+                self.console = ConsoleServer(self, self.config.console)
+            except BaseException:
+                if self.alarm_book is not None:
+                    await self.alarm_book.stop()
+                await self.outbox.close()
+                raise
+            await self.console.live.attach()  # before any driver runs: the console sees every event
+            if self.config.ops.port is not None and self.config.console.port in (None, self.config.ops.port):
+                shared_console = self.console
         if self.config.ops.port is not None:
             from gateway.ops import start_ops
 
             try:  # a configured ops port that cannot be served is fatal: the operator would be blind
-                self.ops_server = await start_ops(self)
+                self.ops_server = await start_ops(self, shared_console)
             except BaseException:
+                if self.console is not None:
+                    self.console.live.stop()
                 await self.outbox.close()
                 raise
         self._bind_sinks()
@@ -399,6 +423,9 @@ class Gateway:
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
         await self._start_grace()
         await self._start_commands()
+        await self._start_rules()
+        if self.console is not None:
+            await self._start_console()
         log.info("gateway %s started: %d device%s, sinks: %s", self.config.gateway_id, len(self.devices),
                  "" if len(self.devices) == 1 else "s",
                  ", ".join(s.name for s in self.sinks) or "none (local history only)")
@@ -414,7 +441,31 @@ class Gateway:
         bus = self.commands.bus = CommandBus(self.config.mqtt, self.commands) if self.config.mqtt.enabled else None
         await self.commands.start()  # the journal exists before the first request can arrive
         if bus is not None:
+            bus.alarm_book = self.alarm_book
             self._spawn(bus.run(), "commands-mqtt")
+
+    async def _start_rules(self) -> None:
+        """Linkage rules, after the command journal (their actions are commands)."""
+        if not self.reconcile:  # a replay acts on nothing
+            return
+        from gateway.rules import RuleService, load_rules
+
+        rules = load_rules(self.config)
+        if not rules:
+            return
+        self.rules = RuleService(self, rules)
+        await self.rules.start()
+    async def _start_console(self) -> None:
+        """Serve the duty console (its own listener, or the ops one); a console that cannot bind is fatal."""
+        assert self.console is not None
+        try:
+            if self.console.shared:
+                await self.console.start_shared()
+            else:
+                await self.console.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _close_stale_alarms(self) -> None:
         """Take over the alarms the previous run raised and never cleared.
@@ -542,8 +593,13 @@ class Gateway:
                     await aclose()
                 except Exception:
                     log.exception("closing shared %s failed", key)
+        if self.rules is not None:
+            await self.rules.stop()
         if self.commands is not None:
             await self.commands.stop()
+        if self.alarm_book is not None:
+            await self.alarm_book.wait_idle()
+            await self.alarm_book.stop()
         if self.sinks:
             await self.drain(flush_timeout)
         stopped = self._stopped_availability()
@@ -555,6 +611,8 @@ class Gateway:
             t.cancel()
         await asyncio.gather(*sink_tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.console is not None:
+            await self.console.aclose()
         if self.ops_server is not None:
             await self.ops_server.aclose()
             self.ops_server = None

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import AwareDatetime, BaseModel, Field, create_model, model_validator
 
 from schemas.access import AccessPayload
+from schemas.alarm import AlarmLifecyclePayload
 from schemas.camera import CameraPayload
 from schemas.command import CommandPayload
 from schemas.common import (
@@ -27,10 +28,12 @@ from schemas.common import (
 from schemas.elevator import ElevatorPayload
 from schemas.lpr import LprPayload
 from schemas.pa import PaPayload
+from schemas.rule import RulePayload
 
 # One line per payload family; the discriminator is the payload's `kind`.
 Payload = Annotated[
-    ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload | CameraPayload | CommandPayload,
+    ElevatorPayload | ConnectivityPayload | LprPayload | PaPayload | AccessPayload | CameraPayload | CommandPayload
+    | AlarmLifecyclePayload | RulePayload,
     Field(discriminator="kind"),
 ]
 

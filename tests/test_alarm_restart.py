@@ -18,6 +18,10 @@ from tests.mqtt_support import retained
 from tests.servers import Mosquitto, free_port
 from tests.test_mqtt_retained import connected, lift
 
+#: These tests are about raise/clear pairs across restarts; the alarm book's transitions on top of
+#: them (and what they keep retained) are tested in test_alarm_book.py.
+RAW: dict[str, Any] = {"lifecycle": {"enabled": False}}
+
 
 def faults(db: Path, dev: str | None = None) -> list[dict[str, Any]]:
     return [e for e in (json.loads(r.body) for r in query(db, device=dev))
@@ -29,7 +33,7 @@ async def test_a_fault_held_across_a_restart_is_confirmed_not_flapped(tmp_path: 
     port = free_port()
     site = "grace-site"
     db = tmp_path / "outbox.db"
-    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=site, alarms={"restart_grace_s": 3},
+    cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=site, alarms={"restart_grace_s": 3, **RAW},
                                    devices=[lift("lift-1", port, 1), lift("lift-2", port, 2)]))
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(), 2: ElevatorModel()})
     async with sim, MqttCollector(mosquitto.host, mosquitto.port, f"courtyard/{site}/#") as col:
@@ -67,7 +71,7 @@ async def test_offline_device_back_online_clears_its_old_alarm_at_once(tmp_path:
     port = free_port()
     db = tmp_path / "outbox.db"
     dev = lift("lift-1", port) | {"offline_after": 1, "backoff": {"initial_s": 0.1, "max_s": 0.2}}
-    cfg = parse_config(base_config(tmp_path, devices=[dev], alarms={"restart_grace_s": 60}))
+    cfg = parse_config(base_config(tmp_path, devices=[dev], alarms={"restart_grace_s": 60, **RAW}))
     async with Gateway(cfg):  # nothing listens: the lift goes offline
         await eventually(lambda: any(json.loads(r.body)["type"] == "device.offline" for r in query(db)))
     async with ElevatorSimulator(port=port, elevators={1: ElevatorModel()}), Gateway(cfg):
@@ -82,8 +86,8 @@ async def test_restart_clears_only_this_configs_devices(tmp_path: Path) -> None:
     """Two configs on one data folder: starting one must not close the other's alarms."""
     port = free_port()
     db = tmp_path / "outbox.db"
-    first = parse_config(base_config(tmp_path, devices=[lift("lift-a", port)], alarms={"restart_grace_s": 0}))
-    second = parse_config(base_config(tmp_path, devices=[lift("lift-b", port)], alarms={"restart_grace_s": 0}))
+    first = parse_config(base_config(tmp_path, devices=[lift("lift-a", port)], alarms={"restart_grace_s": 0, **RAW}))
+    second = parse_config(base_config(tmp_path, devices=[lift("lift-b", port)], alarms={"restart_grace_s": 0, **RAW}))
     async with ElevatorSimulator(port=port, elevators={1: ElevatorModel()}) as sim:
         async with Gateway(first):
             await sim.inject("fault_code", 7)
@@ -106,7 +110,7 @@ async def test_unconfirmed_alarm_is_cleared_when_grace_ends_even_after_reconnect
     site = "grace-end-site"
     db = tmp_path / "outbox.db"
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site=site, devices=[lift("lift-1", port)],
-                                   alarms={"restart_grace_s": 2}))
+                                   alarms={"restart_grace_s": 2, **RAW}))
     async with ElevatorSimulator(port=port, elevators={1: ElevatorModel()}) as sim:
         async with Gateway(cfg) as gw:
             await sim.inject("fault_code", 7)

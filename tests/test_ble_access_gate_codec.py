@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from drivers.ble_access_gate import codec
 from drivers.ble_access_gate.config import BleAccessGateConfig
 from drivers.ble_access_gate.normalize import REJECTED_TYPE, Normalizer, SeqTracker
 from drivers.ble_access_gate.tables import load_enumerations, load_table
-from gateway.errors import DecodeError
+from gateway.errors import ConfigError, DecodeError
 from schemas.access import AccessPayload
 from simulators.access_gate.model import GateModel
 from simulators.access_gate.testing import CountingCounters
@@ -353,5 +354,5 @@ def test_bad_tables_fail_when_loaded(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("namespace: bad\nraw_code: 'x'\nevents:\n  - {code: 1, type: door.held_open, state: raised}\n",
                    encoding="utf-8")
-    with pytest.raises(ValueError, match="alarm"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))}:4: events\[0\]: .*needs an `alarm` key"):
         load_table(str(bad))

@@ -109,7 +109,7 @@ async def test_e2e_gates_to_mqtt_and_influx(tmp_path: Path, mosquitto: Mosquitto
         assert len(present) == 1, (ev, present)
         row = by_id[present[0]]
         assert (row["device"], row["type"], row["severity"]) == (ev["device"]["id"], ev["type"], ev["severity"])
-        if present[0] == ev["id"] and ev["payload"]["credential_hash"]:
+        if present[0] == ev["id"] and ev["payload"].get("credential_hash"):
             assert row["credential_hash"] == ev["payload"]["credential_hash"]
     assert collisions == 0
     assert len(by_id) >= len(accepted) - sum(e["class"] == "connectivity" for e in accepted)

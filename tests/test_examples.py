@@ -167,6 +167,9 @@ def _flags_exist(snippet: str) -> None:
     parser = parsers[words[1]]
     if words[1] == "simulate" and len(words) > 2 and words[2] in SIMULATORS:
         parser = simulator_parser(words[2])
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if nested and len(words) > 2 and words[2] in nested[0].choices:  # `courtyard rules test ...`
+        parser = nested[0].choices[words[2]]
     known = set(parser._option_string_actions)
     for word in words[2:]:
         if word.startswith("-"):

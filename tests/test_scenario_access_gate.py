@@ -20,7 +20,7 @@ from gateway.runtime import Gateway
 from simulators.scenario.access_gate import AccessGateAdapter
 from simulators.scenario.adapter import UnknownAction
 from simulators.scenario.model import Location, ScenarioDevice
-from tests.helpers import base_config, eventually
+from tests.helpers import base_config, decoded, eventually
 
 SPEED = 10.0
 #: Every arrival is a plain granted passage: scripted runs are exact.
@@ -244,7 +244,7 @@ async def scripted(tmp_path: Path, seed: int, recording: Path | None = None) -> 
         await run.act(g, "clear", "tamper")
         await run.wait(lambda e: count(e, "device.tamper") == 2, "gate-s")
         await asyncio.sleep(0.2)
-        return run.events("gate-s")
+        return decoded(run.events("gate-s"))
 
 
 def signature(evs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

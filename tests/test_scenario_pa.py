@@ -21,7 +21,7 @@ from gateway.runtime import Gateway
 from simulators.scenario.adapter import UnknownAction
 from simulators.scenario.model import ScenarioDevice
 from simulators.scenario.pa import PaAdapter
-from tests.helpers import base_config, eventually
+from tests.helpers import base_config, decoded, eventually
 
 QUIET = {"rate": 0, "music": False}  # no random pages, zones idle: scripted runs only
 
@@ -153,7 +153,7 @@ async def test_behaviour_and_device_faults_pair_up_and_replay(adapter: PaAdapter
     # Replay: the recording, fed through fresh drivers at its recorded times, gives the same events.
     replayed = [e.model_dump(mode="json", by_alias=True) async for e in replay_events(rec_path)]
     for dev_id in ("pa-a", "pa-b"):
-        live = [strip(e) for e in events(tmp_path, dev_id)]
+        live = [strip(e) for e in decoded(events(tmp_path, dev_id))]
         again = [strip(e) for e in replayed if e["device"]["id"] == dev_id]
         assert again == live
     assert any(e["type"] == "pa.emergency_broadcast" for e in replayed)

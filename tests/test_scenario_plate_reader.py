@@ -21,7 +21,7 @@ from gateway.runtime import Gateway
 from simulators.scenario.adapter import UnknownAction
 from simulators.scenario.model import ScenarioDevice
 from simulators.scenario.plate_reader import PlateReaderAdapter
-from tests.helpers import base_config, eventually
+from tests.helpers import base_config, decoded, eventually
 
 SPEED = 10.0
 RESIDENT = "京A12345"
@@ -182,7 +182,7 @@ async def assert_replays(tmp_path: Path, recording: Path) -> None:
     def strip(e: dict[str, Any]) -> str:
         return json.dumps({k: v for k, v in e.items() if k not in ("id", "received")}, sort_keys=True)
 
-    live = sorted(strip(e) for e in events(tmp_path))
+    live = sorted(strip(e) for e in decoded(events(tmp_path)))
     replayed = sorted([strip(e.model_dump(mode="json", by_alias=True)) async for e in replay_events(
         recording, counters=Counters())])
     assert replayed == live

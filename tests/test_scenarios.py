@@ -11,6 +11,7 @@ from gateway.replay import replay_events
 from scenarios import files as shipped
 from simulators.scenario.model import Scenario, load_scenario
 from simulators.scenario.runner import Infra, ScenarioRunner, check_expectations
+from tests.helpers import decoded
 from tests.scenario_support import play
 from tests.servers import Mosquitto
 
@@ -59,7 +60,9 @@ async def test_record_then_replay_gives_the_same_events(tmp_path: Path, mosquitt
     rec = tmp_path / "recording.jsonl"
     played = await play(scenario, tmp_path, mosquitto, speed=4, record=rec)
     replayed = [e.model_dump(mode="json", by_alias=True) async for e in replay_events(rec)]
-    live, again = per_device(played.accepted), per_device(replayed)
+    # A replay reproduces what the drivers decoded; the alarm book's transitions and rule firings
+    # are the running gateway's own doing, not derived from recorded inputs.
+    live, again = per_device(decoded(played.accepted)), per_device(replayed)
     assert again == live, _first_difference(live, again)
     assert any(e["type"] == "elevator.passenger_trapped" for e in replayed)
 

@@ -133,8 +133,10 @@ async def test_mqtt_tls_verifies_the_server(tmp_path: Path, tls_broker: Mosquitt
 async def test_retained_topics_for_late_subscribers(tmp_path: Path, mosquitto: Mosquitto) -> None:
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=1.0)})
+    # Without the alarm book, a clear empties the retained alarm (with it, closing does: test_alarm_book.py).
     cfg = parse_config(base_config(tmp_path, mqtt=mosquitto, site="retained-site",
-                                   devices=[lift(port) | {"thresholds": {"trapped_s": 0.5}}]))
+                                   devices=[lift(port) | {"thresholds": {"trapped_s": 0.5}}],
+                                   alarms={"lifecycle": {"enabled": False}}))
     async with sim, Gateway(cfg) as gw:
         await asyncio.sleep(3)
         await sim.inject("trapped")

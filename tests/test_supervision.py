@@ -191,3 +191,27 @@ async def test_backoff_starts_afresh_after_a_good_read(
         await eventually(lambda: len(waits) > before, timeout=10)
     assert waits[0] == pytest.approx(0.2) and waits[1] == pytest.approx(0.4)
     assert waits[before] == pytest.approx(0.2)  # answered in between: from the start again
+
+
+async def test_stop_cancels_again_a_device_task_that_swallowed_its_cancellation(tmp_path: Path) -> None:
+    """A protocol library can turn a cancellation into a link error; stop() must still end."""
+    cfg = parse_config(base_config(tmp_path))
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed >= 3:
+                    raise
+
+    gw = Gateway(cfg)
+    await gw.start()
+    task = asyncio.create_task(stubborn(), name="device-stubborn")
+    gw._tasks.append(task)
+    await asyncio.sleep(0)
+    await asyncio.wait_for(gw.stop(), 30)  # one cancel only would wait here forever
+    assert task.done() and swallowed == 3

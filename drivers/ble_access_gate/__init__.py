@@ -17,6 +17,8 @@ DRIVER = DriverSpec(
     simulator="access_gate",
     simulator_module="simulators.access_gate",
     scenario_adapter="simulators.scenario.access_gate:AccessGateAdapter",
+    # Commands (docs/commands.md): the executor, built as `Class(config)` by the command journal.
+    extras={"commands": "drivers.ble_access_gate.commands:GateCommands"},
 )
 
 __all__ = ["DRIVER", "BleAccessGateConfig"]

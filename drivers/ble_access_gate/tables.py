@@ -11,9 +11,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from gateway.yamlfile import load_model
 from schemas.access import CredentialType, DenyReason, DoorMode
 from schemas.common import AlarmState, EventClass, Severity
 
@@ -98,18 +98,17 @@ class Enumerations(BaseModel):
     directions: dict[int, Literal["in", "out", "unknown"]]
     reasons: dict[int, DenyReason | None]
     modes: dict[int, DoorMode]
+    command_refusals: dict[int, str] = {}
 
 
 @cache
 def load_table(name_or_path: str) -> CodeTable:
     """Load a built-in table by name (`cogp`, `hik`) or any table file by path."""
     path = TABLE_DIR / f"{name_or_path}.yaml" if name_or_path in BUILTIN_TABLES else Path(name_or_path)
-    with path.open(encoding="utf-8") as fh:
-        return CodeTable.model_validate(yaml.safe_load(fh))
+    return load_model(CodeTable, path)  # ConfigError: "table.yaml:12: events.3: ..."
 
 
 @cache
 def load_enumerations() -> Enumerations:
     """The profile's enumerations."""
-    with (TABLE_DIR / "profile.yaml").open(encoding="utf-8") as fh:
-        return Enumerations.model_validate(yaml.safe_load(fh))
+    return load_model(Enumerations, TABLE_DIR / "profile.yaml")

@@ -17,6 +17,8 @@ DRIVER = DriverSpec(
     simulator="camera",
     simulator_module="simulators.camera",
     scenario_adapter="simulators.scenario.camera:CameraAdapter",
+    # Commands (docs/commands.md): the executor, built as `Class(config)` by the command journal.
+    extras={"commands": "drivers.camera.commands:CameraCommands"},
 )
 
 __all__ = ["DRIVER", "CameraConfig"]

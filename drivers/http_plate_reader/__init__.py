@@ -17,6 +17,8 @@ DRIVER = DriverSpec(
     simulator="plate_reader",
     simulator_module="simulators.plate_reader",
     scenario_adapter="simulators.scenario.plate_reader:PlateReaderAdapter",
+    # Commands (docs/commands.md): the executor, built as `Class(config)` by the command journal.
+    extras={"commands": "drivers.http_plate_reader.commands:PlateReaderCommands"},
 )
 
 __all__ = ["DRIVER", "HttpPlateReaderConfig"]

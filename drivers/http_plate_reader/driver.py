@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from drivers.http_plate_reader.barrier import IsapiBarrier
+from drivers.http_plate_reader.commands import mailbox, reply_instruction
 from drivers.http_plate_reader.config import HttpPlateReaderConfig
 from drivers.http_plate_reader.decoder import STUCK, Decoded, Outcome, PlateDecoder
 from drivers.http_plate_reader.listener import Policy, PushReply, PushRequest, error_body, open_listener
@@ -77,6 +79,8 @@ class HttpPlateReader(PushDriver):
             for path in cfg.url_paths:
                 listener.unregister(path, self)
             raise DeviceUnavailable(str(exc)) from exc
+        if cfg.protocol == "zhenshi" or cfg.gate_input is not None:  # commands: delivery and read-back
+            mailbox(cfg.id).gate_state = lambda: self.plates.gate_state
         paths = " ".join(cfg.url_paths)
         self.ctx.log.info("camera %s listening on %s:%s %s", cfg.id, cfg.listen_host, listener.port, paths)
         try:
@@ -164,9 +168,32 @@ class HttpPlateReader(PushDriver):
             return PushReply(500, error_body("internal", "the push could not be decoded"))
         outcome = decoded[0]
         reply = await self._answer(outcome)
+        if self.cfg.protocol == "zhenshi" and outcome.alive and reply.status == 200:
+            reply = self._deliver_command(outcome, reply)
         if outcome.alive:  # after the push's own events, as a replay (push, then link change) orders them
             await self._seen()
         return reply
+
+    def _deliver_command(self, outcome: Outcome, reply: PushReply) -> PushReply:
+        """The reply channel: the camera spoke (commands delivered earlier are taken); a queued
+        command rides this reply unless it is a plate read's (that one carries its own decision)."""
+        box = mailbox(self.cfg.id)
+        box.seen()
+        if outcome.decision is not None or outcome.duplicate or any(
+                d.type == "lpr.plate_read" for d in outcome.drafts):
+            return reply
+        item = box.take(asyncio.get_running_loop().time())
+        if item is None:
+            return reply
+        try:
+            doc = json.loads(reply.body)
+        except ValueError:
+            return reply
+        if not isinstance(doc, dict):
+            return reply
+        doc.update(reply_instruction(item))
+        self.ctx.counters.inc("lpr.commands_delivered")
+        return PushReply(reply.status, json.dumps(doc, ensure_ascii=False).encode(), reply.content_type, reply.headers)
 
     async def _answer(self, outcome: Outcome) -> PushReply:
         """The reply to a committed push; a duplicate answers as its original, once that is committed."""

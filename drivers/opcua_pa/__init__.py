@@ -17,6 +17,8 @@ DRIVER = DriverSpec(
     simulator="pa",
     simulator_module="simulators.pa",
     scenario_adapter="simulators.scenario.pa:PaAdapter",
+    # Commands (docs/commands.md): the executor, built as `Class(config)` by the command journal.
+    extras={"commands": "drivers.opcua_pa.commands:PaCommandExecutor"},
 )
 
 __all__ = ["DRIVER", "OpcUaPaConfig"]

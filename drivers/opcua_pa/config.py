@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from drivers.opcua_pa.nodemap import load_map
+from drivers.opcua_pa.nodemap import builtin_maps, load_map
 from gateway.driver import DeviceConfig
+from gateway.errors import ConfigError
 
 
 class OpcUaPaConfig(DeviceConfig):
@@ -31,8 +32,9 @@ class OpcUaPaConfig(DeviceConfig):
     def _map_loads(cls, v: str) -> str:
         try:
             load_map(v)
-        except FileNotFoundError as exc:
-            raise ValueError(f"node map not found: {v}") from exc
-        except Exception as exc:
-            raise ValueError(f"node map {v} is invalid: {exc}") from exc
+        except FileNotFoundError:
+            raise ValueError(f"node map {v!r} not found (shipped: {', '.join(builtin_maps())})") from None
+        except ConfigError as exc:  # the map's own file:line: path: message, first problem first
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            raise ValueError(f"node map {v!r} is invalid: {exc.problems[0]}{more}") from None
         return v

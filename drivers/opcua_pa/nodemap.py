@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.yamlfile import load_model
 
 MAPS_DIR = Path(__file__).parent / "maps"
 
@@ -115,6 +116,36 @@ class Emergency(_Model):
     message: Point | None = None
 
 
+class CommandMethod(_Model):
+    """One command as an OPC UA method call: its BrowseName on the commands object.
+
+    The arguments are fixed per command (docs/commands.md): `emergency_start(zones: String,
+    message: String, priority: Int32)`, `emergency_stop()`, `play(zones: String, clip: String)`,
+    `set_volume(zone: String, db: Double)`; zones are comma-separated ids, empty for all. Every
+    method returns one Int32 result code, looked up in `PaCommands.results` (0 = done).
+    """
+
+    method: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PaCommands(_Model):
+    """Commands the PA system takes (`commands:` in the map), each confirmed by reading nodes back."""
+
+    object: str = Field(description="Browse path (from Objects) of the object holding the methods")
+    results: dict[int, str] = Field(default_factory=lambda: {0: "ok"},
+                                    description="Result code -> reason; 0 means the system did it")
+    clips: tuple[str, ...] = Field((), description="Clips the system holds; empty: not checked by the gateway")
+    emergency_start: CommandMethod | None = None
+    emergency_stop: CommandMethod | None = None
+    play: CommandMethod | None = None
+    set_volume: CommandMethod | None = None
+
+    def offered(self) -> dict[str, CommandMethod]:
+        """Command name -> method, for the commands this map describes."""
+        names = ("emergency_start", "emergency_stop", "play", "set_volume")
+        return {n: m for n in names if (m := getattr(self, n)) is not None}
+
+
 class NodeMap(_Model):
     """A whole vendor's PA system."""
 
@@ -129,6 +160,7 @@ class NodeMap(_Model):
     lines: tuple[Line, ...] = ()
     power: Power = Power()
     emergency: Emergency | None = None
+    commands: PaCommands | None = None
 
     @field_validator("enums")
     @classmethod
@@ -223,9 +255,7 @@ def map_path(ref: str) -> Path:
 
 @functools.cache
 def _load_cached(path: Path, mtime: float) -> NodeMap:
-    with path.open(encoding="utf-8") as f:
-        data: Any = yaml.safe_load(f)
-    return NodeMap.model_validate(data)
+    return load_model(NodeMap, path)  # ConfigError: "vendor.yaml:12: zones.z1.source: ..."
 
 
 def load_map(ref: str) -> NodeMap:

@@ -16,6 +16,7 @@ def build_sinks(config: GatewayConfigBase, counters: Counters) -> list[Sink]:
         sinks.append(MqttSink(
             config.mqtt, site=config.site, gateway_id=config.gateway_id, counters=counters,
             health=counters.snapshot, status_interval_s=config.status_interval_s,
+            lifecycle=config.alarms.lifecycle,
         ))
     if config.influx.url:
         from gateway.sinks.influx import InfluxSink

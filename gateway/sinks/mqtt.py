@@ -41,7 +41,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import BackoffConfig, backoff_delays
-from gateway.config import MqttConfig
+from gateway.config import AlarmLifecycleConfig, MqttConfig
 from gateway.metrics import Counters
 from gateway.outbox import Outbox, Stored
 from gateway.sinks.base import Sink
@@ -96,8 +96,11 @@ class MqttSink(Sink):
         counters: Counters,
         health: Callable[[], dict[str, Any]] | None = None,
         status_interval_s: float = 30.0,
+        lifecycle: AlarmLifecycleConfig | None = None,
     ) -> None:
         self.cfg = cfg
+        #: The alarm book's policy: which alarms stay retained after their clear, until closed.
+        self.lifecycle = lifecycle
         self.site = site
         self.gateway_id = gateway_id
         self.counters = counters.child("mqtt.")
@@ -246,9 +249,39 @@ class MqttSink(Sink):
             self._merge_state(row)
         elif row.cls == "connectivity":
             pub.publish(f"{base}/availability", row.body, retain=True)
-        # An offline device is an active alarm too.
+        # An offline device is an active alarm too. The row's columns route it: no JSON parse.
         if row.alarm_id and row.cls in ("alarm", "fault", "connectivity"):
-            pub.publish(f"{base}/alarm/{row.alarm_id}", row.body if row.state == "raised" else b"", retain=True)
+            body = self._retained_alarm(row)
+            if body is not None:
+                pub.publish(f"{base}/alarm/{row.alarm_id}", body, retain=True)
+
+    def _retained_alarm(self, row: Stored) -> str | bytes | None:
+        """What `alarm/{alarm_id}` holds after this row: its body, empty, or unchanged (None).
+
+        A raise is retained. An alarm-book transition (`alarm.<transition>`, momentary) replaces
+        it, and empties it once the alarm is closed. A clear empties it unless the book keeps
+        that alarm until a person closes it (its `alarm.cleared`/`alarm.closed` follows).
+        """
+        if row.state == "raised":
+            return row.body
+        if row.state == "momentary":
+            if not row.type.startswith("alarm."):
+                return None
+            try:
+                payload = json.loads(row.body).get("payload") or {}
+            except (ValueError, AttributeError):
+                return None
+            if payload.get("kind") != "alarm_lifecycle":
+                return None
+            return b"" if payload.get("lifecycle_state") == "closed" else row.body
+        if self.lifecycle is not None and self.lifecycle.enabled:
+            try:
+                severity = json.loads(row.body).get("severity")
+            except (ValueError, AttributeError):
+                severity = None
+            if self.lifecycle.manages(row.cls, severity):
+                return None
+        return b""
 
     def _merge_state(self, row: Stored) -> None:
         """Fold one status event into its device's state; rejected samples change nothing."""
@@ -339,7 +372,8 @@ class MqttSink(Sink):
         if self._known is None:
             self._known = await outbox.known_devices()
         open_alarms: dict[str, Event] = {}
-        for body in await outbox.open_alarms():
+        # Alarms the alarm book keeps (cleared but not closed, or acked) hold their last transition.
+        for body in [*await outbox.open_alarms(), *await outbox.book_alarms()]:
             try:
                 ev = Event.model_validate_json(body)
             except ValueError:

@@ -91,6 +91,9 @@ class GateModel:
         self.battery_pct = 100
         self.battery_low = False
         self.firmware = (1, 4, 2)
+        self.commands: list[tuple[codec.Command, int | None]] = []  # what the gate acted on (tests, bench)
+        self.refuse_commands: str | None = None  # a refusal reason for every command (fault injection)
+        self._hold_epoch = 0
         self._queue: list[_Pending] = []
         self._order = itertools.count()
         self._out: list[codec.Record] = []
@@ -306,10 +309,16 @@ class GateModel:
         self.emit("device.battery_low", state="cleared")
 
     def command(self, cmd: codec.Command) -> None:
-        """Apply a command characteristic write and report the result as a record."""
-        doors = range(1, self.doors + 1) if cmd.door == 0 else [cmd.door]
-        ok = cmd.door <= self.doors
-        if ok:
+        """Apply a command characteristic write and report the result as a record.
+
+        The record's credential is the request id (u16 big-endian); a refusal appends the
+        profile's refusal code (`command_refusals`): a door it does not have, `lock` while the
+        fire linkage holds the doors open, or anything while `refuse_commands` is set.
+        """
+        refusal = self._refusal(cmd)
+        if refusal is None:
+            doors = range(1, self.doors + 1) if cmd.door == 0 else [cmd.door]
+            self._hold_epoch += 1
             for d in doors:
                 bit = 1 << (d - 1)
                 if cmd.op == codec.CMD_OPEN_ONCE:
@@ -318,18 +327,36 @@ class GateModel:
                 elif cmd.op == codec.CMD_HOLD_OPEN:
                     self.locked_mask &= ~bit
                     self.mode = 1
+                    if cmd.duration_s:  # a timed hold: back to normal by itself
+                        self._later(cmd.duration_s, functools.partial(self._end_hold, self._hold_epoch))
                 elif cmd.op == codec.CMD_LOCK:
                     self.locked_mask |= bit
                     self.mode = 2
                 else:
-                    self.locked_mask |= bit
+                    self.locked_mask |= bit & ~self.open_mask
                     self.mode = 0
+        self.commands.append((cmd, refusal))
         self.emit(
-            "command.executed" if ok else "command.refused",
-            door=cmd.door if ok else 0,
+            "command.executed" if refusal is None else "command.refused",
+            door=cmd.door if refusal is None else 0,
             cred_type="remote",
-            credential=cmd.request_id.to_bytes(2, "big"),
+            credential=cmd.request_id.to_bytes(2, "big") + (b"" if refusal is None else bytes([refusal])),
         )
+
+    def _refusal(self, cmd: codec.Command) -> int | None:
+        codes = {v: k for k, v in load_enumerations().command_refusals.items()}
+        if self.refuse_commands is not None:
+            return codes[self.refuse_commands]
+        if cmd.door > self.doors:
+            return codes["bad_door"]
+        if self.mode == FIRE_RELEASE and cmd.op in (codec.CMD_LOCK, codec.CMD_NORMAL, codec.CMD_HOLD_OPEN):
+            return codes["fire_release"]  # the fire linkage keeps the doors released
+        return None
+
+    def _end_hold(self, epoch: int) -> None:
+        if epoch == self._hold_epoch and self.mode == 1:
+            self.mode = 0
+            self.locked_mask = ((1 << self.doors) - 1) & ~self.open_mask
 
     def _relock(self, bit: int) -> None:
         if self.mode == 0:

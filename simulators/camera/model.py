@@ -72,6 +72,11 @@ class SimCamera:
     json_alerts: bool = False  # Hikvision: JSON EventNotificationAlert instead of XML
     published: int = 0
     dropped: int = 0
+    #: Alarm (relay) outputs, 1-based: True = energized. Set by the IO commands the server takes.
+    outputs: dict[int, bool] = field(default_factory=lambda: {1: False, 2: False})
+    relay_log: list[tuple[int, bool]] = field(default_factory=list)  # what the camera acted on (tests)
+    refuse_relay: bool = False  # answers every output trigger with an error (e.g. output in alarm linkage)
+    ignore_relay: bool = False  # answers OK but the output never changes (a dead relay driver)
 
     def subscribe(self) -> asyncio.Queue[SimDetection | None]:
         """A queue of this camera's detections (one per open event stream)."""

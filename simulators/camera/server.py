@@ -198,6 +198,17 @@ def part(ctype: str, body: bytes, boundary: str, extra: str = "") -> bytes:
             + body + b"\r\n")
 
 
+ISAPI_NS = "http://www.hikvision.com/ver20/XMLSchema"
+
+
+def isapi_status(http: int, code: int, text: str, sub: str) -> web.Response:
+    """An ISAPI ResponseStatus answer."""
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><ResponseStatus version="2.0" xmlns="{ISAPI_NS}">'
+            f"<requestURL></requestURL><statusCode>{code}</statusCode><statusString>{text}</statusString>"
+            f"<subStatusCode>{sub}</subStatusCode></ResponseStatus>")
+    return web.Response(status=http, text=body, content_type="application/xml")
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -265,9 +276,63 @@ class CameraServer:
             return web.Response(body=jpeg(int(time.time())), content_type="image/jpeg")
         if cam.brand == "dahua" and rest == "/cgi-bin/eventManager.cgi" and request.query.get("action") == "attach":
             return await self._attach(request, cam)
+        if cam.brand == "hikvision" and rest.startswith("/ISAPI/System/IO/outputs/"):
+            return await self._isapi_output(request, cam, rest)
+        if cam.brand == "dahua" and rest in ("/cgi-bin/configManager.cgi", "/cgi-bin/alarm.cgi"):
+            return self._dahua_output(request, cam, rest)
         if cam.brand == "dahua" and rest == "/cgi-bin/snapshot.cgi":
             return web.Response(body=jpeg(int(time.time())), content_type="image/jpeg")
         raise web.HTTPNotFound(text=f"{cam.brand} camera has no {rest}")
+
+    async def _isapi_output(self, request: web.Request, cam: SimCamera, rest: str) -> web.Response:
+        """`PUT .../outputs/<id>/trigger` (IOPortData outputState high|low), `GET .../outputs/<id>/status`."""
+        parts = rest.split("/")  # '', ISAPI, System, IO, outputs, <id>, trigger|status
+        port = int(parts[5]) if len(parts) == 7 and parts[5].isdigit() else None
+        if port is None or port not in cam.outputs:
+            return isapi_status(404, 4, "Invalid Operation", "invalidID")
+        if parts[6] == "status" and request.method == "GET":
+            state = "active" if cam.outputs[port] else "inactive"
+            body = (f'<?xml version="1.0" encoding="UTF-8"?><IOPortStatus version="2.0" xmlns="{ISAPI_NS}">'
+                    f"<ioPortID>{port}</ioPortID><ioPortType>output</ioPortType><ioState>{state}</ioState>"
+                    "</IOPortStatus>")
+            return web.Response(text=body, content_type="application/xml")
+        if parts[6] != "trigger" or request.method != "PUT":
+            return isapi_status(405, 4, "Invalid Operation", "methodNotAllowed")
+        text = (await request.content.read(4096)).decode(errors="replace")
+        found = re.search(r"<outputState>\s*(high|low)\s*</outputState>", text)
+        if found is None:
+            return isapi_status(400, 6, "Invalid XML Content", "badXmlContent")
+        if cam.refuse_relay:
+            return isapi_status(403, 4, "Invalid Operation", "alarmOutputLinked")
+        on = found.group(1) == "high"
+        cam.relay_log.append((port, on))
+        if not cam.ignore_relay:
+            cam.outputs[port] = on
+        return isapi_status(200, 1, "OK", "ok")
+
+    def _dahua_output(self, request: web.Request, cam: SimCamera, rest: str) -> web.Response:
+        """`configManager.cgi?action=setConfig&AlarmOut[n].Mode=1|2` (forced on / off, 0-based n) and
+        `alarm.cgi?action=getOutState` (`result=<bitmask>`, bit n = output n+1 on)."""
+        action = request.query.get("action")
+        if rest == "/cgi-bin/alarm.cgi" and action == "getOutState":
+            mask = sum(1 << (port - 1) for port, on in cam.outputs.items() if on)
+            return web.Response(text=f"result={mask}\r\n")
+        if rest != "/cgi-bin/configManager.cgi" or action != "setConfig":
+            return web.Response(status=400, text="Error\r\nBad Request!\r\n")
+        keys = [k for k in request.query if re.fullmatch(r"AlarmOut\[\d+\]\.Mode", k)]
+        if len(keys) != 1:
+            return web.Response(status=400, text="Error\r\nBad Request!\r\n")
+        port = int(keys[0][9:keys[0].index("]")]) + 1
+        mode = request.query[keys[0]]
+        if port not in cam.outputs or mode not in ("0", "1", "2"):
+            return web.Response(status=400, text="Error\r\nBad Request!\r\n")
+        if cam.refuse_relay:
+            return web.Response(status=403, text="Error\r\nNo Authority!\r\n")
+        on = mode == "1"
+        cam.relay_log.append((port, on))
+        if not cam.ignore_relay:
+            cam.outputs[port] = on
+        return web.Response(text="OK\r\n")
 
     async def _write(self, resp: web.StreamResponse, cam: SimCamera, data: bytes) -> None:
         if "slow_drip" in cam.faults:

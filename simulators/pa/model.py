@@ -15,6 +15,8 @@ from drivers.opcua_pa.nodemap import LINE_FAULTS, NodeMap
 
 EMERGENCY_PRIORITY = 255
 PAGING_PRIORITY = 100
+CLIP_PRIORITY = 50
+CLIP_SECONDS = 8.0
 MUSIC_PRIORITY = 10
 OVERHEAT_C = 85.0
 OVERHEAT_CLEAR_C = 75.0
@@ -28,6 +30,8 @@ class ZoneModel:
     id: str
     volume_db: float = -20.0
     paging_left_s: float = 0.0
+    clip_left_s: float = 0.0
+    clip: str = ""
     state: str = "idle"
     source: str = "none"
     priority: int = 0
@@ -65,6 +69,7 @@ class EmergencyModel:
     source: str = "none"
     zones: tuple[str, ...] = ()
     message: str = ""
+    priority: int = EMERGENCY_PRIORITY
 
 
 @dataclass
@@ -83,6 +88,9 @@ class PaModel:
     power: PowerModel = field(init=False, default_factory=PowerModel)
     emergency: EmergencyModel = field(init=False, default_factory=EmergencyModel)
     overrides: dict[str, Any] = field(init=False, default_factory=dict)
+    clips: tuple[str, ...] = ("chime", "evacuation", "all_clear", "gate_closing")
+    commands: list[tuple[str, dict[str, Any]]] = field(init=False, default_factory=list)  # acted on (tests)
+    refuse_commands: str | None = field(init=False, default=None)  # a refusal for every command (faults)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -100,14 +108,46 @@ class PaModel:
 
     # ------------------------------------------------------------------ commands
 
+    def command(self, name: str, args: dict[str, Any]) -> str:
+        """A command method call: the result reason (`ok`, or why the system refuses), state changed on ok."""
+        self.commands.append((name, dict(args)))
+        if self.refuse_commands is not None:
+            return self.refuse_commands
+        if name == "emergency_stop":
+            self.stop_emergency()
+            return "ok"
+        if name == "set_volume":
+            if args["zone"] not in self.zones:
+                return "unknown_zone"
+            if not -80.0 <= args["db"] <= 0.0:
+                return "out_of_range"
+            return "ok" if self.set_volume(args["zone"], args["db"]) else "emergency_active"
+        zones = [z for z in str(args["zones"]).split(",") if z.strip()]
+        if any(z not in self.zones for z in zones):
+            return "unknown_zone"
+        if name == "emergency_start":
+            if self.emergency.active and args["priority"] < self.emergency.priority:
+                return "lower_priority"
+            self.start_emergency(zones, args["message"], priority=args["priority"])
+            return "ok"
+        if args["clip"] not in self.clips:
+            return "unknown_clip"
+        targets = zones or list(self.zones)
+        if self.emergency.active and set(targets) & set(self.emergency.zones):
+            return "emergency_active"
+        for z in targets:
+            self.zones[z].clip, self.zones[z].clip_left_s = args["clip"], CLIP_SECONDS
+        self.resolve()
+        return "ok"
+
     def start_emergency(self, zones: list[str] | tuple[str, ...], message: str,
-                        source: str = "manual") -> None:
+                        source: str = "manual", priority: int = EMERGENCY_PRIORITY) -> None:
         """Emergency broadcast: takes every listed zone (all when empty) at top priority, full volume."""
         targets = tuple(zones) or tuple(self.zones)
         unknown = [z for z in targets if z not in self.zones]
         if unknown:
             raise KeyError(f"unknown zones: {unknown}")
-        self.emergency = EmergencyModel(True, source, targets, message)
+        self.emergency = EmergencyModel(True, source, targets, message, priority)
         self.resolve()
 
     def stop_emergency(self) -> None:
@@ -172,6 +212,7 @@ class PaModel:
         """Advance the model by `dt` seconds."""
         self.hour = (self.hour + dt / 3600.0) % 24.0
         for z in self.zones.values():
+            z.clip_left_s = max(0.0, z.clip_left_s - dt)
             if z.paging_left_s > 0:
                 z.paging_left_s = max(0.0, z.paging_left_s - dt)
             elif self.paging_rate > 0 and self.rng.random() < self.paging_rate * dt:
@@ -193,7 +234,9 @@ class PaModel:
         em = self.emergency
         for z in self.zones.values():
             if em.active and z.id in em.zones:
-                z.state, z.source, z.priority = "emergency", "message", EMERGENCY_PRIORITY
+                z.state, z.source, z.priority = "emergency", "message", em.priority
+            elif z.clip_left_s > 0:
+                z.state, z.source, z.priority = "paging", "message", CLIP_PRIORITY
             elif z.paging_left_s > 0:
                 z.state, z.source, z.priority = "paging", "mic", PAGING_PRIORITY
             elif music:

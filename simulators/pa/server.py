@@ -263,12 +263,48 @@ class PaSimulator:
         async def restart(down_s: float) -> None:
             asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self.restart(down_s)))
 
+        await self._add_commands(root, idx)
+
         for name, fn, args in (
             ("FireLinkage", fire, [s]), ("SetLineFault", line_fault, [s, s]), ("Overheat", overheat, [s, b]),
             ("MainsLoss", mains, [b]), ("BackupFault", backup, [b]), ("SetResponseDelay", delay, [d]),
             ("DropSessions", drop, []), ("Restart", restart, [d]),
         ):
             await sim.add_method(idx, name, method(fn), args, [])
+
+    async def _add_commands(self, root: Node, idx: int) -> None:
+        """The map's command methods (docs/commands.md), on the map's commands object: Int32 results."""
+        spec = self.map.commands
+        if spec is None:
+            return
+        codes = {reason: code for code, reason in spec.results.items()}
+        target = root
+        for part in [p for p in spec.object.split("/") if p][1:]:  # the first element is the root
+            target = await target.add_object(idx, part)
+        s, d, i = ua.VariantType.String, ua.VariantType.Double, ua.VariantType.Int32
+        signatures: dict[str, tuple[list[str], list[ua.VariantType]]] = {
+            "emergency_start": (["zones", "message", "priority"], [s, s, i]),
+            "emergency_stop": ([], []),
+            "play": (["zones", "clip"], [s, s]),
+            "set_volume": (["zone", "db"], [s, d]),
+        }
+        for name, method in spec.offered().items():
+            names, types = signatures[name]
+
+            async def call(_parent: ua.NodeId, *args: ua.Variant, name: str = name,
+                           names: list[str] = names) -> list[ua.Variant]:
+                return await self._command(name, dict(zip(names, (a.Value for a in args), strict=False)), codes)
+
+            await target.add_method(idx, method.method, call, types, [i])
+
+    async def _command(self, name: str, args: dict[str, Any], codes: dict[str, int]) -> list[ua.Variant]:
+        if len(args) != {"emergency_start": 3, "emergency_stop": 0, "play": 2, "set_volume": 2}[name]:
+            raise UaStatusCodeError(StatusCodes.BadArgumentsMissing)  # type: ignore[no-untyped-call]
+        self.model.clips = self.map.commands.clips if self.map.commands and self.map.commands.clips else \
+            self.model.clips
+        reason = self.model.command(name, args)
+        await self.publish()  # the nodes show the change before the result goes back
+        return [ua.Variant(codes.get(reason, max(codes.values()) + 1), ua.VariantType.Int32)]
 
     # ------------------------------------------------------------------ values
 

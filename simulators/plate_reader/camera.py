@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections import deque
@@ -168,3 +169,58 @@ class BufferingCamera:
                 sent += 1
         return sent
 
+
+
+# ------------------------------------------------------------------ reply-channel commands
+
+
+def reply_command(result: PushResult) -> tuple[str, int] | None:
+    """The barrier instruction a heartbeat reply carries (`Response_Heartbeat`), as (info, cmdid)."""
+    try:
+        doc = result.json()["Response_Heartbeat"]
+        info, cmdid = doc["info"], int(doc["cmdid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (info, cmdid) if info in ("opendoor", "closedoor") else None
+
+
+class ZhenshiBarrierCamera:
+    """A Zhenshi camera with a barrier: heartbeats, takes the barrier instructions its replies carry,
+    moves the barrier and, with `gate_input`, reports the barrier's up/down contact as `AlarmGioIn`."""
+
+    def __init__(self, camera: Camera, *, serial: str = "sim-0001", gate_input: int | None = None,
+                 heartbeat_s: float = 0.2) -> None:
+        self.camera = camera
+        self.serial = serial
+        self.gate_input = gate_input
+        self.heartbeat_s = heartbeat_s
+        self.barrier = "down"
+        self.acted: list[tuple[str, int]] = []  # instructions the camera acted on, in order
+        self.acted_at: list[float] = []  # perf_counter of each (benches)
+        self.stuck = False  # the barrier motor does not move (the contact keeps its state)
+        self.beats = 0
+
+    async def beat(self) -> PushResult:
+        """One heartbeat; acts on the instruction its reply carries."""
+        from simulators.plate_reader.bodies import zhenshi_gpio_body, zhenshi_heartbeat_form
+
+        body, ctype = zhenshi_heartbeat_form(self.serial)
+        result = await self.camera.post(body, ctype)
+        self.beats += 1
+        command = reply_command(result)
+        if command is not None:
+            self.acted.append(command)
+            self.acted_at.append(time.perf_counter())
+            target = "up" if command[0] == "opendoor" else "down"
+            if not self.stuck and target != self.barrier:
+                self.barrier = target
+                if self.gate_input is not None:
+                    await self.camera.post(zhenshi_gpio_body(self.gate_input, int(target == "up"), self.serial))
+        return result
+
+    async def run(self) -> None:
+        """Heartbeat every `heartbeat_s` until cancelled (a refused or failed post is retried next beat)."""
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                await self.beat()
+            await asyncio.sleep(self.heartbeat_s)

@@ -21,7 +21,7 @@ from simulators.plate_reader.bodies import (
     zhenshi_heartbeat_form,
     zhenshi_plate_body,
 )
-from simulators.plate_reader.camera import BufferingCamera, Camera, CameraAuth
+from simulators.plate_reader.camera import BufferingCamera, Camera, CameraAuth, reply_command
 from simulators.plate_reader.isapi import IsapiBarrierServer
 from simulators.plate_reader.model import Garage, SimStats, Vehicle
 
@@ -197,6 +197,11 @@ class GarageSim:
                     except aiohttp.ClientError as exc:
                         log.warning("heartbeat failed: %s", exc)
                         continue
+                    command = reply_command(beat)  # the reply channel: the camera acts on it
+                    if command is not None:
+                        log.info("%s: barrier command %s (%d)", url.rsplit("/", 1)[-1], *command)
+                        if command[0] == "opendoor":
+                            self.barrier_opened(url.rsplit("/", 1)[-1])
                     buffering = self.buffers.get(camera.url)
                     if buffering is not None and beat.status == 200 and buffering.buffer:
                         log.info("server back: %d buffered reads drained", await buffering.drain())

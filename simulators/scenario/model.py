@@ -57,6 +57,7 @@ class ScenarioDevice(_M):
     kind: Kind
     name: str | None = None
     location: Location = Location()
+    tags: list[str] = Field(default_factory=list, description="Labels rules select devices by (gateway config `tags`)")
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -149,6 +150,9 @@ class Scenario(_M):
     devices: list[ScenarioDevice]
     timeline: list[Step] = Field(default_factory=list)
     expect: list[Expectation] = Field(default_factory=list)
+    rules: list[str] = Field(
+        default_factory=list, description="Rule files (relative to the scenario file) the gateway runs, with"
+        " commands allowed to them on every device of the scenario")
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -178,7 +182,10 @@ def load_scenario(path: str | Path) -> Scenario:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
         if isinstance(data, dict):  # top-level `x-...` keys hold YAML anchors, as in gateway configs
             data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
+        if scenario.rules:  # relative to the scenario file, so it runs from any directory
+            scenario = scenario.model_copy(update={"rules": [str((p.parent / r).resolve()) for r in scenario.rules]})
+        return scenario
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{p}: {exc}") from exc
     except ValidationError as exc:

@@ -109,6 +109,10 @@ class ScenarioRunner:
     ) -> dict[str, Any]:
         """A gateway config (as YAML-shaped data) that reaches every running simulator."""
         devices = [entry for adapter in self.adapters.values() for entry in adapter.device_configs()]
+        tags = {d.id: d.tags for d in self.scenario.devices if d.tags}
+        for entry in devices:
+            if entry.get("id") in tags:
+                entry["tags"] = list(tags[entry["id"]])
         cfg: dict[str, Any] = {
             "site": self.scenario.site.id,
             "gateway_id": gateway_id,
@@ -118,6 +122,10 @@ class ScenarioRunner:
         }
         if influx:
             cfg["influx"] = influx
+        if self.scenario.rules:  # the scenario's own site: its rules may command its devices
+            cfg["rule_files"] = list(self.scenario.rules)
+            cfg["commands"] = {"allow": [{"requesters": ["rule:*"], "devices": ["*"], "commands": ["*"],
+                                          "note": "scenario rules"}]}
         return cfg
 
     async def play(self, infra: Infra | None = None, *, on_step: Callable[[Step], Awaitable[None]] | None = None,

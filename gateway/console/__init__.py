@@ -1,0 +1,1 @@
+"""The duty console: one screen in the browser, served by the gateway (docs/console.md)."""
