@@ -171,7 +171,7 @@ class MqttSink(Sink):
             try:
                 client = self._make_client()
                 client.pending_calls_threshold = 100_000  # we bound in-flight ourselves (one batch)
-                _retrieve_disconnect(client)
+                retrieve_disconnect(client)
                 async with client:
                     self._client = client
                     await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
@@ -573,7 +573,7 @@ def state_part(payload: Mapping[str, Any]) -> str:
     return "device"
 
 
-def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+def retrieve_disconnect(client: aiomqtt.Client) -> None:
     """Mark aiomqtt's disconnect outcome as seen, whenever it arrives.
 
     aiomqtt sets an exception on its private `_disconnected` future when the broker drops the
@@ -584,3 +584,4 @@ def _retrieve_disconnect(client: aiomqtt.Client) -> None:
     fut = getattr(client, "_disconnected", None)
     if isinstance(fut, asyncio.Future):
         fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
