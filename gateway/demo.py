@@ -591,8 +591,8 @@ async def run_demo(*, duration: float | None, headless: bool, data_dir: Path, sp
         view = DemoView(cfg.mqtt.topic_prefix, cfg.site)
         append = gw.outbox.append
 
-        async def tapped(events: Sequence[Event], *, wait_s: float | None = None) -> None:
-            await append(events, wait_s=wait_s)  # accepted first; only then shown
+        async def tapped(events: Sequence[Event], *, wait_s: float | None = None, linger: float = 0.0) -> None:
+            await append(events, wait_s=wait_s, linger=linger)  # accepted first; only then shown
             assert view is not None
             for line in view.add(events):
                 if headless:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -121,6 +122,7 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 if not answered:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
+                    next_at = _phased(clock.monotonic(), driver.interval, ctx.config.id) - driver.interval
                 ctx.counters.inc("polls")
                 ctx.observe_poll(time.monotonic() - started)
                 await ctx.poll_answered(raw, interval=driver.interval)
@@ -130,6 +132,27 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 ctx.counters.inc("late_polls")
                 next_at = now + driver.interval
             await clock.sleep(next_at - now)
+
+
+#: Width of one poll slot: devices are spread over the slots of their interval.
+POLL_SLOT_S = 0.05
+
+
+def _phased(now: float, interval: float, device_id: str) -> float:
+    """When a device's second poll on a link is due: in its own slot of the interval.
+
+    Devices started together (a gateway start, a switch coming back) would otherwise poll in
+    the same instant every interval: one burst of reads, decodes and commits, and the last
+    poll of a thousand waits for all the others. Each device gets one of the interval's
+    50 ms slots (from a hash of its id), so the work is spread evenly, while the devices of
+    one slot still share commits and MQTT batches (per-transaction and per-batch costs are
+    then paid once per slot, not once per device). The gap to the first poll is between 0.1
+    and 1.1 intervals.
+    """
+    slots = max(1, round(interval / POLL_SLOT_S))
+    phase = zlib.crc32(device_id.encode()) % slots * interval / slots
+    at = now + (phase - now) % interval
+    return at + interval if at - now < 0.1 * interval else at
 
 
 async def _supervise_push(driver: PushDriver, ctx: DeviceRuntime) -> None:

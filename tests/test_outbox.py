@@ -140,3 +140,41 @@ async def test_observers_see_committed_batches_in_commit_order_and_never_a_faile
         with pytest.raises(OutboxError):
             await ob.append([make_event(100)])
         assert seen == []  # a failed commit is never observed
+
+
+async def test_a_lingering_append_goes_with_the_next_urgent_one_and_a_cancelled_one_never(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"]) as ob:
+        lingering = asyncio.create_task(ob.append([make_event(1)], linger=3600))
+        given_up = asyncio.create_task(ob.append([make_event(2)], linger=3600))
+        await asyncio.sleep(0.05)
+        assert not lingering.done() and not given_up.done()
+        given_up.cancel()
+        await asyncio.wait_for(ob.append([make_event(3, "alarm")]), 5)  # commits at once, with the lingering one
+        await asyncio.wait_for(lingering, 5)
+        rows = await ob.fetch("mqtt", 10)
+    assert sorted(json.loads(r.body)["payload"]["floor"] for r in rows) == [1, 3], "the cancelled append is dropped"
+
+
+async def test_cursors_move_at_once_and_are_saved_with_commits_and_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+
+    def saved() -> dict[int, int]:
+        db = sqlite3.connect(path)
+        try:
+            return dict(db.execute("SELECT lane, seq FROM cursors WHERE sink='mqtt'").fetchall())
+        finally:
+            db.close()
+
+    async with Outbox(path, sinks=["mqtt"]) as ob:
+        await ob.append([make_event(i) for i in range(5)])
+        await ob.ack("mqtt", await ob.fetch("mqtt", 5))  # the first ack is saved at once
+        assert saved().get(1) == 5
+        await ob.append([make_event(5)])
+        await ob.ack("mqtt", await ob.fetch("mqtt", 5))
+        assert await ob.fetch("mqtt", 5) == [] and (await ob.backlog())["mqtt"] == 0
+        await ob.append([make_event(6)])  # this commit carries the moved cursor
+        assert saved().get(1) == 6
+        await ob.ack("mqtt", await ob.fetch("mqtt", 5))
+    assert saved().get(1) == 7  # saved at close
+    async with Outbox(path, sinks=["mqtt"]) as ob:
+        assert await ob.fetch("mqtt", 5) == []
