@@ -74,8 +74,11 @@ class Broker:
         """Start (or restart) the private broker and wait until it listens."""
         if self.binary is None or self.conf is None or self.proc is not None:
             return
+        # Its own session: a terminal's Ctrl-C (or `timeout`, systemd) signals the whole process
+        # group, and a broker dying with the demo would cut the gateway off before its clean stop
+        # (paho logs broken pipes, the offline status never goes out). The demo stops it itself.
         self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 5
         while not _listening("127.0.0.1", self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
