@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from pathlib import Path
 
 _EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: Ports handed out recently (port -> when): two calls before either port is bound (a
+#: simulator's port, then a console's) must not get the same one.
+_HANDED_OUT: dict[int, float] = {}
+_HOLD_S = 600.0
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -35,12 +40,19 @@ def free_port() -> int:
             break
         lo, hi = random.choice(candidates)
         port = random.randint(lo, hi)
+        now = time.monotonic()
+        if now - _HANDED_OUT.get(port, -_HOLD_S) < _HOLD_S:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT[port] = now
+        if len(_HANDED_OUT) > 4096:  # forget the oldest
+            for old in sorted(_HANDED_OUT, key=_HANDED_OUT.__getitem__)[:1024]:
+                del _HANDED_OUT[old]
+        return port
     with socket.socket() as s:  # no room outside the ephemeral range: fall back to the kernel's pick
         s.bind(("127.0.0.1", 0))
         chosen: int = s.getsockname()[1]
