@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ from gateway import registry
 from gateway.alarms import RestartConfirmation, restart_clear
 from gateway.backoff import backoff_delays
 from gateway.config import GatewayConfigBase
-from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested, Recorder
+from gateway.driver import BeforeCommit, Decoder, DeviceConfig, EventDraft, Ingested, PollingDriver, Recorder
 from gateway.errors import OutboxError, OutboxFull
 from gateway.ids import uuid7, uuid7_from
 from gateway.metrics import Counters
@@ -150,6 +151,8 @@ class DeviceRuntime:
         self.link_up_since_start = False
         self._delays = backoff_delays(config.backoff)
         self._emit_problem: str | None = None  # why the last poll's events were refused
+        #: Devices polling at this device's interval (this one included): sizes its poll slots.
+        self.poll_peers = 1
         #: Told the duration of every answered poll (the /metrics histogram), when set.
         self.poll_observer: Callable[[float], None] | None = None
 
@@ -398,6 +401,7 @@ class Gateway:
         self._bind_sinks()
         for sink in self.sinks:
             self._spawn(sink.run(self.outbox), f"sink-{sink.name}")
+        polling: list[tuple[DeviceRuntime, float]] = []
         for dev in self.config.devices:
             if not dev.enabled:
                 continue
@@ -420,7 +424,13 @@ class Gateway:
                 log.exception("device %s could not be started; the others run", dev.id)
                 continue
             self.devices[dev.id] = ctx
+            if isinstance(driver, PollingDriver):
+                polling.append((ctx, driver.interval))
             self._spawn(supervise(driver, ctx), f"device-{dev.id}")
+        # Before any device task runs (no await since they were spawned): the slot plan sees them all.
+        peers = Counter(interval for _, interval in polling)
+        for ctx, interval in polling:
+            ctx.poll_peers = peers[interval]
         await self._start_grace()
         await self._start_commands()
         await self._start_rules()

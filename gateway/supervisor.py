@@ -122,7 +122,8 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
                 if not answered:
                     answered = True
                     delays = backoff_delays(ctx.config.backoff)
-                    next_at = _phased(clock.monotonic(), driver.interval, ctx.config.id) - driver.interval
+                    next_at = _phased(clock.monotonic(), driver.interval, ctx.config.id,
+                                      ctx.poll_peers) - driver.interval
                 ctx.counters.inc("polls")
                 ctx.observe_poll(time.monotonic() - started)
                 await ctx.poll_answered(raw, interval=driver.interval)
@@ -134,22 +135,35 @@ async def _supervise_polling(driver: PollingDriver, ctx: DeviceRuntime) -> None:
             await clock.sleep(next_at - now)
 
 
-#: Width of one poll slot: devices are spread over the slots of their interval.
+#: Narrowest poll slot: devices are spread over the slots of their interval.
 POLL_SLOT_S = 0.05
+#: Devices per slot that the slot count aims at: enough that a slot's commit and MQTT batch
+#: are shared, few enough that a slot's burst of reads and decodes stays a few milliseconds.
+DEVICES_PER_SLOT = 20
 
 
-def _phased(now: float, interval: float, device_id: str) -> float:
+def poll_slots(interval: float, peers: int) -> int:
+    """How many slots an interval is cut into for `peers` devices polling at that interval.
+
+    Each slot costs its own commit and MQTT batch, so a few devices share one slot, while
+    a thousand get the interval's 50 ms slots: 10 lifts poll in one slot, 100 in 5, 1,000
+    and more in 20 (at 1 s).
+    """
+    return max(1, min(round(interval / POLL_SLOT_S), -(-peers // DEVICES_PER_SLOT)))
+
+
+def _phased(now: float, interval: float, device_id: str, peers: int = 1) -> float:
     """When a device's second poll on a link is due: in its own slot of the interval.
 
     Devices started together (a gateway start, a switch coming back) would otherwise poll in
     the same instant every interval: one burst of reads, decodes and commits, and the last
     poll of a thousand waits for all the others. Each device gets one of the interval's
-    50 ms slots (from a hash of its id), so the work is spread evenly, while the devices of
-    one slot still share commits and MQTT batches (per-transaction and per-batch costs are
-    then paid once per slot, not once per device). The gap to the first poll is between 0.1
-    and 1.1 intervals.
+    slots (`poll_slots`, from a hash of its id), so the work is spread evenly, while the
+    devices of one slot still share commits and MQTT batches (per-transaction and per-batch
+    costs are then paid once per slot, not once per device). The gap to the first poll is
+    between 0.1 and 1.1 intervals.
     """
-    slots = max(1, round(interval / POLL_SLOT_S))
+    slots = poll_slots(interval, peers)
     phase = zlib.crc32(device_id.encode()) % slots * interval / slots
     at = now + (phase - now) % interval
     return at + interval if at - now < 0.1 * interval else at

@@ -215,3 +215,35 @@ async def test_stop_cancels_again_a_device_task_that_swallowed_its_cancellation(
     await asyncio.sleep(0)
     await asyncio.wait_for(gw.stop(), 30)  # one cancel only would wait here forever
     assert task.done() and swallowed == 3
+
+
+def test_poll_slots_grow_with_the_devices_sharing_an_interval() -> None:
+    assert supervisor.poll_slots(1.0, 1) == 1
+    assert supervisor.poll_slots(1.0, 10) == 1  # a few lifts share one commit and one MQTT batch
+    assert supervisor.poll_slots(1.0, 100) == 5
+    assert supervisor.poll_slots(1.0, 1000) == 20  # and a thousand are spread over 50 ms slots
+    assert supervisor.poll_slots(1.0, 5000) == 20
+    assert supervisor.poll_slots(0.2, 1000) == 4
+    assert supervisor.poll_slots(0.01, 1000) == 1
+
+
+def test_phases_of_a_slot_plan_are_the_slots_and_spread_evenly() -> None:
+    ids = [f"lift-{i}" for i in range(1000)]
+    phases = [supervisor._phased(100.0, 1.0, d, 1000) % 1.0 for d in ids]
+    slots = sorted({round(p, 6) for p in phases})
+    assert slots == [round(k * 0.05, 6) for k in range(20)]
+    counts = [sum(1 for p in phases if round(p, 6) == s) for s in slots]
+    assert min(counts) >= 30 and max(counts) <= 75, counts  # crc32 spreads ids about evenly (50 each)
+    few = {round(supervisor._phased(100.0, 1.0, d, 10) % 1.0, 6) for d in ids[:10]}
+    assert few == {0.0}  # ten lifts: one slot
+
+
+async def test_gateway_sizes_poll_slots_by_the_devices_polling_at_each_interval(tmp_path: Path) -> None:
+    port = free_port()
+    devices = [lift(f"lift-{i}", port, i) for i in range(1, 46)]
+    devices += [{**lift("slow-1", port, 46), "poll_interval_s": 1.0}]
+    cfg = parse_config(base_config(tmp_path, devices=devices))
+    sim = ElevatorSimulator(port=port, elevators={i: ElevatorModel(seed=i) for i in range(1, 47)})
+    async with sim, Gateway(cfg) as gw:
+        assert {gw.devices[f"lift-{i}"].poll_peers for i in range(1, 46)} == {45}
+        assert gw.devices["slow-1"].poll_peers == 1
