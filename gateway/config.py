@@ -91,6 +91,10 @@ class MqttConfig(_Strict):
     keepalive_s: int = Field(30, ge=5)
     batch: int = Field(200, ge=1, description="Events in flight per batch")
     backoff_max_s: float = Field(15.0, gt=0)
+    state_interval_s: float = Field(
+        2.0, ge=0, le=60, description="Least time between two publishes of one device's retained `state`: a"
+        " change after a quiet spell goes at once, later ones within the interval are merged and go at its end"
+        " (every event still goes on its event topic at once). 0: after every batch")
 
     @field_validator("username", "client_id", mode="before")
     @classmethod

@@ -569,12 +569,13 @@ class Gateway:
             log.error("task %s ended: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
     async def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until every sink has delivered everything accepted so far; False on timeout."""
+        """Wait until every sink has delivered everything accepted so far (MQTT: and published the
+        retained states merged from it at once, not at the end of their interval); False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             backlog = await self.outbox.backlog()
-            if not any(backlog.values()):
+            if not any(backlog.values()) and all([await sink.flush() for sink in self.sinks]):
                 return True
             await asyncio.sleep(0.05)
         return False

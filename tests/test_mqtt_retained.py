@@ -4,6 +4,7 @@ cleared on start, and a `state` that holds every part of a device."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,156 @@ async def test_a_broker_that_lets_us_write_but_not_read_turns_reconciliation_off
             await eventually(lambda: gw.counters.get("mqtt.published") > 0, timeout=5)
     finally:
         broker.close()
+
+
+def _lift_status(site: str, floor: int) -> Any:
+    from datetime import UTC, datetime
+
+    from gateway.ids import uuid7
+    from schemas.common import DeviceRef
+    from schemas.elevator import ElevatorPayload
+    from schemas.event import Event
+
+    now = datetime.now(UTC)
+    return Event.model_validate({
+        "id": uuid7(), "time": now, "received": now, "site": site, "gateway": "gw-c",
+        "device": DeviceRef(id="lift-c", kind="elevator", driver="modbus_elevator"),
+        "class": "status", "type": "elevator.status", "payload": ElevatorPayload(floor=floor),
+    })
+
+
+async def _changing_lift(tmp_path: Path, mosquitto: Mosquitto, site: str, interval: float,
+                         floors: int, gap: float) -> list[int]:
+    """Floors of the retained-state messages while one lift reports `floors` changes `gap` apart."""
+    from gateway.config import MqttConfig
+    from gateway.metrics import Counters
+    from gateway.outbox import Outbox
+    from gateway.sinks.mqtt import MqttSink
+
+    counters = Counters()
+    sink = MqttSink(MqttConfig(host=mosquitto.host, port=mosquitto.port, state_interval_s=interval),
+                    site=site, gateway_id="gw-c", counters=counters)
+    sink.bind({"lift-c": "elevator"}, reconcile=False)
+    topic = f"courtyard/{site}/elevator/lift-c"
+    async with MqttCollector(mosquitto.host, mosquitto.port, f"{topic}/#") as col, \
+            Outbox(tmp_path / f"{site}.db", sinks=["mqtt"], counters=counters) as ob:
+        task = asyncio.create_task(sink.run(ob))
+        try:
+            await asyncio.wait_for(sink.connected.wait(), 10)
+            for floor in range(floors):
+                await ob.append([_lift_status(site, floor)])
+                await asyncio.sleep(gap)
+            # Every event goes at once; the state catches up with the last one within the interval.
+            await col.wait_for(lambda c: len(c.events()) == floors)
+            await col.wait_for(lambda c: [json.loads(p)["parts"]["device"]["payload"]["floor"]
+                                          for t, p in c.messages if t == f"{topic}/state"][-1:] == [floors - 1],
+                               timeout=interval + 5)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return [json.loads(p)["parts"]["device"]["payload"]["floor"] for t, p in col.messages if t == f"{topic}/state"]
+
+
+async def test_state_of_a_device_changing_faster_than_the_interval_is_coalesced(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    states = await _changing_lift(tmp_path, mosquitto, "coalesce-site", interval=0.5, floors=30, gap=0.05)
+    assert states[0] == 0, "the first change after a quiet spell goes at once"
+    assert states[-1] == 29
+    assert 3 <= len(states) <= 6, states  # about one per 0.5 s over 1.5 s, not one per event
+    assert states == sorted(states), "a state never goes back"
+
+
+async def test_state_interval_zero_publishes_the_state_after_every_batch(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    states = await _changing_lift(tmp_path, mosquitto, "every-site", interval=0.0, floors=20, gap=0.05)
+    assert len(states) >= 15 and states[-1] == 19, states
+
+
+async def test_a_clean_stop_publishes_a_state_still_waiting_for_its_interval(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    from gateway.config import MqttConfig
+    from gateway.metrics import Counters
+    from gateway.outbox import Outbox
+    from gateway.sinks.mqtt import MqttSink
+
+    site = "stop-state-site"
+    counters = Counters()
+    sink = MqttSink(MqttConfig(host=mosquitto.host, port=mosquitto.port, state_interval_s=60),
+                    site=site, gateway_id="gw-c", counters=counters)
+    sink.bind({"lift-c": "elevator"}, reconcile=False)
+    async with Outbox(tmp_path / "o.db", sinks=["mqtt"], counters=counters) as ob:
+        task = asyncio.create_task(sink.run(ob))
+        await asyncio.wait_for(sink.connected.wait(), 10)
+        for floor in range(5):
+            await ob.append([_lift_status(site, floor)])
+            await asyncio.sleep(0.05)
+        await eventually(lambda: counters.get("mqtt.published") == 5)
+        await sink.stop()  # as Gateway.stop(): flush, then the sink's task is cancelled
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    got = await retained(mosquitto.host, mosquitto.port, f"courtyard/{site}/elevator/lift-c/state")
+    assert got[f"courtyard/{site}/elevator/lift-c/state"]["parts"]["device"]["payload"]["floor"] == 4
+
+
+async def test_drain_publishes_states_still_waiting_for_their_interval(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    port = free_port()
+    site = "drain-state-site"
+    raw = base_config(tmp_path, mqtt=mosquitto, site=site, devices=[lift("lift-1", port, 1)])
+    raw["mqtt"]["state_interval_s"] = 60
+    cfg = parse_config(raw)
+
+    def statuses() -> list[str]:
+        return [json.loads(r.body)["time"] for r in query(tmp_path / "outbox.db") if r.type == "elevator.status"]
+
+    async with ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=2.0)}), \
+            Gateway(cfg) as gw:
+        await eventually(lambda: len(statuses()) >= 4, timeout=20)
+        last = statuses()[-1]
+        assert await gw.drain(10)
+        got = await retained(mosquitto.host, mosquitto.port, f"courtyard/{site}/elevator/lift-1/state")
+        # The state went out at the first change; later ones wait 60 s, unless drained.
+        assert got[f"courtyard/{site}/elevator/lift-1/state"]["time"] >= last
+
+
+def test_state_merged_without_parsing_equals_the_state_merged_by_parsing() -> None:
+    """`DeviceState.merge_body` (no JSON decode) builds the very document `merge` does, and
+    leaves to `merge` every body it cannot place: part fields, another device block."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from gateway.ids import uuid7
+    from gateway.outbox import Outbox
+    from gateway.sinks.mqtt import DeviceState
+    from schemas.common import DeviceRef, Location
+    from schemas.elevator import ElevatorPayload
+    from schemas.event import Event
+    from schemas.pa import PaPayload
+
+    t0 = datetime(2026, 11, 29, 16, 0, tzinfo=UTC)
+    lift = DeviceRef(id="lift-9", kind="elevator", driver="modbus_elevator",
+                     location=Location(zone='lobby ,"class": east', building="T3"))
+    moved = lift.model_copy(update={"location": Location(zone="ramp")})
+
+    def ev(i: int, payload: Any, device: DeviceRef = lift, offset: int = 0) -> Event:
+        when = (t0 + timedelta(seconds=i)).astimezone(timezone(timedelta(hours=offset)))
+        return Event.model_validate({"id": uuid7(), "time": when, "received": when, "site": "s", "gateway": "g",
+                                     "device": device, "class": "status", "type": "elevator.status",
+                                     "payload": payload})
+
+    events = [ev(0, ElevatorPayload(floor=1)), ev(1, ElevatorPayload(floor=2)),
+              ev(2, ElevatorPayload(floor=3), offset=8),  # a device's UTC offset: same instant order
+              ev(3, PaPayload(zone="z1", volume_db=-6.0)), ev(4, ElevatorPayload(floor=4), moved),
+              ev(5, ElevatorPayload(floor=5), moved)]
+    fast, slow = DeviceState(), DeviceState()
+    placed = []
+    for e in events:
+        row = Outbox.row(e)
+        placed.append(fast.merge_body(row.body, row.time_ns))
+        if not placed[-1]:
+            fast.merge(json.loads(row.body), row.body, row.time_ns)
+        slow.merge(json.loads(row.body), row.body)
+        assert json.loads(fast.document()) == json.loads(slow.document())
+    # The first body, a part field and a new device block are parsed; the rest are not.
+    assert placed == [False, True, True, False, False, True]
+    assert json.loads(fast.document())["parts"]["device"]["payload"]["floor"] == 5

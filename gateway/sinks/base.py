@@ -23,6 +23,11 @@ class Sink(abc.ABC):
     async def run(self, outbox: Outbox) -> None:
         """Deliver forever (until cancelled), reconnecting with back-off."""
 
+    async def flush(self) -> bool:
+        """Send now what the sink derived from delivered events and holds back (MQTT: retained
+        states waiting for their interval); False when it could not. `Gateway.drain` calls it."""
+        return True
+
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Say goodbye to the peer (e.g. retained offline status) before the task is cancelled."""
 

@@ -5,7 +5,8 @@ Topics (prefix `courtyard` by default):
 * `{p}/{site}/{kind}/{device}/event/{type}`   every event, QoS 1, not retained
 * `{p}/{site}/{kind}/{device}/state`          the device's whole current state, retained: the latest
                                               accepted status event of each part (zone, amplifier,
-                                              lane, door, or the device as a whole)
+                                              lane, door, or the device as a whole); at most once
+                                              per `state_interval_s` per device (docs/mqtt.md)
 * `{p}/{site}/{kind}/{device}/availability`   latest connectivity event, retained; `device.offline`
                                               with reason `gateway_stopped` after a clean stop
 * `{p}/{site}/{kind}/{device}/alarm/{alarm_id}` active alarm or fault, retained; emptied on clear
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import secrets
@@ -45,7 +47,7 @@ from gateway.config import AlarmLifecycleConfig, MqttConfig
 from gateway.metrics import Counters
 from gateway.outbox import Outbox, Stored
 from gateway.sinks.base import Sink
-from schemas.event import Event
+from schemas.event import Event, event_time_ns
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,10 @@ class MqttSink(Sink):
         self._known: set[tuple[str, str]] | None = None  # (gateway, device) in the outbox, read once
         self._states: dict[str, DeviceState] = {}  # device -> its retained state document
         self._stopped: list[Event] = []
-        self._dirty: set[str] = set()  # devices whose state changed in the batch being published
+        self._dirty: set[str] = set()  # devices whose state changed since it was last published
+        self._state_sent: dict[str, float] = {}  # device -> loop time its state was last published
+        self._state_due: list[tuple[float, str]] = []  # heap of (due, device)
+        self._deferred: set[str] = set()  # devices in _state_due
         self._brokers = cfg.brokers()
         self._broker_index = 0
         self.down_since = time.monotonic()  # not connected yet
@@ -224,22 +229,89 @@ class MqttSink(Sink):
         while True:
             fetched_at = loop.time()
             rows = await outbox.fetch(self.name, limit)
-            if not rows:
-                await outbox.wait_new(self.name, timeout=1.0)
-                continue
             pub = publisher.batch()
             for row in rows:
                 self._publish_row(pub, row)
-            # One retained state per device and batch, once every part in the batch is merged.
-            for device in self._dirty:
-                state = self._states[device]
-                pub.publish(f"{self.prefix}/{state.kind}/{device}/state", state.document(), retain=True)
-            self._dirty.clear()
-            await pub.confirmed(PUBLISH_TIMEOUT_S)
-            await outbox.ack(self.name, rows)
-            self.counters.inc("published", len(rows))
+            # States go after the events they merge, at most one per device and batch.
+            states = self._states_due(fetched_at)
+            if not rows and not states:
+                wait = 1.0 if not self._state_due else min(1.0, max(0.0, self._state_due[0][0] - fetched_at))
+                await outbox.wait_new(self.name, timeout=wait)
+                continue
+            try:
+                self._publish_states(pub, states)
+                await pub.confirmed(PUBLISH_TIMEOUT_S)
+            except BaseException:
+                for device in states:  # not known to be retained: publish again on the next link
+                    self._state_sent.pop(device, None)
+                    self._dirty.add(device)
+                raise
+            if rows:
+                await outbox.ack(self.name, rows)
+                self.counters.inc("published", len(rows))
             if len(rows) < limit and (rest := fetched_at + LINGER_S - loop.time()) > 0:
                 await asyncio.sleep(rest)
+
+    def _states_due(self, now: float) -> list[str]:
+        """Devices whose retained state goes out now (`state_interval_s` apart per device).
+
+        A device whose state was not published within the interval goes at once (an
+        isolated change is not delayed); one changing faster waits for the end of its
+        interval and then goes with everything merged by then. That halves the messages of
+        a lift changing every second, at a price bounded and documented: the retained state
+        may lag the device's events by up to the interval.
+        """
+        interval = self.cfg.state_interval_s
+        out: list[str] = []
+        due = self._state_due
+        while due and due[0][0] <= now:
+            device = heapq.heappop(due)[1]
+            self._deferred.discard(device)
+            self._dirty.discard(device)
+            out.append(device)
+        for device in self._dirty:
+            if device in self._deferred:
+                continue
+            sent = self._state_sent.get(device)
+            if sent is None or now - sent >= interval:
+                out.append(device)
+            else:
+                heapq.heappush(due, (sent + interval, device))
+                self._deferred.add(device)
+        self._dirty.clear()
+        return out
+
+    async def flush(self) -> bool:
+        """Publish at once every state still waiting for its interval; False without a link."""
+        client = self._client
+        if client is None:
+            return not (self._dirty or self._deferred)
+        states = self._pending_states()
+        if not states:
+            return True
+        pub = Publisher.of(client).batch()
+        try:
+            self._publish_states(pub, states)
+            await pub.confirmed(PUBLISH_TIMEOUT_S)
+        except (aiomqtt.MqttError, TimeoutError):
+            self._dirty.update(states)
+            return False
+        return True
+
+    def _publish_states(self, pub: Batch, devices: Sequence[str]) -> None:
+        now = asyncio.get_running_loop().time()
+        for device in devices:
+            state = self._states[device]
+            pub.publish(f"{self.prefix}/{state.kind}/{device}/state", state.document(), retain=True)
+            self._state_sent[device] = now
+
+    def _pending_states(self) -> list[str]:
+        """Every device whose state is merged but not yet published (for a clean stop)."""
+        pending = [*self._dirty, *self._deferred]
+        self._dirty.clear()
+        self._deferred.clear()
+        self._state_due.clear()
+        return pending
 
     def _publish_row(self, pub: Batch, row: Stored) -> None:
         """The stored body, as is, on every topic the row belongs on (its columns route it)."""
@@ -287,11 +359,11 @@ class MqttSink(Sink):
         """Fold one status event into its device's state; rejected samples change nothing."""
         if row.quality == "rejected":
             return
-        ev = json.loads(row.body)  # where it belongs (its part) and when; the body itself is kept as is
         state = self._states.get(row.device)
         if state is None:
             state = self._states[row.device] = DeviceState()
-        state.merge(ev, row.body)
+        if not state.merge_body(row.body, row.time_ns):
+            state.merge(json.loads(row.body), row.body, row.time_ns)  # where it belongs, and when
         self._dirty.add(row.device)
 
     async def _report(self, client: aiomqtt.Client, outbox: Outbox) -> None:
@@ -310,6 +382,7 @@ class MqttSink(Sink):
         if client is not None:
             try:
                 pub = Publisher.of(client).batch()
+                self._publish_states(pub, self._pending_states())  # a clean stop leaves no state behind
                 for ev in self._stopped:
                     pub.publish(f"{self.prefix}/{ev.device.kind}/{ev.device.id}/availability", ev.to_json(),
                                 retain=True)
@@ -427,21 +500,45 @@ class DeviceState:
     holds, and the document is joined from them, so a state costs no re-encoding of events.
     """
 
-    __slots__ = ("header", "kind", "parts")
+    __slots__ = ("_envelope", "header", "kind", "parts")
 
     def __init__(self) -> None:
         self.kind = ""
         self.header = ""  # the "site", "gateway" and "device" members, from the latest event
-        self.parts: dict[str, tuple[datetime, str, str]] = {}  # part -> (instant, time as sent, body)
+        self.parts: dict[str, tuple[int, str, str]] = {}  # part -> (instant in ns, time as sent, body)
+        self._envelope: str | None = None  # the body text `header` was parsed from (see merge_body)
 
-    def merge(self, ev: Mapping[str, Any], body: str) -> None:
-        """The latest status event of its part."""
+    def merge(self, ev: Mapping[str, Any], body: str, time_ns: int | None = None) -> None:
+        """The latest status event of its part (`ev` is `body` parsed; `time_ns` its instant)."""
         device = ev["device"]
         self.kind = device["kind"]
         self.header = (f'"site":{json.dumps(ev["site"])},"gateway":{json.dumps(ev["gateway"])},'
                        f'"device":{json.dumps(device)}')
+        self._envelope = _envelope_text(body)
         # Times may carry a device's UTC offset: compare instants, not strings.
-        self.parts[state_part(ev["payload"])] = (datetime.fromisoformat(ev["time"]), ev["time"], body)
+        instant = time_ns if time_ns is not None else event_time_ns(datetime.fromisoformat(ev["time"]))
+        self.parts[state_part(ev["payload"])] = (instant, ev["time"], body)
+
+    def merge_body(self, body: str, time_ns: int) -> bool:
+        """`merge` without parsing the body, for the common case; False: parse it and `merge`.
+
+        A status event of the whole device (its payload names no part field) whose site,
+        gateway and device read exactly as those of the event `header` came from needs no
+        parse: only its time as sent, found in the envelope (which precedes the payload).
+        Most status events are such; a lift's state costs no JSON decoding per event.
+        """
+        envelope = _envelope_text(body)
+        if envelope is None or envelope != self._envelope:
+            return False
+        payload = body.find(',"payload":', body.find(',"class":'))
+        if payload < 0 or any(f'"{field}":' in body[payload + 11:] for field, _ in STATE_PARTS):
+            return False
+        start = body.find('"time":"')
+        end = body.find('"', start + 8)
+        if start < 0 or end < 0 or start > payload:
+            return False
+        self.parts["device"] = (time_ns, body[start + 8:end], body)
+        return True
 
     def document(self) -> str:
         """The retained document (schema, parts, site, gateway, device, time)."""
@@ -454,7 +551,7 @@ class DeviceState:
         """A document read back from the broker (a restart): its parts hold until reported again."""
         state = cls()
         for name, ev in doc["parts"].items():
-            state.parts[str(name)] = (datetime.fromisoformat(ev["time"]), ev["time"], json.dumps(ev))
+            state.parts[str(name)] = (event_time_ns(datetime.fromisoformat(ev["time"])), ev["time"], json.dumps(ev))
         state.kind = doc["device"]["kind"]
         state.header = (f'"site":{json.dumps(doc["site"])},"gateway":{json.dumps(doc["gateway"])},'
                         f'"device":{json.dumps(doc["device"])}')
@@ -562,6 +659,18 @@ def _quickack(sock: Any) -> None:
 
 class _Unreadable(Exception):
     """The broker does not let this client read the retained topics back."""
+
+
+def _envelope_text(body: str) -> str | None:
+    """The stored body's text from `,"site":` to `,"class":` (site, gateway, device), or None.
+
+    Bodies are the envelope as serialized (fields in model order, compact); no string in it can
+    hold a bare `,"class":` (quotes inside strings are escaped), and `Location` has no `class`
+    field, so the first one ends the device block.
+    """
+    start = body.find(',"site":')
+    end = body.find(',"class":', start)
+    return body[start:end] if start >= 0 and end >= 0 else None
 
 
 def state_part(payload: Mapping[str, Any]) -> str:
