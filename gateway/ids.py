@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import time
 import uuid
 from datetime import datetime
 
 _lock = threading.Lock()
+_random = random.Random(os.urandom(16))
+# A forked child must not repeat its parent's sequence (same millisecond, same counter: same id).
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
 _last_ms = 0
 _counter = 0
 
 
 def uuid7() -> str:
-    """Return a new UUIDv7 string; ids made in the same millisecond stay ordered via a counter."""
+    """Return a new UUIDv7 string; ids made in the same millisecond stay ordered via a counter.
+
+    The 62 random bits come from a generator seeded once from the OS, not a system call per
+    id: they make ids unique, they are not secrets (one id per event, a thousand a second).
+    """
     global _last_ms, _counter
     with _lock:
         ms = time.time_ns() // 1_000_000
@@ -28,9 +36,9 @@ def uuid7() -> str:
         else:
             _counter = 0
         _last_ms = ms
-        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-        value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
-    return str(uuid.UUID(int=value))
+        value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | _random.getrandbits(62)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def uuid7_from(when: datetime, *parts: str) -> str:
