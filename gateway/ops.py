@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.config import OpsConfig, is_loopback_host
+from gateway.http_guard import ConnectionGuard, start_guarded
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -224,7 +225,7 @@ class OpsServer:
         #: Largest request body; the ops routes take none, the console raises it for its JSON.
         self.client_max_size = 1024
         self._runner: web.AppRunner | None = None
-        self._guard: Any = None
+        self._guard: ConnectionGuard | None = None
         self.add_route("GET", "/metrics", self._metrics)
         self.add_route("GET", "/healthz", self._healthz)
         self.add_route("GET", "/readyz", self._readyz)
@@ -256,29 +257,23 @@ class OpsServer:
                 self.count("unauthorized", "missing or wrong bearer token")
                 return web.json_response({"error": "unauthorized"}, status=401,
                                          headers={"WWW-Authenticate": 'Bearer realm="courtyard-ops"'})
-        return await handler(request)
+        if self._guard is None:
+            return await handler(request)
+        with self._guard.serving(request):  # a slow scrape is not cut by the request-head deadline
+            return await handler(request)
 
     async def start(self) -> OpsServer:
         """Bind and serve; with port 0 the chosen port is in `self.port`."""
-        from drivers.http_plate_reader.listener import _Guard, _GuardedSite
-
         app = web.Application(client_max_size=self.client_max_size, middlewares=[self._auth])
         for method, path, handler in self._routes:
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=self.cfg.header_timeout_s,
                                max_line_size=4096, max_field_size=4096)
         await runner.setup()
-        self._guard = _Guard(self, self.cfg.max_connections, max(1, self.cfg.max_connections // 2),  # type: ignore[arg-type]
-                             self.cfg.header_timeout_s)
-        site = _GuardedSite(runner, self.host, self.port, self._guard)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        self._guard = ConnectionGuard(self, self.cfg.max_connections, max(1, self.cfg.max_connections // 2),
+                                      self.cfg.header_timeout_s)
+        self.port = (await start_guarded(runner, self.host, self.port, self._guard))[0][1]
         self._runner = runner
-        addresses = [a for a in runner.addresses if isinstance(a, tuple)]
-        self.port = int(addresses[0][1])
         log.info("ops server on http://%s:%d (/metrics, /healthz, /readyz)%s", self.host, self.port,
                  "" if self.cfg.token is None else ", bearer token required")
         return self

@@ -36,13 +36,12 @@ import resource
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from drivers.http_plate_reader.listener_config import (
@@ -57,6 +56,7 @@ from drivers.http_plate_reader.listener_config import (
     UrlTokenAuth,
     unauthenticated_network_problem,
 )
+from gateway.http_guard import ACCEPT_BACKLOG, ConnectionGuard, start_guarded
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ MAX_BUCKETS = 10_000
 LOG_INTERVAL_S = 60.0
 #: Connections asyncio may accept in one go (and the listen queue): each holds a descriptor until
 #: the guard turns it away, so the cap leaves this many free too.
-ACCEPT_BACKLOG = 32
 _ROUTE_KEY = web.RequestKey("courtyard.route", str)
 _CHECKED_KEY: web.RequestKey[tuple[str, Endpoint | None, web.Response | None]] = web.RequestKey(
     "courtyard.checked", tuple
@@ -363,26 +362,6 @@ def _uri_path(uri: str) -> str:
 # ------------------------------------------------------------------ connection guard
 
 
-class _Conn:
-    __slots__ = ("busy", "closed", "idle_since", "source", "transport")
-
-    def __init__(self, transport: asyncio.Transport, source: str, now: float) -> None:
-        self.transport = transport
-        self.source = source
-        self.idle_since = now
-        self.busy = False
-        self.closed = False
-
-
-def _overloaded_reply(reason: str) -> bytes:
-    body = error_body("too_many_connections", reason)
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
-        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 def descriptor_room(reserve: int) -> int:
     """Descriptors this process may still open while keeping `reserve` free."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -393,155 +372,6 @@ def descriptor_room(reserve: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
     return soft - reserve - in_use
-
-
-class _Guard:
-    """Counts connections, enforces the caps and the request-head deadline."""
-
-    def __init__(self, listener: PushListener, total: int, per_source: int, header_timeout_s: float) -> None:
-        self.listener = listener
-        self.total = total
-        self.per_source = per_source
-        self.header_timeout_s = header_timeout_s
-        self.conns: dict[asyncio.BaseTransport, _Conn] = {}
-        self.by_source: Counter[str] = Counter()
-
-    def admit(self, transport: asyncio.Transport) -> _Conn | None:
-        peer = transport.get_extra_info("peername")
-        source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self.by_source[source] >= self.per_source:
-            self._turn_away(transport, "connections_per_source",
-                            f"more than {self.per_source} open connections from {source}")
-            return None
-        if len(self.conns) >= self.total and not self._evict_idle(source):
-            self._turn_away(transport, "connections_total", f"more than {self.total} open connections")
-            return None
-        conn = _Conn(transport, source, now)
-        self.conns[transport] = conn
-        self.by_source[source] += 1
-        loop.call_at(now + self.header_timeout_s, self._deadline, conn)
-        return conn
-
-    def _turn_away(self, transport: asyncio.Transport, error: str, reason: str) -> None:
-        self.listener.count(error, reason)
-        try:
-            transport.write(_overloaded_reply(reason))
-        finally:
-            transport.close()  # a canned reply fits in the socket buffer: the descriptor goes at once
-
-    def _evict_idle(self, newcomer: str) -> bool:
-        """At the cap, make room by dropping an idle connection of the source holding the most.
-
-        Only a source holding at least two more than the newcomer's gives one up, so a camera
-        with no connection open always gets in while a flood from many addresses evicts itself.
-        """
-        have = self.by_source[newcomer]
-        victim: _Conn | None = None
-        for conn in self.conns.values():
-            if conn.busy or self.by_source[conn.source] < have + 2:
-                continue
-            if victim is None or (self.by_source[conn.source], -conn.idle_since) > (
-                self.by_source[victim.source], -victim.idle_since
-            ):
-                victim = conn
-        if victim is None:
-            return False
-        self.listener.count("idle_evicted", f"idle connection from {victim.source} dropped for one from {newcomer}")
-        self.drop(victim)
-        return True
-
-    def drop(self, conn: _Conn) -> None:
-        self.release(conn)
-        conn.transport.abort()
-
-    def release(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        self.conns.pop(conn.transport, None)
-        self.by_source[conn.source] -= 1
-        if self.by_source[conn.source] <= 0:
-            del self.by_source[conn.source]
-
-    def _deadline(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if conn.busy:
-            loop.call_at(now + self.header_timeout_s, self._deadline, conn)
-            return
-        due = conn.idle_since + self.header_timeout_s
-        if now >= due:
-            self.listener.count("header_timeout", f"no complete request head within {self.header_timeout_s:g} s")
-            self.drop(conn)
-        else:
-            loop.call_at(due, self._deadline, conn)
-
-    def close_all(self) -> None:
-        for conn in list(self.conns.values()):
-            self.drop(conn)
-
-
-class _GuardedProtocol(asyncio.Protocol):
-    """Admits (or turns away) a connection, then hands it to aiohttp's own handler."""
-
-    def __init__(self, guard: _Guard, factory: Callable[[], RequestHandler]) -> None:
-        self._guard = guard
-        self._factory = factory
-        self._inner: RequestHandler | None = None
-        self._conn: _Conn | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._conn = self._guard.admit(transport)
-        if self._conn is not None:
-            self._inner = self._factory()
-            self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> None:
-        if self._inner is not None:
-            self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._conn is not None:
-            self._guard.release(self._conn)
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-            self._inner = None
-
-
-class _GuardedSite(web.TCPSite):
-    """aiohttp's TCPSite with the connection guard in front of every connection."""
-
-    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: _Guard) -> None:
-        super().__init__(runner, host, port, reuse_address=True, backlog=ACCEPT_BACKLOG)
-        self._guard = guard
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with the runner
-        server = self._runner.server
-        assert server is not None
-        guard = self._guard
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _GuardedProtocol(guard, server), self._host, self._port, backlog=self._backlog,
-            reuse_address=self._reuse_address,
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
 class _AcceptErrorLimiter:
@@ -612,7 +442,7 @@ class PushListener:
         self._replays = _ReplayCache(self.settings.replay_cache_size)
         self._digest = _DigestState()
         self._runner: web.AppRunner | None = None
-        self._guard: _Guard | None = None
+        self._guard: ConnectionGuard | None = None
         self._warned: dict[tuple[str, str], float] = {}
         self._bound_loopback = True
 
@@ -633,16 +463,10 @@ class PushListener:
             lingering_time=min(2.0, s.body_timeout_s), max_line_size=8190, max_field_size=8190,
         )
         await runner.setup()
-        self._guard = _Guard(self, self.max_connections, s.max_connections_per_source, s.header_timeout_s)
-        site = _GuardedSite(runner, self.host, self.port, self._guard)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
+        self._guard = ConnectionGuard(self, self.max_connections, s.max_connections_per_source, s.header_timeout_s)
+        addresses = await start_guarded(runner, self.host, self.port, self._guard)
         self._runner = runner
-        addresses = [a for a in runner.addresses if isinstance(a, tuple)]
-        self.port = int(addresses[0][1])
+        self.port = addresses[0][1]
         self._bound_loopback = all(ipaddress.ip_address(str(a[0]).split("%")[0]).is_loopback for a in addresses)
         _install_accept_limiter(self)
         return self
@@ -873,15 +697,10 @@ class PushListener:
         return b"".join(chunks), taken
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        conn = self._guard.conns.get(request.transport) if self._guard is not None and request.transport else None
-        if conn is not None:
-            conn.busy = True
-        try:
+        if self._guard is None:
             return await self._serve(request)
-        finally:
-            if conn is not None:
-                conn.busy = False
-                conn.idle_since = asyncio.get_running_loop().time()
+        with self._guard.serving(request):
+            return await self._serve(request)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path, endpoint, refused = self._before_body(request)

@@ -42,6 +42,7 @@ from gateway.console.auth import (
     check_login,
 )
 from gateway.console.live import LiveModel, media_path
+from gateway.http_guard import ConnectionGuard, start_guarded
 from gateway.media import MediaStore
 from gateway.outbox import connect
 
@@ -640,26 +641,20 @@ class ConsoleServer:
         ops = self.gw.ops_server
         if ops is not None and self.cfg.port in (None, ops.cfg.port):
             raise RuntimeError("the shared listener is set up by attach(), before the ops server starts")
-        from drivers.http_plate_reader.listener import _Guard, _GuardedSite
-
         app = web.Application(client_max_size=MAX_BODY)
         for method, path, handler in [*self.routes(), ("GET", "/healthz", self._healthz)]:
             app.router.add_route(method, path, handler)
         runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                keepalive_timeout=self.cfg.header_timeout_s, max_line_size=8190, max_field_size=8190)
         await runner.setup()
-        self._guard = _Guard(self, self.cfg.max_connections, max(2, self.cfg.max_connections // 2),  # type: ignore[arg-type]
-                             self.cfg.header_timeout_s)
-        site = _GuardedSite(runner, self.host, self.port, self._guard)
+        self._guard = ConnectionGuard(self, self.cfg.max_connections, max(2, self.cfg.max_connections // 2),
+                                      self.cfg.header_timeout_s)
         try:
-            await site.start()
+            self.port = (await start_guarded(runner, self.host, self.port, self._guard))[0][1]
         except BaseException:
-            await runner.cleanup()
             self.live.stop()
             raise
         self._runner = runner
-        addresses = [a for a in runner.addresses if isinstance(a, tuple)]
-        self.port = int(addresses[0][1])
         log.info("console on %s", self.url)
         return self
 
