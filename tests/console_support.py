@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gateway.alarm_book import AlarmOpRejected as OpRejected
+from gateway.alarm_book import AlarmView as View
 from gateway.config import parse_config
 from gateway.console.auth import hash_password
 from gateway.runtime import Gateway
@@ -45,32 +47,6 @@ def lift_config(tmp_path: Path, sim_port: int, *, mqtt: Any = None, console: dic
                                              "commands": ["*"]}]})
     return parse_config(base_config(tmp_path, mqtt=mqtt, devices=devices, console=console or console_section(),
                                     **extra))
-
-
-@dataclass(frozen=True)
-class View:
-    """The alarm book's `AlarmView`, as the interface in the brief gives it."""
-
-    alarm_id: str
-    device: str
-    kind: str
-    type: str
-    severity: str | None
-    state: str
-    shelved_until: datetime | None
-    latched: bool
-    raised_at: datetime
-    cleared_at: datetime | None
-    acked_by: str | None
-    comment: str | None
-    location: dict[str, str]
-    last_event_id: str
-
-
-class OpRejected(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class StandInAlarmBook:

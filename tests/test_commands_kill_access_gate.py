@@ -24,9 +24,9 @@ from gateway.commands import list_journal
 from gateway.config import MqttConfig, parse_config
 from gateway.runtime import Gateway
 from simulators.access_gate import backend as sim
+from tests.gateway_process import state_of
 from tests.helpers import base_config, eventually
 from tests.servers import Mosquitto
-from tests.test_commands_restart import state_of
 
 SITE = "cmd-kill-gate"
 ADDRESS = "C0:57:0A:C0:00:09"

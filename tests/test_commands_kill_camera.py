@@ -21,9 +21,9 @@ from gateway.command_bus import CommandClient
 from gateway.config import MqttConfig
 from simulators.camera.model import SimCamera, SimSite
 from simulators.camera.server import CameraServer
+from tests.gateway_process import finals, kill, send_until_accepted, start, state_of, stop
 from tests.helpers import eventually
 from tests.servers import Mosquitto
-from tests.test_commands_restart import kill, start, state_of, stop
 
 SITE = "cmd-kill-camera"
 PASSWORD = "relay-kill-pass"
@@ -63,21 +63,6 @@ async def cameras() -> AsyncIterator[tuple[SimSite, int]]:
         await server.aclose()
 
 
-async def send_until_accepted(client: CommandClient, device: str, args: dict[str, Any],
-                              ttl_s: float = 120) -> str | None:
-    """Send until the gateway (still starting) answers; a fresh id each time."""
-    cid = await client.send("camera", device, "relay", args=args, ttl_s=ttl_s)
-    try:
-        await client.wait(cid, final=False, timeout=1.5)
-    except TimeoutError:
-        return None
-    return cid
-
-
-def finals(client: CommandClient, cid: str) -> list[dict[str, Any]]:
-    return [r for r in client.results.get(cid, []) if r["final"]]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("acted", [True, False], ids=["acted", "never-acted"])
 @pytest.mark.parametrize("device", DEVICES)
@@ -91,7 +76,8 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
         path = write_config(tmp_path, mosquitto, port)
         proc = start(path)
         try:
-            cid = await eventually(lambda: send_until_accepted(client, device, {"output": 2, "state": "on"}), 40)
+            cid = await eventually(lambda: send_until_accepted(
+                client, "camera", device, "relay", {"output": 2, "state": "on"}), 40)
             await eventually(lambda: state_of(db, cid) == "sent", 15)
             await eventually(lambda: cam.relay_requests == 1, 30)  # the trigger is at the camera
             kill(proc)
@@ -130,7 +116,8 @@ async def test_a_trigger_whose_ttl_ran_out_while_the_gateway_was_dead_expires_un
         path = write_config(tmp_path, mosquitto, port)
         proc = start(path)
         try:
-            first = await eventually(lambda: send_until_accepted(client, "hik-1", {"output": 1, "state": "on"}), 40)
+            first = await eventually(lambda: send_until_accepted(
+                client, "camera", "hik-1", "relay", {"output": 1, "state": "on"}), 40)
             await eventually(lambda: cam.relay_requests == 1, 30)
             second = await client.send("camera", "hik-1", "relay", args={"output": 2, "state": "on"}, ttl_s=3)
             await eventually(lambda: state_of(db, second) == "accepted", 15)  # behind the first

@@ -18,9 +18,9 @@ import yaml
 from gateway.command_bus import CommandClient
 from gateway.config import MqttConfig
 from simulators.pa import PaSimulator
+from tests.gateway_process import finals, kill, send_until_accepted, start, state_of, stop
 from tests.helpers import eventually
 from tests.servers import Mosquitto, free_port
-from tests.test_commands_restart import kill, start, state_of, stop
 
 SITE = "cmd-kill-pa"
 
@@ -42,21 +42,6 @@ def write_config(tmp_path: Path, mosquitto: Mosquitto, url: str) -> Path:
     return path
 
 
-async def send_until_accepted(client: CommandClient, args: dict[str, Any], ttl_s: float = 120) -> str | None:
-    """Send until the gateway (still starting) answers; a fresh id each time, the unanswered ones
-    find nobody subscribed."""
-    cid = await client.send("pa", "pa-1", "set_volume", args=args, ttl_s=ttl_s)
-    try:
-        await client.wait(cid, final=False, timeout=1.5)
-    except TimeoutError:
-        return None
-    return cid
-
-
-def finals(client: CommandClient, cid: str) -> list[dict[str, Any]]:
-    return [r for r in client.results.get(cid, []) if r["final"]]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("acted", [True, False], ids=["acted", "never-acted"])
 async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosquitto, acted: bool) -> None:
@@ -68,7 +53,8 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
         try:
             proc = start(path)
             try:
-                cid = await eventually(lambda: send_until_accepted(client, {"zone": "z2", "db": -33}), 40)
+                cid = await eventually(lambda: send_until_accepted(
+                    client, "pa", "pa-1", "set_volume", {"zone": "z2", "db": -33}), 40)
                 await eventually(lambda: state_of(db, cid) == "sent", 15)
                 await eventually(lambda: sim.commands_received == 1, 30)  # the call is at the system
                 kill(proc)
@@ -108,7 +94,8 @@ async def test_a_command_whose_ttl_ran_out_while_the_gateway_was_dead_expires_un
         try:
             proc = start(path)
             try:
-                first = await eventually(lambda: send_until_accepted(client, {"zone": "z1", "db": -20}), 40)
+                first = await eventually(lambda: send_until_accepted(
+                    client, "pa", "pa-1", "set_volume", {"zone": "z1", "db": -20}), 40)
                 await eventually(lambda: sim.commands_received == 1, 30)
                 second = await client.send("pa", "pa-1", "set_volume", args={"zone": "z3", "db": -40}, ttl_s=3)
                 await eventually(lambda: state_of(db, second) == "accepted", 15)  # behind the first

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +10,9 @@ import pytest
 import yaml
 
 from gateway.command_bus import CommandClient
-from gateway.commands import list_journal
 from gateway.config import MqttConfig
 from simulators.elevator import ElevatorModel, ElevatorSimulator
+from tests.gateway_process import kill, send_until_accepted, start, state_of, stop
 from tests.helpers import eventually
 from tests.servers import Mosquitto, free_port
 
@@ -39,31 +35,6 @@ def write_config(tmp_path: Path, mosquitto: Mosquitto, port: int) -> Path:
     return path
 
 
-def start(path: Path) -> subprocess.Popen[bytes]:
-    with (path.parent / "gateway.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-
-
-def kill(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            kill(proc)
-
-
-def state_of(db: Path, cid: str) -> str | None:
-    rows = [r for r in list_journal(db) if r.id == cid]
-    return rows[0].state if rows else None
-
-
 @pytest.mark.parametrize("controller_acted", [True, False], ids=["acted", "never-acted"])
 async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosquitto, controller_acted: bool) -> None:
     port = free_port()
@@ -75,7 +46,7 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
         proc = start(path)
         try:
             await asyncio.sleep(2.0)  # the gateway subscribes
-            cid = await eventually(lambda: _send_until_accepted(client), 20)
+            cid = await eventually(lambda: send_until_accepted(client, "elevator", "lift-1", "call", {"floor": 6}), 20)
             await eventually(lambda: state_of(db, cid) == "sent", 15)
             await eventually(lambda: sim.command_requests == 1, 10)
             kill(proc)
@@ -99,15 +70,6 @@ async def test_sigkill_between_sent_and_result(tmp_path: Path, mosquitto: Mosqui
     assert state_of(db, cid) == res["state"]
 
 
-async def _send_until_accepted(client: CommandClient) -> str | None:
-    cid = await client.send("elevator", "lift-1", "call", args={"floor": 6}, ttl_s=120)
-    try:
-        await client.wait(cid, final=False, timeout=1.5)
-    except TimeoutError:
-        return None
-    return cid
-
-
 async def test_replayed_id_after_restart_gets_the_stored_result(tmp_path: Path, mosquitto: Mosquitto) -> None:
     port = free_port()
     sim = ElevatorSimulator(port=port, elevators={1: ElevatorModel(call_rate_per_s=0)})
@@ -116,7 +78,7 @@ async def test_replayed_id_after_restart_gets_the_stored_result(tmp_path: Path, 
         proc = start(path)
         try:
             await asyncio.sleep(2.0)
-            cid = await eventually(lambda: _send_until_accepted(client), 20)
+            cid = await eventually(lambda: send_until_accepted(client, "elevator", "lift-1", "call", {"floor": 6}), 20)
             first = await client.wait(cid, timeout=10)
         finally:
             stop(proc)
