@@ -111,7 +111,9 @@ CHANNELS: list[Channel] = [
         Event, "Event", retain=False, parameters={**DEVICE_PARAMS, "type": TYPE_PARAM}),
     Channel(
         "state", "{prefix}/{site}/{kind}/{device}/state", "The device's whole current state",
-        "Retained. Merges the latest accepted (not rejected) status event of each part of the device.",
+        "Retained. Merges the latest accepted (not rejected) status event of each part of the device. Published"
+        " at most once per `mqtt.state_interval_s` per device (2 s by default): a change after a quiet spell at"
+        " once, faster ones merged to the end of the interval; the event topic carries every change at once.",
         StateDocument, "State", retain=True, parameters=DEVICE_PARAMS),
     Channel(
         "availability", "{prefix}/{site}/{kind}/{device}/availability", "The device's latest connectivity event",
