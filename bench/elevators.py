@@ -159,11 +159,13 @@ async def serve_sim(name: str, port: int, count: int, out: str, changing: bool, 
     Path(out + ".reads").write_text(json.dumps({f"{name}-{d}": t for d, t in reads.items()}))
 
 
-def gateway_config(tmp: Path, mqtt_port: int, servers: list[tuple[str, int, int]], poll: float) -> str:
+def gateway_config(tmp: Path, mqtt_port: int, servers: list[tuple[str, int, int]], poll: float,
+                   state_interval: float | None = None) -> str:
     lines = [
         "site: bench", "gateway_id: gw-bench",
         f"outbox: {{path: {tmp}/outbox.db}}",
-        f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, batch: 500}}",
+        f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, batch: 500"
+        + (f", state_interval_s: {state_interval}" if state_interval is not None else "") + "}",
         "devices:",
     ]
     for name, port, count in servers:
@@ -178,12 +180,17 @@ def gateway_config(tmp: Path, mqtt_port: int, servers: list[tuple[str, int, int]
 
 def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds used, peak RSS bytes) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    cpu = proc_cpu(pid)[0]
     hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmHWM"))
     return cpu, hwm * 1024
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[12]) / ticks
 
 
 class Subscriber:
@@ -213,7 +220,7 @@ def p99(values: list[float]) -> float:
 
 
 async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, changing: bool,
-                   profile: str | None = None) -> dict[str, float]:
+                   profile: str | None = None, state_interval: float | None = None) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="courtyard-bench-"))
     root = Path(__file__).resolve().parents[1]
     keys = CHANGING_KEYS if changing else KEYS
@@ -230,14 +237,15 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     sub = Subscriber(mosquitto.port)
     await asyncio.sleep(0.5)
-    cfg = gateway_config(tmp, mosquitto.port, servers, poll)
+    cfg = gateway_config(tmp, mosquitto.port, servers, poll, state_interval)
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "warning", "run", "-c", cfg], cwd=root)
     await asyncio.sleep(max(5.0, n / 100))  # warm-up: every link up, first status sent
     cpu0, _ = proc_stats(gw.pid)
+    sys0 = proc_cpu(gw.pid)[1]
     others0 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     spy = None
     if profile:  # py-spy samples the gateway during the window (its own CPU is not the gateway's)
-        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--gil",
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-r", "100", "--nonblocking",
                                 "-f", "raw",
                                 "-o", profile, "--pid", str(gw.pid), "--duration", str(int(seconds))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -246,6 +254,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     cpu1, rss = proc_stats(gw.pid)
+    sys1 = proc_cpu(gw.pid)[1]
     others1 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     elapsed = time.monotonic() - t0
     w1 = time.time()
@@ -307,6 +316,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         "rss_mb": rss / 2**20,
         "polls_s": n / poll,
         "others_share": (others1 - others0) / elapsed,
+        "sys_share": (sys1 - sys0) / max(cpu1 - cpu0, 1e-9),
     }
 
 
@@ -317,6 +327,7 @@ async def main() -> None:
     ap.add_argument("--poll", type=float, default=1.0)
     ap.add_argument("--changing", action="store_true", help="every status block changes at every poll")
     ap.add_argument("--repeat", type=int, default=1, help="runs per size")
+    ap.add_argument("--state-interval", type=float, help="mqtt.state_interval_s (default: the gateway's)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy (collapsed stacks) of the gateway during the window")
     ap.add_argument("--serve-sim", nargs=4, metavar=("NAME", "PORT", "COUNT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -331,15 +342,16 @@ async def main() -> None:
     try:
         print(f"{'elevators':>9} {'polls/s':>8} {'events/s':>9} {'CPU s/1k ev':>11} {'CPU (cores)':>11} "
               f"{'p50 ms':>7} {'p99 ms':>7} {'changes seen':>12} {'delivered':>9} {'jitter p99':>10} "
-              f"{'peak RSS MB':>11}", flush=True)
+              f"{'peak RSS MB':>11} {'kernel share':>12} {'others (cores)':>14}", flush=True)
         for n in args.sizes:
             for _ in range(args.repeat):
-                r = await run_size(n, args.seconds, args.poll, mosquitto, args.changing, args.profile)
+                r = await run_size(n, args.seconds, args.poll, mosquitto, args.changing, args.profile,
+                                   args.state_interval)
                 print(f"{r['elevators']:>9} {r['polls_s']:>8.0f} {r['events_s']:>9.1f} {r['cpu_per_1000']:>11.3f} "
                       f"{r['cpu_share']:>11.3f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                       f"{r['polled_pct']:>11.1f}% {r['delivered_pct']:>8.2f}% {r['jitter_p99_ms']:>8.1f}ms "
                       f"{r['rss_mb']:>11.1f} "
-                      f"{r['others_share']:>15.3f}", flush=True)
+                      f"{r['sys_share'] * 100:>11.0f}% {r['others_share']:>14.3f}", flush=True)
     finally:
         mosquitto.close()
 
