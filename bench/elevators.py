@@ -160,7 +160,7 @@ async def serve_sim(name: str, port: int, count: int, out: str, changing: bool, 
 
 
 def gateway_config(tmp: Path, mqtt_port: int, servers: list[tuple[str, int, int]], poll: float,
-                   state_interval: float | None = None) -> str:
+                   state_interval: float | None = None, link: str = "own") -> str:
     lines = [
         "site: bench", "gateway_id: gw-bench",
         f"outbox: {{path: {tmp}/outbox.db}}",
@@ -172,7 +172,7 @@ def gateway_config(tmp: Path, mqtt_port: int, servers: list[tuple[str, int, int]
         for dev_id in range(1, count + 1):
             lines.append(f"  - {{id: {name}-{dev_id}, driver: modbus_elevator, port: {port}, unit_id: {dev_id}, "
                          f"poll_interval_s: {poll}, timeout_s: {min(poll, 1.0)}, highest_floor: 18, "
-                         f"status_interval_s: 600}}")
+                         f"status_interval_s: 600, link: {link}}}")
     path = tmp / "bench.yaml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -220,7 +220,8 @@ def p99(values: list[float]) -> float:
 
 
 async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, changing: bool,
-                   profile: str | None = None, state_interval: float | None = None) -> dict[str, float]:
+                   profile: str | None = None, state_interval: float | None = None,
+                   link: str = "own") -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="courtyard-bench-"))
     root = Path(__file__).resolve().parents[1]
     keys = CHANGING_KEYS if changing else KEYS
@@ -237,7 +238,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     sub = Subscriber(mosquitto.port)
     await asyncio.sleep(0.5)
-    cfg = gateway_config(tmp, mosquitto.port, servers, poll, state_interval)
+    cfg = gateway_config(tmp, mosquitto.port, servers, poll, state_interval, link)
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "--log-level", "warning", "run", "-c", cfg], cwd=root)
     await asyncio.sleep(max(5.0, n / 100))  # warm-up: every link up, first status sent
     cpu0, _ = proc_stats(gw.pid)
@@ -327,6 +328,8 @@ async def main() -> None:
     ap.add_argument("--poll", type=float, default=1.0)
     ap.add_argument("--changing", action="store_true", help="every status block changes at every poll")
     ap.add_argument("--repeat", type=int, default=1, help="runs per size")
+    ap.add_argument("--link", choices=["own", "shared"], default="own",
+                    help="own: a Modbus connection per elevator; shared: one per simulator (200 elevators)")
     ap.add_argument("--state-interval", type=float, help="mqtt.state_interval_s (default: the gateway's)")
     ap.add_argument("--profile", metavar="FILE", help="py-spy (collapsed stacks) of the gateway during the window")
     ap.add_argument("--serve-sim", nargs=4, metavar=("NAME", "PORT", "COUNT", "OUT"), help=argparse.SUPPRESS)
@@ -346,7 +349,7 @@ async def main() -> None:
         for n in args.sizes:
             for _ in range(args.repeat):
                 r = await run_size(n, args.seconds, args.poll, mosquitto, args.changing, args.profile,
-                                   args.state_interval)
+                                   args.state_interval, args.link)
                 print(f"{r['elevators']:>9} {r['polls_s']:>8.0f} {r['events_s']:>9.1f} {r['cpu_per_1000']:>11.3f} "
                       f"{r['cpu_share']:>11.3f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                       f"{r['polled_pct']:>11.1f}% {r['delivered_pct']:>8.2f}% {r['jitter_p99_ms']:>8.1f}ms "

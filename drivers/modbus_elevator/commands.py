@@ -19,8 +19,10 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.modbus_elevator.config import ModbusElevatorConfig
+from drivers.modbus_elevator.link import SharedLink, acquire, release
 from drivers.modbus_elevator.regmap import CommandMailbox, load_map
 from gateway.commands import CommandRejected, Outcome
+from gateway.errors import DeviceUnavailable
 
 #: How often the mailbox is read back while a command is in progress.
 POLL_S = 0.02
@@ -34,6 +36,7 @@ class ElevatorCommands:
         self.map = load_map(config.map)
         self.mailbox: CommandMailbox | None = self.map.commands
         self._client: AsyncModbusTcpClient | None = None
+        self._shared: SharedLink | None = None
         self._lock = asyncio.Lock()  # one mailbox: one command at a time per elevator
 
     def names(self) -> frozenset[str]:
@@ -76,6 +79,13 @@ class ElevatorCommands:
     # --- transport ---------------------------------------------------------------------------
 
     async def _link(self) -> AsyncModbusTcpClient:
+        if self.cfg.link == "shared":  # the elevator's own polls use it too: no connection of our own
+            if self._shared is None:
+                self._shared = acquire(self.cfg.host, self.cfg.port, self.cfg.timeout_s)
+            try:
+                return await self._shared.ensure()
+            except DeviceUnavailable as exc:
+                raise _Unavailable(str(exc)) from exc
         client = self._client
         if client is not None and client.connected:
             return client
@@ -101,6 +111,9 @@ class ElevatorCommands:
         return list(rr.registers)
 
     def _drop(self) -> None:
+        if self._shared is not None:  # let go; the next `_link` takes it again (and reopens it if closed)
+            release(self._shared)
+            self._shared = None
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -33,6 +33,9 @@ class ModbusElevatorConfig(DeviceConfig):
     map: str = Field("gbt24476", description="Shipped map name or path to a map YAML file")
     poll_interval_s: float = Field(1.0, gt=0)
     timeout_s: float = Field(1.0, gt=0, description="Per request; keep below the poll interval")
+    link: Literal["own", "shared"] = Field(
+        "own", description="own: a TCP connection per elevator. shared: one connection for every elevator with"
+        " this host and port (a serial-to-TCP gateway that takes few connections); requests take turns on it")
     lowest_floor: int = -2
     highest_floor: int = 30
     has_floor_zero: bool = False
