@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +17,7 @@ from gateway.config import parse_config
 from gateway.rules import list_firings
 from gateway.runtime import Gateway
 from simulators.elevator import ElevatorModel, ElevatorSimulator
+from tests.gateway_process import kill, start, stop
 from tests.helpers import MqttCollector, base_config, eventually
 from tests.servers import Mosquitto, free_port
 
@@ -153,22 +150,6 @@ async def test_the_rule_acts_while_the_broker_is_down(tmp_path: Path, own_broker
 # --- SIGKILL mid-firing (the gateway in its own process) ----------------------------------------------
 
 
-def start(path: Path) -> subprocess.Popen[bytes]:
-    with (path.parent / "gateway.log").open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(path)],
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def firing_state(db: Path) -> list[tuple[str, str]]:
     return [(f["state"], f["phase"]) for f in list_firings(db)] if db.exists() else []
 
@@ -188,8 +169,7 @@ async def test_sigkill_mid_firing_neither_loses_nor_doubles_an_action(tmp_path: 
             await eventually(lambda: firing_state(db) == [("running", "confirmed")], 20)
             await eventually(lambda: sim.command_requests >= 1, 15)
             await eventually(lambda: any(c.state == "sent" for c in list_journal(db)), 20)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            kill(proc)
         finally:
             stop(proc)
         assert firing_state(db) == [("running", "confirmed")]  # journaled, unfinished

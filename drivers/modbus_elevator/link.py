@@ -33,7 +33,6 @@ class SharedLink:
         self.timeout = timeout
         self.users = 0
         self.client: AsyncModbusTcpClient | None = None
-        self.connects = 0  # TCP connections opened so far (tests and diagnostics)
         self._connecting = asyncio.Lock()
 
     async def ensure(self) -> AsyncModbusTcpClient:
@@ -50,7 +49,6 @@ class SharedLink:
             # No library auto-reconnect: each elevator's supervisor owns its back-off.
             client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout, retries=0,
                                           reconnect_delay=0)
-            self.connects += 1
             if not await client.connect():
                 client.close()
                 self.client = None

@@ -160,7 +160,7 @@ class ConsoleServer:
         self.port: int = DEFAULT_PORT if cfg.port is None else cfg.port
         self.shared = False  # serving on the ops server's listener
         self._runner: web.AppRunner | None = None
-        self._guard: Any = None
+        self._guard: ConnectionGuard | None = None
         self._streams: set[asyncio.Task[Any]] = set()
         if not is_loopback_host(cfg.host) and not self.users:
             raise ValueError(f"console on {cfg.host} is reachable from the network but has no users: add one"
@@ -228,50 +228,43 @@ class ConsoleServer:
 
     def _route(self, handler: Inner, *, public: bool = False, page: bool = False, post: bool = False,
                role: str = "viewer", body: bool = False, stream: bool = False) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            conn = self._conn(request)
+        async def answer(request: web.Request) -> web.StreamResponse:
             call = Call()
-            if conn is not None:
-                conn.busy = True  # the guard's head deadline does not cut a request being served
             try:
-                try:
+                if post:
+                    self._check_origin(request)
+                if not public:
+                    self._refresh_users()
+                    session = self._session(request)
+                    if session is None:
+                        if page:
+                            raise web.HTTPSeeOther("/login")
+                        raise Refused(401, "unauthenticated", "no valid session")
                     if post:
-                        self._check_origin(request)
-                    if not public:
-                        self._refresh_users()
-                        session = self._session(request)
-                        if session is None:
-                            if page:
-                                raise web.HTTPSeeOther("/login")
-                            raise Refused(401, "unauthenticated", "no valid session")
-                        if post:
-                            self._check_csrf(request, session)
-                        if not session.allows(role):
-                            raise Refused(403, "forbidden", f"needs the {role} role")
-                        call.session = session
-                    if body:
-                        call.json = await self._read_json(request)
-                    response = await handler(request, call)
-                except Refused as exc:
-                    self.count(exc.error, exc.reason)
-                    response = web.json_response({"error": exc.error, "reason": exc.reason}, status=exc.status,
-                                                 headers=exc.headers)
-                if not stream:
-                    response.headers.update({k: v for k, v in _SECURITY_HEADERS.items()
-                                             if k not in response.headers})
-                return response
-            finally:
-                if conn is not None:
-                    conn.busy = False
-                    conn.idle_since = asyncio.get_running_loop().time()
+                        self._check_csrf(request, session)
+                    if not session.allows(role):
+                        raise Refused(403, "forbidden", f"needs the {role} role")
+                    call.session = session
+                if body:
+                    call.json = await self._read_json(request)
+                response = await handler(request, call)
+            except Refused as exc:
+                self.count(exc.error, exc.reason)
+                response = web.json_response({"error": exc.error, "reason": exc.reason}, status=exc.status,
+                                             headers=exc.headers)
+            if not stream:
+                response.headers.update({k: v for k, v in _SECURITY_HEADERS.items() if k not in response.headers})
+            return response
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            # The guard's head deadline does not cut a request being served. On the shared ops
+            # listener (no guard of our own) the ops server marks it.
+            if self._guard is None:
+                return await answer(request)
+            with self._guard.serving(request):
+                return await answer(request)
 
         return wrapped
-
-    def _conn(self, request: web.Request) -> Any:
-        guard = self._guard if not self.shared else getattr(self.gw.ops_server, "_guard", None)
-        if guard is None or request.transport is None:
-            return None
-        return guard.conns.get(request.transport)
 
     def _session(self, request: web.Request) -> Session | None:
         return self.sessions.get(request.cookies.get(COOKIE))

@@ -60,6 +60,8 @@ STATE_SCHEMA = "courtyard.state/1"
 #: Payload fields naming the part of a device a status event describes, and the key prefix
 #: of that part in the retained state (`zone/z1`); a status event without one is `device`.
 STATE_PARTS = (("zone", "zone"), ("amplifier", "amplifier"), ("lane", "lane"), ("door_no", "door"))
+#: The payload keys of those fields as they appear in a stored body.
+_PART_KEYS = tuple(f'"{field}":' for field, _ in STATE_PARTS)
 MAX_CLIENT_ID = 64  # MQTT 3.1.1 only promises 23 bytes; mosquitto and the big brokers take more
 #: Most messages one batch may have awaiting PUBACK: packet ids are 16 bits, and a few are left
 #: for the client's other publishes (status, metrics, commands).
@@ -531,7 +533,7 @@ class DeviceState:
         if envelope is None or envelope != self._envelope:
             return False
         payload = body.find(',"payload":', body.find(',"class":'))
-        if payload < 0 or any(f'"{field}":' in body[payload + 11:] for field, _ in STATE_PARTS):
+        if payload < 0 or any(body.find(key, payload) >= 0 for key in _PART_KEYS):
             return False
         start = body.find('"time":"')
         end = body.find('"', start + 8)
