@@ -126,9 +126,12 @@ class InfluxV1(Server):
         super().start()
         self.query_sync(f"CREATE DATABASE {self.database}")
 
-    def query_sync(self, q: str) -> list[dict[str, Any]]:
-        """Run InfluxQL; return rows as dicts (all series concatenated)."""
-        data = urllib.parse.urlencode({"q": q, "db": self.database}).encode()
+    def query_sync(self, q: str, epoch: str | None = None) -> list[dict[str, Any]]:
+        """Run InfluxQL; return rows as dicts (all series concatenated).
+
+        `epoch="ns"` returns times as integer nanoseconds instead of RFC 3339 text."""
+        params = {"q": q, "db": self.database} | ({"epoch": epoch} if epoch else {})
+        data = urllib.parse.urlencode(params).encode()
         with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as resp:
             doc = json.load(resp)
         rows: list[dict[str, Any]] = []
@@ -141,10 +144,10 @@ class InfluxV1(Server):
                     rows.append({**tags, **dict(zip(series["columns"], values, strict=True))})
         return rows
 
-    async def query(self, q: str) -> list[dict[str, Any]]:
+    async def query(self, q: str, epoch: str | None = None) -> list[dict[str, Any]]:
         import asyncio
 
-        return await asyncio.to_thread(self.query_sync, q)
+        return await asyncio.to_thread(self.query_sync, q, epoch)
 
 
 class Victoria(Server):

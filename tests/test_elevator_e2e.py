@@ -13,6 +13,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.runtime import Gateway
+from gateway.sinks.influx import point_time_ns
 from schemas.event import event_time_ns
 from schemas.export import EVENT_SCHEMA_PATH
 from simulators.elevator import ElevatorModel, ElevatorSimulator
@@ -96,7 +97,7 @@ async def test_e2e_mqtt_and_influx_v1(tmp_path: Path, mosquitto: Mosquitto, infl
     accepted, messages, gw = await run_scenario(
         tmp_path, mosquitto, {"url": influx_v1.url, "api": "v1", "database": influx_v1.database, "batch": 50})
     check_mqtt(accepted, messages)
-    rows = await influx_v1.query("SELECT * FROM elevator")
+    rows = await influx_v1.query("SELECT * FROM elevator", epoch="ns")
     by_id = {r["event_id"]: r for r in rows}
     for ev in accepted:
         if ev["device"]["kind"] != "elevator" or ev["class"] == "connectivity":
@@ -107,7 +108,10 @@ async def test_e2e_mqtt_and_influx_v1(tmp_path: Path, mosquitto: Mosquitto, infl
         assert row["class"] == ev["class"]
         assert row["severity"] == ev["severity"]
         assert row["quality"] == ev["quality"]["status"]
-        assert row["time"][:26] == ev["time"][:26], "point time is the event time"
+        # The event time plus a stable offset below its own precision (an event stamped on a
+        # whole millisecond gets a sub-millisecond offset), never a different instant.
+        assert row["time"] == point_time_ns(ev["time"], ev["id"]), "point time is the event time"
+        assert 0 <= row["time"] - event_time_ns(datetime.fromisoformat(ev["time"])) < 1_000_000_000
         for key, value in ev["payload"].items():
             if key in ("kind", "raw") or value is None:
                 continue
@@ -132,12 +136,12 @@ async def test_e2e_mqtt_and_influx_v2_api(tmp_path: Path, mosquitto: Mosquitto, 
     wanted = [e for e in accepted if e["payload"].get("floor") is not None]
     got = await eventually(lambda: _complete(floors, wanted), timeout=20)
     for ev in wanted:
-        ms = event_time_ns(datetime.fromisoformat(ev["time"])) // 1_000_000
+        ms = point_time_ns(ev["time"], ev["id"]) // 1_000_000  # VictoriaMetrics keeps milliseconds
         assert got[(ev["device"]["id"], ev["type"], ms)] == pytest.approx(ev["payload"]["floor"])
 
 
 async def _complete(fetch: Any, wanted: list[dict[str, Any]]) -> Any:
     got = await fetch()
-    keys = {(e["device"]["id"], e["type"], event_time_ns(datetime.fromisoformat(e["time"])) // 1_000_000)
+    keys = {(e["device"]["id"], e["type"], point_time_ns(e["time"], e["id"]) // 1_000_000)
             for e in wanted}
     return got if keys <= set(got) else None
