@@ -1,7 +1,8 @@
 """Benchmark: N simulated elevators -> gateway (its own process) -> real mosquitto.
 
 Prints, per N: events/s delivered on MQTT, gateway CPU seconds per 1,000 events and per
-second, p50/p99 latency from register change (simulator write) to MQTT receipt, the share
+second, p50/p99 latency from register change (simulator write) to MQTT receipt and from
+the gateway's read (the event's time) to MQTT receipt, the share
 of register changes a status event reported ("changes seen": a change that lands within
 jitter of its car's poll can be overwritten before it is read; polling at the rate of change
 cannot catch every one), the share of accepted status events (read from the outbox after the
@@ -40,6 +41,7 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +282,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
             window = [t for t in times if w0 <= t <= w1]
             jitter += [abs(b - a - poll) for a, b in itertools.pairwise(window)]
     latencies = []
+    pipeline = []  # the event's time is the gateway's read: read -> MQTT, without the wait for a poll
     delivered: set[tuple[str, float]] = set()
     in_window = 0
     for now, payload in sub.receipts:
@@ -287,6 +290,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         dev, key = ev["device"]["id"], tuple(ev["payload"].get(k) for k in keys)
         if now <= w1:
             in_window += 1
+            pipeline.append(now - datetime.fromisoformat(ev["time"]).timestamp())
         for t, values in reversed(changes[dev]):
             if values == key and t <= now:
                 if w0 <= t <= w1 - poll:
@@ -304,6 +308,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     db.close()
     cpu = cpu1 - cpu0
     latencies.sort()
+    pipeline.sort()
     return {
         "elevators": n,
         "events_s": in_window / elapsed,
@@ -311,6 +316,8 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         "cpu_share": cpu / elapsed,
         "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
         "p99_ms": p99(latencies) * 1000,
+        "pipe_p50_ms": statistics.median(pipeline) * 1000 if pipeline else float("nan"),
+        "pipe_p99_ms": p99(pipeline) * 1000,
         "polled_pct": 100 * sum(1 for c in expected if c in delivered) / max(len(expected), 1),
         "delivered_pct": 100 * sum(1 for i in accepted if i in got_ids) / max(len(accepted), 1),
         "jitter_p99_ms": p99(jitter) * 1000,
@@ -344,7 +351,8 @@ async def main() -> None:
           f"mode: {'changing (every poll changes)' if args.changing else 'behaving cars'}", flush=True)
     try:
         print(f"{'elevators':>9} {'polls/s':>8} {'events/s':>9} {'CPU s/1k ev':>11} {'CPU (cores)':>11} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'changes seen':>12} {'delivered':>9} {'jitter p99':>10} "
+              f"{'p50 ms':>7} {'p99 ms':>7} {'read->MQTT p50/p99':>18} "
+              f"{'changes seen':>12} {'delivered':>9} {'jitter p99':>10} "
               f"{'peak RSS MB':>11} {'kernel share':>12} {'others (cores)':>14}", flush=True)
         for n in args.sizes:
             for _ in range(args.repeat):
@@ -352,6 +360,7 @@ async def main() -> None:
                                    args.state_interval, args.link)
                 print(f"{r['elevators']:>9} {r['polls_s']:>8.0f} {r['events_s']:>9.1f} {r['cpu_per_1000']:>11.3f} "
                       f"{r['cpu_share']:>11.3f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+                      f"{r['pipe_p50_ms']:>8.1f}/{r['pipe_p99_ms']:<9.1f} "
                       f"{r['polled_pct']:>11.1f}% {r['delivered_pct']:>8.2f}% {r['jitter_p99_ms']:>8.1f}ms "
                       f"{r['rss_mb']:>11.1f} "
                       f"{r['sys_share'] * 100:>11.0f}% {r['others_share']:>14.3f}", flush=True)
