@@ -577,6 +577,8 @@ class Publisher:
         self.client = client
         self.paho: paho.Client = client._client
         self.owner: dict[int, Batch] = {}  # packet id -> the batch waiting for its PUBACK
+        self._loop = asyncio.get_running_loop()
+        self._quickack_due = False
         self._chained: Callable[..., None] = self.paho.on_publish  # type: ignore[assignment]
         self.paho.on_publish = self._on_publish
 
@@ -598,8 +600,15 @@ class Publisher:
             self._chained(client, userdata, mid, reason_code, properties)
         else:
             batch.acked(mid)
-            if self.owner:  # more PUBACKs to come: acknowledge this segment now (see `_quickack`)
-                _quickack(client.socket())
+            if self.owner and not self._quickack_due:
+                # More PUBACKs to come: acknowledge what was read now (see `_quickack`), once
+                # per read of the socket (after paho has handled all it read), not per PUBACK.
+                self._quickack_due = True
+                self._loop.call_soon(self._quickack, client)
+
+    def _quickack(self, client: paho.Client) -> None:
+        self._quickack_due = False
+        _quickack(client.socket())
 
 
 class Batch:
