@@ -73,6 +73,8 @@ class Event(Frozen):
         """
         if not isinstance(data, dict):
             return data
+        if _all_storable(data):  # nearly every event: nothing to fix, found in one pass
+            return data
         reasons: list[str] = []
         if _unstorable(data.get("seq")):
             data = {**data, "seq": None}
@@ -105,6 +107,28 @@ class Event(Frozen):
     def to_json(self) -> str:
         """Serialize exactly as published (aliases, no nulls dropped)."""
         return self.model_dump_json(by_alias=True)
+
+
+#: Value types that can never hold an integer out of int64 range.
+_FLAT = frozenset({str, float, bool, type(None)})
+
+
+def _all_storable(data: dict[str, Any]) -> bool:
+    """True when `seq` and the payload's fields are all plain in-range values (no containers)."""
+    seq = data.get("seq")
+    if seq is not None and (type(seq) is not int or not INT64_MIN <= seq <= INT64_MAX):
+        return False
+    payload = data.get("payload")
+    fields = payload if isinstance(payload, dict) else getattr(payload, "__dict__", None)
+    if not isinstance(fields, dict):
+        return True
+    for value in fields.values():
+        kind = type(value)
+        if kind in _FLAT:
+            continue
+        if kind is not int or not INT64_MIN <= value <= INT64_MAX:
+            return False  # a container, an int subclass or out of range: the full check decides
+    return True
 
 
 def _unstorable(value: Any) -> bool:

@@ -116,3 +116,22 @@ async def _posts(cam: Camera, body: bytes) -> bool:
         return (await cam.post(body)).status == 200
     except aiohttp.ClientError:
         return False
+
+
+@pytest.mark.parametrize(("floor", "raw", "reasons"), [
+    (3, None, ()),  # the fast path: plain in-range values
+    (True, None, ()),  # a bool is not an integer here
+    (INT64_MAX, {"floor": INT64_MIN}, ()),  # in range, inside a container too
+    (2**63, None, ("floor_out_of_range",)),
+    (3, {"floor": 2**64}, ("raw.floor_out_of_range",)),  # one level down: the full check runs
+])
+def test_the_quick_scan_and_the_full_check_agree(floor: Any, raw: Any, reasons: tuple[str, ...]) -> None:
+    """Events with nothing to fix skip the full check; anything else still gets it."""
+    payload: dict[str, Any] = {"kind": "elevator", "floor": floor} | ({"raw": raw} if raw is not None else {})
+    event = Event.model_validate({
+        "id": "x", "time": NOW, "received": NOW, "site": "s", "gateway": "gw",
+        "device": {"id": "lift-1", "kind": "elevator", "driver": "modbus_elevator"},
+        "class": "status", "type": "elevator.status", "payload": payload,
+    })
+    assert event.quality.reasons == reasons
+    assert event.quality.status == ("rejected" if reasons else "valid")
