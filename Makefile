@@ -78,6 +78,7 @@ bench: deps-test install
 	$(PY) bench/elevators.py --changing --sizes 1000 --repeat 2
 	$(PY) bench/mqtt_sink.py
 	$(PY) bench/outbox.py
+	$(PY) bench/floor.py
 
 # The 5,000-elevator run needs more than this 2-core machine's spare capacity (see docs).
 bench-large: deps-test install

@@ -188,9 +188,10 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, hwm * 1024
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user + system, system) CPU seconds of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_cpu(pid: int, thread: int | None = None) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of a process, or of one of its threads."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks, int(fields[12]) / ticks
 
@@ -245,6 +246,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     await asyncio.sleep(max(5.0, n / 100))  # warm-up: every link up, first status sent
     cpu0, _ = proc_stats(gw.pid)
     sys0 = proc_cpu(gw.pid)[1]
+    loop0 = proc_cpu(gw.pid, gw.pid)[0]  # the main thread runs the event loop
     others0 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     spy = None
     if profile:  # py-spy samples the gateway during the window (its own CPU is not the gateway's)
@@ -258,6 +260,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
     await asyncio.sleep(seconds)
     cpu1, rss = proc_stats(gw.pid)
     sys1 = proc_cpu(gw.pid)[1]
+    loop1 = proc_cpu(gw.pid, gw.pid)[0]
     others1 = sum(proc_stats(p.pid)[0] for p in sims) + proc_stats(mosquitto.proc.pid)[0]  # type: ignore[union-attr]
     elapsed = time.monotonic() - t0
     w1 = time.time()
@@ -325,6 +328,7 @@ async def run_size(n: int, seconds: float, poll: float, mosquitto: Mosquitto, ch
         "polls_s": n / poll,
         "others_share": (others1 - others0) / elapsed,
         "sys_share": (sys1 - sys0) / max(cpu1 - cpu0, 1e-9),
+        "loop_share": (loop1 - loop0) / max(cpu1 - cpu0, 1e-9),
     }
 
 
@@ -353,7 +357,7 @@ async def main() -> None:
         print(f"{'elevators':>9} {'polls/s':>8} {'events/s':>9} {'CPU s/1k ev':>11} {'CPU (cores)':>11} "
               f"{'p50 ms':>7} {'p99 ms':>7} {'read->MQTT p50/p99':>18} "
               f"{'changes seen':>12} {'delivered':>9} {'jitter p99':>10} "
-              f"{'peak RSS MB':>11} {'kernel share':>12} {'others (cores)':>14}", flush=True)
+              f"{'peak RSS MB':>11} {'kernel share':>12} {'loop thread':>11} {'others (cores)':>14}", flush=True)
         for n in args.sizes:
             for _ in range(args.repeat):
                 r = await run_size(n, args.seconds, args.poll, mosquitto, args.changing, args.profile,
@@ -362,8 +366,8 @@ async def main() -> None:
                       f"{r['cpu_share']:>11.3f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                       f"{r['pipe_p50_ms']:>8.1f}/{r['pipe_p99_ms']:<9.1f} "
                       f"{r['polled_pct']:>11.1f}% {r['delivered_pct']:>8.2f}% {r['jitter_p99_ms']:>8.1f}ms "
-                      f"{r['rss_mb']:>11.1f} "
-                      f"{r['sys_share'] * 100:>11.0f}% {r['others_share']:>14.3f}", flush=True)
+                      f"{r['rss_mb']:>11.1f} {r['sys_share'] * 100:>11.0f}% "
+                      f"{r['loop_share'] * 100:>10.0f}% {r['others_share']:>14.3f}", flush=True)
     finally:
         mosquitto.close()
 
