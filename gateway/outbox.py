@@ -171,7 +171,7 @@ def _db_files(path: Path) -> list[Path]:
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the outbox database (creating it, private, unless read-only)."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(_readonly_uri(path), uri=True, check_same_thread=False)
     else:
         make_private_dirs(path.parent)
         # SQLite gives -wal and -shm the main file's mode, so 0600 here keeps all three private.
@@ -182,6 +182,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+def _readonly_uri(path: Path) -> str:
+    """A read-only SQLite URI for `path` (percent-encoded: a `?`, `#` or `%` in a name is kept)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
 
 
 def lock_path(path: Path) -> Path:
@@ -265,7 +270,7 @@ class Outbox:
         # every row, and waited up to 5 ms for it each time while the loop was busy (a 200-row
         # fetch took 400 ms on a busy gateway, 1 ms here). Recent rows are in the page cache;
         # WAL lets this reader run beside the writer's commits without waiting for them.
-        self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        self._reader = sqlite3.connect(_readonly_uri(self.path), uri=True, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=1000")
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         for ev in self._new.values():

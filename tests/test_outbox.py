@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import pytest
 
 from gateway.errors import OutboxError
 from gateway.ids import uuid7
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, connect
 from schemas.common import ConnectivityPayload, DeviceRef
 from schemas.elevator import ElevatorPayload
 from schemas.event import Event
@@ -209,3 +210,16 @@ async def test_sinks_fetch_while_the_writer_thread_is_busy(tmp_path: Path) -> No
         assert len(rows) == 5
         release.set()
         await blocked
+
+
+async def test_an_outbox_whose_path_holds_uri_characters_opens_reads_and_reopens(tmp_path: Path) -> None:
+    """Sinks read through a read-only URI: a `?`, `#`, `%` or space in the path must not bend it."""
+    path = tmp_path / "site #1 ?50% data" / "o.db"
+    async with Outbox(path, sinks=["a"]) as ob:
+        await ob.append([make_event(i) for i in range(3)])
+        assert len(await ob.fetch("a", 10)) == 3
+    async with Outbox(path, sinks=["a"]) as ob:
+        assert len(await ob.fetch("a", 10)) == 3
+        # `courtyard events` and the other read-only tools open it the same way
+        with contextlib.closing(connect(path, readonly=True)) as db:
+            assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 3
