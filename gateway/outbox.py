@@ -269,9 +269,11 @@ class Outbox:
         # Sinks read on the loop's own thread: a query in another thread gives the GIL back at
         # every row, and waited up to 5 ms for it each time while the loop was busy (a 200-row
         # fetch took 400 ms on a busy gateway, 1 ms here). Recent rows are in the page cache;
-        # WAL lets this reader run beside the writer's commits without waiting for them.
+        # WAL lets this reader run beside the writer's commits without waiting for them. Should
+        # it ever find the database locked, it gives up within 250 ms (the loop must not stall)
+        # and the sink retries, as after any failed fetch.
         self._reader = sqlite3.connect(_readonly_uri(self.path), uri=True, isolation_level=None)
-        self._reader.execute("PRAGMA busy_timeout=1000")
+        self._reader.execute("PRAGMA busy_timeout=250")
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         for ev in self._new.values():
             ev.set()  # sinks start by draining whatever backlog survived a restart
