@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -137,7 +138,7 @@ async def main() -> None:
     assert len(evs) == args.ops, "one status event a poll, nothing else"
     per_append = await outbox(evs, args.burst)
     per_message = await mqtt([e.to_json() for e in evs], args.burst * 3 // 2)
-    print(f"machine: {__import__('os').cpu_count()} cores; CPU of this process only, "
+    print(f"machine: {os.cpu_count()} cores; CPU of this process only, "
           f"{args.ops} operations a part, {args.burst} at a time")
     print(f"{'part':<58} {'CPU us':>8} {'per 1k lifts (cores)':>21}")
     rows = [("Modbus request and answer (pymodbus client)", per_poll, 1.0),

@@ -272,7 +272,7 @@ class Outbox:
         # WAL lets this reader run beside the writer's commits without waiting for them. Should
         # it ever find the database locked, it gives up within 250 ms (the loop must not stall)
         # and the sink retries, as after any failed fetch.
-        self._reader = sqlite3.connect(_readonly_uri(self.path), uri=True, isolation_level=None)
+        self._reader = connect(self.path, readonly=True)
         self._reader.execute("PRAGMA busy_timeout=250")
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         for ev in self._new.values():
